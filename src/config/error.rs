@@ -1,0 +1,86 @@
+//! Config errors that name the file, the line and the key.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One thing wrong with a config file, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: PathBuf,
+    /// 1-based line, when the error has a location.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `route.api.upstream`.
+    pub key: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}: {}", self.file.display(), line, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Turns byte spans into line numbers for one source text.
+pub struct SourceMap<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl SourceMap<'_> {
+    /// 1-based line of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// An error at `span` about `key`.
+    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: Some(self.line_of(span.start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error with no useful location (e.g. a missing section).
+    pub fn error_at_file(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), line: None, key: key.into(), message: message.into() }
+    }
+
+    /// Converts a TOML syntax or shape error, naming the key the span covers.
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let message = err.message().trim().to_string();
+        match err.span() {
+            Some(span) => {
+                let snippet = self.text.get(span.clone()).unwrap_or("").trim();
+                let key = if !snippet.is_empty() && snippet.len() <= 64 && !snippet.contains('\n') {
+                    snippet.trim_matches(|c| c == '"' || c == '[' || c == ']').to_string()
+                } else {
+                    self.key_before(span.start)
+                };
+                self.error(span, key, message)
+            }
+            None => self.error_at_file("config", message),
+        }
+    }
+
+    /// Best-effort key name for a span that covers a whole value: the text
+    /// before `=` on the line where the span starts.
+    fn key_before(&self, offset: usize) -> String {
+        let start = self.text[..offset.min(self.text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("");
+        match line.split_once('=') {
+            Some((k, _)) => k.trim().to_string(),
+            None => line.trim().trim_matches(|c| c == '[' || c == ']').to_string(),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Configuration: loaded raw from TOML, validated once, then an immutable
+//! typed snapshot shared as `Arc<Config>`.
+//!
+//! `raw` mirrors the file; `load` checks every cross-reference and value and
+//! reports `file:line: key: what is wrong` before anything binds.
+
+mod error;
+mod raw;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method};
+
+pub use error::ConfigError;
+pub use units::{expand_env, parse_duration};
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: "config".into(),
+        message: format!("cannot read file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text that came from `path`.
+pub fn parse(path: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+    validate::validate(path, text)
+}
+
+/// A validated configuration snapshot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from, for messages.
+    pub source: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in match order (see `route` for the precedence rules).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[runtime]`: how the process runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; defaults to the number of cores.
+    pub worker_threads: usize,
+    /// How long SIGTERM waits for in-flight requests before closing them.
+    pub shutdown_grace: Duration,
+}
+
+/// Access and diagnostic log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `tollgate=debug`.
+    pub level: String,
+    /// One line per request at target `access`.
+    pub access_log: bool,
+}
+
+/// `[admin]`: status page and health endpoint.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+/// `[[listener]]`: one bound socket serving HTTP/1.1 and HTTP/2.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener protection against oversized or slow clients.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Largest request header block (HTTP/1.1 read buffer, HTTP/2 header list); over it → 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (HTTP/1.1).
+    pub max_headers: usize,
+    /// Largest request body; over it → 413. `None` means unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Time a client has to send a complete header block (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Most open connections on this listener; `None` means unlimited.
+    pub max_connections: Option<usize>,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// TLS termination settings; certificates are picked by SNI.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub certs: Vec<CertPair>,
+    pub min_version: TlsVersion,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Wire protocol towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+}
+
+/// How a target is chosen for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Hash,
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(HeaderName),
+}
+
+/// One backend address with its share of traffic.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub authority: Authority,
+    pub weight: u32,
+}
+
+/// `[[upstream]]`: a named group of targets and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub protocol: UpstreamProtocol,
+    pub targets: Vec<TargetConfig>,
+    pub balance: Balance,
+    pub hash_key: HashKey,
+    pub connect_timeout: Duration,
+    /// From the request being sent to the response head arriving; over it → 504.
+    pub first_byte_timeout: Duration,
+    /// Pooled keep-alive connections idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Most connections in use per target; `None` means unlimited.
+    pub max_connections_per_target: Option<usize>,
+    pub max_idle_per_target: usize,
+    /// Consecutive connect failures that eject a target.
+    pub eject_after: u32,
+    /// How long an ejected target sits out before it is tried again.
+    pub eject_for: Duration,
+}
+
+/// How a route matches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com` (compared lowercase, port ignored).
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: any subdomain, not the apex.
+    Suffix(String),
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+/// `match = { ... }`: every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What a matched route does with the request.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Reverse-proxy to the named upstream.
+    Proxy { upstream: String },
+    /// Serve files from a directory.
+    Static { dir: PathBuf },
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    /// Remove the matched `path_prefix` before forwarding.
+    pub strip_prefix: bool,
+    /// Replace the matched part of the path (prefix, exact path or regex
+    /// match, with `$1`-style groups for regex) by this.
+    pub rewrite: Option<String>,
+    /// Forward the client's `Host` (default) instead of the target address.
+    pub preserve_host: bool,
+    /// Overrides the listener's body limit for this route.
+    pub max_body_bytes: Option<u64>,
+}

@@ -1,0 +1,546 @@
+//! Raw → typed: every check that needs more than one key, with locations.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method};
+use toml::Spanned;
+
+use super::error::{ConfigError, SourceMap};
+use super::raw::*;
+use super::units::{expand_env, parse_duration};
+use super::*;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+pub(super) fn validate(path: &Path, text: &str) -> Result<Config> {
+    let src = SourceMap { file: path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let v = Validator { src };
+    v.config(raw)
+}
+
+struct Validator<'a> {
+    src: SourceMap<'a>,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, key: impl Into<String>, msg: impl Into<String>) -> Result<T> {
+        Err(self.src.error(span, key, msg))
+    }
+
+    /// A string value with `${ENV}` expanded.
+    fn string(&self, value: &Spanned<String>, key: &str) -> Result<String> {
+        expand_env(value.get_ref()).map_err(|m| self.src.error(value.span(), key, m))
+    }
+
+    fn duration(&self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration> {
+        match value {
+            None => Ok(default),
+            Some(v) => parse_duration(&self.string(v, key)?).map_err(|m| self.src.error(v.span(), key, m)),
+        }
+    }
+
+    fn positive(&self, value: &Option<Spanned<i64>>, key: &str, default: u64, max: u64) -> Result<u64> {
+        match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() < 1 || *v.get_ref() as u64 > max => {
+                self.err(v.span(), key, format!("must be between 1 and {max}, got {}", v.get_ref()))
+            }
+            Some(v) => Ok(*v.get_ref() as u64),
+        }
+    }
+
+    fn socket_addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr> {
+        let text = self.string(value, key)?;
+        text.parse().map_err(|_| {
+            self.src.error(
+                value.span(),
+                key,
+                format!("`{text}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            )
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config> {
+        let runtime = RuntimeConfig {
+            worker_threads: self.positive(
+                &raw.runtime.worker_threads,
+                "runtime.worker_threads",
+                default_workers(),
+                1024,
+            )? as usize,
+            shutdown_grace: self.duration(
+                &raw.runtime.shutdown_grace,
+                "runtime.shutdown_grace",
+                Duration::from_secs(30),
+            )?,
+        };
+        let log = self.log(&raw.log)?;
+        let admin = match &raw.admin {
+            Some(a) => Some(AdminConfig { bind: self.socket_addr(&a.bind, "admin.bind")? }),
+            None => None,
+        };
+
+        let mut upstreams = Vec::new();
+        let mut upstream_names = HashSet::new();
+        for u in &raw.upstream {
+            let up = self.upstream(u)?;
+            if !upstream_names.insert(up.name.clone()) {
+                return self.err(u.name.span(), "upstream.name", format!("upstream `{}` is defined twice", up.name));
+            }
+            upstreams.push(up);
+        }
+
+        let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
+        for r in &raw.route {
+            let route = self.route(r, &upstream_names)?;
+            if !route_names.insert(route.name.clone()) {
+                return self.err(r.name.span(), "route.name", format!("route `{}` is defined twice", route.name));
+            }
+            routes.push(route);
+        }
+
+        let mut listeners = Vec::new();
+        let mut binds = HashSet::new();
+        let mut listener_names = HashSet::new();
+        for l in &raw.listener {
+            let listener = self.listener(l)?;
+            if !listener_names.insert(listener.name.clone()) {
+                return self.err(
+                    l.name.span(),
+                    "listener.name",
+                    format!("listener `{}` is defined twice", listener.name),
+                );
+            }
+            if !binds.insert(listener.bind) {
+                return self.err(
+                    l.bind.span(),
+                    format!("listener.{}.bind", listener.name),
+                    format!("{} is bound by another listener", listener.bind),
+                );
+            }
+            listeners.push(listener);
+        }
+        if listeners.is_empty() {
+            return Err(self
+                .src
+                .error_at_file("listener", "no [[listener]] is configured; add one with `name` and `bind`"));
+        }
+        if let Some(admin) = &admin
+            && binds.contains(&admin.bind)
+        {
+            let span = raw.admin.as_ref().map(|a| a.bind.span()).unwrap_or(0..0);
+            return self.err(span, "admin.bind", format!("{} is also bound by a listener", admin.bind));
+        }
+
+        crate::route::sort_by_precedence(&mut routes);
+        Ok(Config { source: self.src.file.to_path_buf(), runtime, log, admin, listeners, upstreams, routes })
+    }
+
+    fn log(&self, raw: &RawLog) -> Result<LogConfig> {
+        let format = match &raw.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return self.err(
+                        f.span(),
+                        "log.format",
+                        format!("`{other}` is not a log format; use \"text\" or \"json\""),
+                    );
+                }
+            },
+        };
+        let level = match &raw.level {
+            None => "info".to_string(),
+            Some(l) => {
+                let text = self.string(l, "log.level")?;
+                if tracing_subscriber::EnvFilter::try_new(&text).is_err() {
+                    return self.err(
+                        l.span(),
+                        "log.level",
+                        format!("`{text}` is not a log filter; use e.g. \"info\" or \"tollgate=debug\""),
+                    );
+                }
+                text
+            }
+        };
+        Ok(LogConfig { format, level, access_log: raw.access_log.unwrap_or(true) })
+    }
+
+    fn listener(&self, raw: &RawListener) -> Result<ListenerConfig> {
+        let name = self.string(&raw.name, "listener.name")?;
+        let key = |k: &str| format!("listener.{name}.{k}");
+        let bind = self.socket_addr(&raw.bind, &key("bind"))?;
+        if let Some(p) = raw.policies.first() {
+            return self.err(
+                p.span(),
+                key("policies"),
+                format!("unknown policy `{}`: no [policy.{}] section", p.get_ref(), p.get_ref()),
+            );
+        }
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => Some(self.tls(t, &key("tls"))?),
+        };
+        let max_body_bytes = match &raw.max_body_bytes {
+            None => None,
+            Some(_) => Some(self.positive(&raw.max_body_bytes, &key("max_body_bytes"), 0, u64::MAX >> 1)?),
+        };
+        let max_connections = match &raw.max_connections {
+            None => None,
+            Some(_) => Some(self.positive(&raw.max_connections, &key("max_connections"), 0, 10_000_000)? as usize),
+        };
+        let max_header_bytes =
+            self.positive(&raw.max_header_bytes, &key("max_header_bytes"), 16 * 1024, 1 << 20)? as usize;
+        if max_header_bytes < 8192 {
+            // hyper's HTTP/1.1 read buffer cannot go below 8 KiB.
+            let span = raw.max_header_bytes.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            return self.err(span, key("max_header_bytes"), "must be at least 8192");
+        }
+        let limits = ListenerLimits {
+            max_header_bytes,
+            max_headers: self.positive(&raw.max_headers, &key("max_headers"), 100, 10_000)? as usize,
+            max_body_bytes,
+            header_read_timeout: self.duration(
+                &raw.header_read_timeout,
+                &key("header_read_timeout"),
+                Duration::from_secs(10),
+            )?,
+            max_connections,
+            h2_max_concurrent_streams: self.positive(
+                &raw.h2_max_concurrent_streams,
+                &key("h2_max_concurrent_streams"),
+                100,
+                1 << 20,
+            )? as u32,
+        };
+        Ok(ListenerConfig { name, bind, tls, limits })
+    }
+
+    fn tls(&self, raw: &RawTls, key: &str) -> Result<TlsConfig> {
+        let mut certs = Vec::new();
+        match (&raw.cert, &raw.key) {
+            (Some(cert), Some(k)) => certs.push(self.cert_pair(cert, k, key)?),
+            (Some(cert), None) => {
+                return self.err(cert.span(), format!("{key}.key"), "`cert` needs a `key`");
+            }
+            (None, Some(k)) => {
+                return self.err(k.span(), format!("{key}.cert"), "`key` needs a `cert`");
+            }
+            (None, None) => {}
+        }
+        for pair in &raw.certs {
+            certs.push(self.cert_pair(&pair.cert, &pair.key, &format!("{key}.certs"))?);
+        }
+        if certs.is_empty() {
+            return Err(self.src.error_at_file(key, "needs `cert` and `key`, or `certs = [{ cert, key }, ...]`"));
+        }
+        let min_version = match &raw.min_version {
+            None => TlsVersion::Tls12,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => TlsVersion::Tls12,
+                "1.3" => TlsVersion::Tls13,
+                other => {
+                    return self.err(
+                        v.span(),
+                        format!("{key}.min_version"),
+                        format!("`{other}` is not supported; use \"1.2\" or \"1.3\""),
+                    );
+                }
+            },
+        };
+        let tls = TlsConfig { certs, min_version };
+        // Build the real rustls config now so a bad PEM fails `check`, not the first handshake.
+        crate::listen::tls::server_config(&tls).map_err(|e| {
+            let span = raw
+                .cert
+                .as_ref()
+                .map(|c| c.span())
+                .or_else(|| raw.certs.first().map(|c| c.cert.span()))
+                .unwrap_or(0..0);
+            self.src.error(span, key, e.to_string())
+        })?;
+        Ok(tls)
+    }
+
+    fn cert_pair(&self, cert: &Spanned<String>, key: &Spanned<String>, prefix: &str) -> Result<CertPair> {
+        let cert_path = self.existing_file(cert, &format!("{prefix}.cert"))?;
+        let key_path = self.existing_file(key, &format!("{prefix}.key"))?;
+        Ok(CertPair { cert: cert_path, key: key_path })
+    }
+
+    fn existing_file(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf> {
+        let path = PathBuf::from(self.string(value, key)?);
+        if !path.is_file() {
+            return self.err(value.span(), key, format!("file `{}` does not exist", path.display()));
+        }
+        Ok(path)
+    }
+
+    fn upstream(&self, raw: &RawUpstream) -> Result<UpstreamConfig> {
+        let name = self.string(&raw.name, "upstream.name")?;
+        let key = |k: &str| format!("upstream.{name}.{k}");
+        let protocol = match &raw.protocol {
+            None => UpstreamProtocol::Http1,
+            Some(p) => match p.get_ref().as_str() {
+                "http1" => UpstreamProtocol::Http1,
+                "grpc" => {
+                    return self.err(p.span(), key("protocol"), "gRPC upstreams are not available yet; use \"http1\"");
+                }
+                other => {
+                    return self.err(p.span(), key("protocol"), format!("`{other}` is not a protocol; use \"http1\""));
+                }
+            },
+        };
+        let mut targets = Vec::new();
+        let span = raw.targets.span();
+        for t in raw.targets.get_ref() {
+            let (address, weight) = match t {
+                RawTarget::Address(a) => (a, None),
+                RawTarget::Weighted(w) => (&w.address, w.weight),
+            };
+            let text = expand_env(address).map_err(|m| self.src.error(span.clone(), key("targets"), m))?;
+            let authority: Authority = match text.parse() {
+                Ok(a) => a,
+                Err(_) => return self.err(span, key("targets"), format!("`{text}` is not HOST:PORT")),
+            };
+            if authority.port_u16().is_none() {
+                return self.err(span, key("targets"), format!("`{text}` needs a port, e.g. \"{text}:80\""));
+            }
+            let weight = match weight {
+                None => 1,
+                Some(w) if (1..=1000).contains(&w) => w as u32,
+                Some(_) => return self.err(span, key("targets.weight"), "must be between 1 and 1000"),
+            };
+            targets.push(TargetConfig { authority, weight });
+        }
+        if targets.is_empty() {
+            return self.err(raw.targets.span(), key("targets"), "needs at least one target");
+        }
+        let balance = match &raw.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "round_robin" => Balance::RoundRobin,
+                "least_request" => Balance::LeastRequest,
+                "random" => Balance::Random,
+                "hash" => Balance::Hash,
+                other => {
+                    return self.err(
+                        b.span(),
+                        key("balance"),
+                        format!("`{other}` is not a balancer; use round_robin, least_request, random or hash"),
+                    );
+                }
+            },
+        };
+        let hash_key = match &raw.hash_key {
+            None => HashKey::ClientIp,
+            Some(h) => match h.get_ref().as_str() {
+                "client_ip" => HashKey::ClientIp,
+                other => match other.strip_prefix("header:").map(HeaderName::try_from) {
+                    Some(Ok(name)) => HashKey::Header(name),
+                    _ => {
+                        return self.err(
+                            h.span(),
+                            key("hash_key"),
+                            format!("`{other}` is not a hash key; use \"client_ip\" or \"header:NAME\""),
+                        );
+                    }
+                },
+            },
+        };
+        let max_connections_per_target = match &raw.max_connections_per_target {
+            None => None,
+            Some(_) => {
+                Some(self.positive(&raw.max_connections_per_target, &key("max_connections_per_target"), 0, 1_000_000)?
+                    as usize)
+            }
+        };
+        Ok(UpstreamConfig {
+            name: name.clone(),
+            protocol,
+            targets,
+            balance,
+            hash_key,
+            connect_timeout: self.duration(&raw.connect_timeout, &key("connect_timeout"), Duration::from_secs(5))?,
+            first_byte_timeout: self.duration(
+                &raw.first_byte_timeout,
+                &key("first_byte_timeout"),
+                Duration::from_secs(60),
+            )?,
+            idle_timeout: self.duration(&raw.idle_timeout, &key("idle_timeout"), Duration::from_secs(90))?,
+            max_connections_per_target,
+            max_idle_per_target: self.positive(&raw.max_idle_per_target, &key("max_idle_per_target"), 256, 1_000_000)?
+                as usize,
+            eject_after: self.positive(&raw.eject_after, &key("eject_after"), 3, 1000)? as u32,
+            eject_for: self.duration(&raw.eject_for, &key("eject_for"), Duration::from_secs(10))?,
+        })
+    }
+
+    fn route(&self, raw: &RawRoute, upstreams: &HashSet<String>) -> Result<RouteConfig> {
+        let name = self.string(&raw.name, "route.name")?;
+        let key = |k: &str| format!("route.{name}.{k}");
+        if let Some(p) = raw.policies.first() {
+            return self.err(
+                p.span(),
+                key("policies"),
+                format!("unknown policy `{}`: no [policy.{}] section", p.get_ref(), p.get_ref()),
+            );
+        }
+        let matcher = self.route_match(&raw.matcher, &key("match"))?;
+        let action = match (&raw.upstream, &raw.static_dir) {
+            (Some(u), None) => {
+                let upstream = self.string(u, &key("upstream"))?;
+                if !upstreams.contains(&upstream) {
+                    return self.err(u.span(), key("upstream"), format!("no upstream named `{upstream}`"));
+                }
+                RouteAction::Proxy { upstream }
+            }
+            (None, Some(d)) => {
+                let dir = PathBuf::from(self.string(d, &key("static_dir"))?);
+                if !dir.is_dir() {
+                    return self.err(
+                        d.span(),
+                        key("static_dir"),
+                        format!("directory `{}` does not exist", dir.display()),
+                    );
+                }
+                RouteAction::Static { dir }
+            }
+            (Some(u), Some(_)) => {
+                return self.err(u.span(), key("upstream"), "a route has either `upstream` or `static_dir`, not both");
+            }
+            (None, None) => {
+                return self.err(raw.name.span(), key("upstream"), "a route needs `upstream` or `static_dir`");
+            }
+        };
+        let strip_prefix = raw.strip_prefix.unwrap_or(false);
+        if strip_prefix && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
+            return self.err(raw.name.span(), key("strip_prefix"), "needs `match.path_prefix`");
+        }
+        let rewrite = match &raw.rewrite {
+            None => None,
+            Some(r) => {
+                let text = self.string(r, &key("rewrite"))?;
+                if matcher.path.is_none() {
+                    return self.err(
+                        r.span(),
+                        key("rewrite"),
+                        "needs `match.path`, `match.path_prefix` or `match.path_regex`",
+                    );
+                }
+                if strip_prefix {
+                    return self.err(r.span(), key("rewrite"), "use either `rewrite` or `strip_prefix`");
+                }
+                Some(text)
+            }
+        };
+        let max_body_bytes = match &raw.max_body_bytes {
+            None => None,
+            Some(_) => Some(self.positive(&raw.max_body_bytes, &key("max_body_bytes"), 0, u64::MAX >> 1)?),
+        };
+        Ok(RouteConfig {
+            name,
+            matcher,
+            action,
+            strip_prefix,
+            rewrite,
+            preserve_host: raw.preserve_host.unwrap_or(true),
+            max_body_bytes,
+        })
+    }
+
+    fn route_match(&self, raw: &RawMatch, key: &str) -> Result<RouteMatch> {
+        let host = match &raw.host {
+            None => None,
+            Some(h) => {
+                let text = self.string(h, &format!("{key}.host"))?.to_ascii_lowercase();
+                Some(match text.strip_prefix("*.") {
+                    Some(rest) if !rest.is_empty() && !rest.contains('*') => HostMatch::Suffix(format!(".{rest}")),
+                    _ if !text.is_empty() && !text.contains('*') => HostMatch::Exact(text),
+                    _ => {
+                        return self.err(
+                            h.span(),
+                            format!("{key}.host"),
+                            format!("`{text}` is not a host; use \"api.example.com\" or \"*.example.com\""),
+                        );
+                    }
+                })
+            }
+        };
+        let paths = [(&raw.path, "path"), (&raw.path_prefix, "path_prefix"), (&raw.path_regex, "path_regex")];
+        let mut path = None;
+        for (value, name) in paths {
+            let Some(v) = value else { continue };
+            if path.is_some() {
+                return self.err(
+                    v.span(),
+                    format!("{key}.{name}"),
+                    "use only one of `path`, `path_prefix`, `path_regex`",
+                );
+            }
+            let text = self.string(v, &format!("{key}.{name}"))?;
+            if name != "path_regex" && !text.starts_with('/') {
+                return self.err(v.span(), format!("{key}.{name}"), "must start with `/`");
+            }
+            path = Some(match name {
+                "path" => PathMatch::Exact(text),
+                "path_prefix" => PathMatch::Prefix(text),
+                _ => {
+                    // Anchor so a regex matches the whole path, like Envoy's safe_regex.
+                    let anchored = format!("^(?:{text})$");
+                    match regex::Regex::new(&anchored) {
+                        Ok(re) => PathMatch::Regex(re),
+                        Err(e) => {
+                            return self.err(v.span(), format!("{key}.{name}"), format!("bad regex: {e}"));
+                        }
+                    }
+                }
+            });
+        }
+        let mut methods = Vec::new();
+        if let Some(m) = &raw.method {
+            let span = m.span();
+            for name in m.get_ref().clone_vec() {
+                match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => methods.push(method),
+                    Err(_) => {
+                        return self.err(span, format!("{key}.method"), format!("`{name}` is not a method"));
+                    }
+                }
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &raw.headers {
+            let header_name = HeaderName::try_from(name.as_str()).map_err(|_| {
+                self.src.error(value.span(), format!("{key}.headers"), format!("`{name}` is not a header name"))
+            })?;
+            let text = self.string(value, &format!("{key}.headers.{name}"))?;
+            let header_value = HeaderValue::try_from(text).map_err(|_| {
+                self.src.error(value.span(), format!("{key}.headers.{name}"), "not a valid header value")
+            })?;
+            headers.push((header_name, header_value));
+        }
+        Ok(RouteMatch { host, path, methods, headers })
+    }
+}
+
+fn default_workers() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+impl OneOrMany {
+    fn clone_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Why a request could not be proxied, and the one place such a failure
+//! becomes an HTTP response (status + small JSON body with the request id).
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// Which side of the proxy a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The backend failed or could not be reached.
+    Upstream,
+    /// Our own configuration or a bug.
+    Internal,
+}
+
+/// Every way a proxied request can fail before a backend response is relayed.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No route matches the request.
+    NoRoute,
+    /// The request is malformed in a way hyper did not catch (e.g. bad Host).
+    BadRequest(&'static str),
+    /// The request body is larger than the route or listener allows.
+    BodyTooLarge { limit: u64 },
+    /// Connecting to every target tried failed (refused, reset, unreachable).
+    UpstreamConnect { upstream: String, source: hyper_util::client::legacy::Error },
+    /// Connecting or waiting for the response head took too long.
+    UpstreamTimeout { upstream: String, phase: &'static str },
+    /// Every target is at its connection limit.
+    UpstreamSaturated { upstream: String },
+    /// The backend broke the exchange after the connection was made.
+    UpstreamProtocol { upstream: String, source: hyper_util::client::legacy::Error },
+    /// Serving a static file failed.
+    Static(std::io::Error),
+}
+
+impl ProxyError {
+    /// The HTTP status this failure is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamSaturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Static(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::UpstreamConnect { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamSaturated { .. } => "upstream_saturated",
+            ProxyError::UpstreamProtocol { .. } => "upstream_error",
+            ProxyError::Static(_) => "static_error",
+        }
+    }
+
+    /// Which side is to blame.
+    pub fn source_side(&self) -> ErrorSource {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => {
+                ErrorSource::Downstream
+            }
+            ProxyError::Static(_) => ErrorSource::Internal,
+            _ => ErrorSource::Upstream,
+        }
+    }
+
+    /// A one-line explanation safe to show the client.
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "no route matches this request".into(),
+            ProxyError::BadRequest(why) => (*why).into(),
+            ProxyError::BodyTooLarge { limit } => {
+                format!("request body exceeds the limit of {limit} bytes")
+            }
+            ProxyError::UpstreamConnect { upstream, .. } => {
+                format!("upstream `{upstream}` is unreachable")
+            }
+            ProxyError::UpstreamTimeout { upstream, phase } => {
+                format!("upstream `{upstream}` timed out ({phase})")
+            }
+            ProxyError::UpstreamSaturated { upstream } => {
+                format!("upstream `{upstream}` has no free connection")
+            }
+            ProxyError::UpstreamProtocol { upstream, .. } => {
+                format!("upstream `{upstream}` failed to answer")
+            }
+            ProxyError::Static(_) => "static file could not be read".into(),
+        }
+    }
+
+    /// Builds the client-facing response.
+    pub fn into_response(&self, request_id: &str) -> Response<Body> {
+        error_response(self.status(), self.code(), &self.message(), request_id)
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())?;
+        match self {
+            ProxyError::UpstreamConnect { source, .. } | ProxyError::UpstreamProtocol { source, .. } => {
+                let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(source);
+                write!(f, ": {source}")?;
+                while let Some(c) = cause {
+                    write!(f, ": {c}")?;
+                    cause = c.source();
+                }
+                Ok(())
+            }
+            ProxyError::Static(e) => write!(f, ": {e}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// A JSON error response: `{"error": code, "message": ..., "request_id": ...}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    let json = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    let mut response = Response::new(body::full(json.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_documented_status() {
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+        assert_eq!(ProxyError::BadRequest("x").status(), 400);
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(ProxyError::UpstreamTimeout { upstream: "u".into(), phase: "connect" }.status(), 504);
+        assert_eq!(ProxyError::UpstreamSaturated { upstream: "u".into() }.status(), 503);
+    }
+
+    #[tokio::test]
+    async fn error_body_is_json_with_the_request_id() {
+        use http_body_util::BodyExt;
+        let response = ProxyError::NoRoute.into_response("abc123");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["error"], "no_route");
+        assert_eq!(value["request_id"], "abc123");
+    }
+}

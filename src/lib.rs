@@ -1,0 +1,19 @@
+//! Tollgate: an API gateway and protocol bridge.
+//!
+//! A request's path through the code:
+//! [`listen`] (TCP/TLS, HTTP/1.1 + HTTP/2 via hyper) → [`pipeline::Gateway::handle`]
+//! (request id, [`route`], limits) → [`upstream`] (balancer, pooled HTTP/1.1
+//! client) → back through [`pipeline::forwarded`] and the access log.
+//! Failures become responses in exactly one place: [`error::ProxyError`].
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod listen;
+pub mod model;
+pub mod pipeline;
+pub mod route;
+pub mod server;
+pub mod static_files;
+pub mod upstream;

@@ -1,0 +1,234 @@
+//! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1 and
+//! HTTP/2 on them with hyper, handing every request to the gateway.
+//!
+//! Cleartext ports speak HTTP/1.1 and HTTP/2 with prior knowledge (hyper-util
+//! reads the connection preface); TLS ports pick by ALPN. `Upgrade: h2c` is
+//! not offered (deprecated by RFC 9113 §3.1).
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerConfig;
+use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
+use crate::pipeline::Gateway;
+
+/// A bound listener, ready to serve once the runtime is up.
+pub struct Listener {
+    config: ListenerConfig,
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    info: Arc<ListenerInfo>,
+    connections: Option<Arc<Semaphore>>,
+}
+
+/// Why a listener could not start.
+#[derive(Debug)]
+pub enum ListenError {
+    Bind { listener: String, addr: SocketAddr, source: std::io::Error },
+    Tls { listener: String, source: tls::TlsError },
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenError::Bind { listener, addr, source } => {
+                write!(f, "listener `{listener}`: cannot bind {addr}: {source}")
+            }
+            ListenError::Tls { listener, source } => write!(f, "listener `{listener}`: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+impl Listener {
+    /// Binds the socket and prepares TLS and HTTP settings.
+    pub fn bind(config: &ListenerConfig) -> Result<Self, ListenError> {
+        let tcp = bind_tcp(config.bind).map_err(|source| ListenError::Bind {
+            listener: config.name.clone(),
+            addr: config.bind,
+            source,
+        })?;
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(TlsAcceptor::from(
+                tls::server_config(t).map_err(|source| ListenError::Tls { listener: config.name.clone(), source })?,
+            )),
+        };
+        Ok(Self {
+            tcp,
+            tls,
+            http: Arc::new(http_builder(config)),
+            info: Arc::new(ListenerInfo {
+                name: Arc::from(config.name.as_str()),
+                max_body_bytes: config.limits.max_body_bytes,
+            }),
+            connections: config.limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            config: config.clone(),
+        })
+    }
+
+    /// The address actually bound (useful when the config said port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts connections until `stop` flips, registering each with `drain`.
+    pub async fn run(
+        self,
+        gateway: Arc<ArcSwap<Gateway>>,
+        mut stop: watch::Receiver<bool>,
+        drain: Arc<GracefulShutdown>,
+    ) {
+        tracing::info!(listener = %self.config.name, bind = %self.config.bind, tls = self.tls.is_some(), "listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = self.tcp.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %self.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = match &self.connections {
+                None => None,
+                Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::debug!(listener = %self.config.name, %peer, "connection refused: max_connections reached");
+                        continue;
+                    }
+                },
+            };
+            let connection = Connection {
+                http: Arc::clone(&self.http),
+                tls: self.tls.clone(),
+                listener: Arc::clone(&self.info),
+                gateway: Arc::clone(&gateway),
+                handshake_timeout: self.config.limits.header_read_timeout,
+            };
+            let watcher = drain.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                connection.serve(stream, peer, watcher).await;
+            });
+        }
+        tracing::info!(listener = %self.config.name, "stopped accepting");
+    }
+}
+
+/// What a connection task needs, cloned from its listener.
+struct Connection {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    listener: Arc<ListenerInfo>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    handshake_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        match &self.tls {
+            None => {
+                let info = ConnectionInfo { listener: Arc::clone(&self.listener), peer, local, tls: None };
+                self.serve_http(stream, info, watcher).await;
+            }
+            Some(acceptor) => {
+                let tls_stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let (_, session) = tls_stream.get_ref();
+                let tls = TlsInfo {
+                    server_name: session.server_name().map(str::to_string),
+                    alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                    version: session.protocol_version().and_then(|v| v.as_str()),
+                };
+                let info = ConnectionInfo { listener: Arc::clone(&self.listener), peer, local, tls: Some(tls) };
+                self.serve_http(tls_stream, info, watcher).await;
+            }
+        }
+    }
+
+    async fn serve_http<I>(&self, io: I, info: ConnectionInfo, watcher: hyper_util::server::graceful::Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = Arc::new(info);
+        let gateway = Arc::clone(&self.gateway);
+        let service = service_fn(move |req| {
+            let gateway = gateway.load_full();
+            let info = Arc::clone(&info);
+            async move { Ok::<_, Infallible>(gateway.handle(info, req).await) }
+        });
+        let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// hyper settings from the listener's limits.
+fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let limits = &config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// A listening socket with a deep backlog and address reuse, so restarts
+/// don't wait out TIME_WAIT.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}

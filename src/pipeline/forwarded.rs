@@ -1,0 +1,206 @@
+//! Proxy header semantics (RFC 9110 §7.6): hop-by-hop headers removed in both
+//! directions, `X-Forwarded-*`, `Forwarded` (RFC 7239) and `Via` added, and
+//! the request re-shaped for an HTTP/1.1 upstream.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+
+use crate::body::Body;
+use crate::config::RouteConfig;
+use crate::error::ProxyError;
+use crate::model::{DownstreamProtocol, RequestContext};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// `Via` value for each hop we received on (RFC 9110 §7.6.3: received-protocol + pseudonym).
+fn via(protocol: DownstreamProtocol) -> HeaderValue {
+    match protocol {
+        DownstreamProtocol::Http1 => HeaderValue::from_static("1.1 tollgate"),
+        DownstreamProtocol::Http2 => HeaderValue::from_static("2 tollgate"),
+    }
+}
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Turns the client's request into the one sent upstream: path rewritten,
+/// hop-by-hop headers gone, forwarding headers added, HTTP/1.1 shape.
+pub fn prepare_request(
+    mut parts: http::request::Parts,
+    body: Body,
+    ctx: &RequestContext,
+    route: &RouteConfig,
+) -> Result<Request<Body>, ProxyError> {
+    let headers = &mut parts.headers;
+    let host = match parts.uri.authority() {
+        Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
+        None => headers.get(header::HOST).cloned(),
+    };
+    remove_hop_by_hop(headers);
+    // We answered `Expect: 100-continue` ourselves when we started reading the body.
+    headers.remove(header::EXPECT);
+    if ctx.protocol == DownstreamProtocol::Http2 {
+        join_cookies(headers);
+    }
+
+    let client_ip = ctx.connection.peer.ip();
+    let proto = ctx.connection.scheme();
+    append_list(headers, &X_FORWARDED_FOR, &client_ip.to_string());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(h) = &host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(&X_FORWARDED_HOST, h.clone());
+    }
+    append_list(headers, &FORWARDED, &forwarded_element(client_ip, proto, host.as_ref()));
+    append_list(headers, &header::VIA, via(ctx.protocol).to_str().unwrap_or_default());
+
+    match (route.preserve_host, host) {
+        (true, Some(h)) => {
+            headers.insert(header::HOST, h);
+        }
+        _ => {
+            headers.remove(header::HOST);
+        }
+    }
+
+    let path = match parts.uri.path_and_query() {
+        Some(pq) => crate::route::rewrite_path(route, pq),
+        None => http::uri::PathAndQuery::from_static("/"),
+    };
+    parts.uri = http::Uri::from(path);
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Cleans a backend response for the client: hop-by-hop headers removed, `Via` added.
+pub fn prepare_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol) {
+    let headers = response.headers_mut();
+    remove_hop_by_hop(headers);
+    append_list(headers, &header::VIA, via(protocol).to_str().unwrap_or_default());
+}
+
+/// One `Forwarded` element: `for=...;proto=...;host=...` with IPv6 quoted (RFC 7239 §6).
+fn forwarded_element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut out = format!("for={node};proto={proto}");
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        if h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+            out.push_str(";host=");
+            out.push_str(h);
+        } else {
+            out.push_str(";host=\"");
+            out.push_str(&h.replace('\\', "\\\\").replace('"', "\\\""));
+            out.push('"');
+        }
+    }
+    out
+}
+
+/// Appends `value` to a comma-separated list header (or creates it).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one, joined
+/// with "; " (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> =
+        headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_removed_with_the_fixed_set() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_and_odd_hosts() {
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(forwarded_element(v6, "https", None), "for=\"[::1]\";proto=https");
+        let host = HeaderValue::from_static("example.com:8080");
+        assert_eq!(
+            forwarded_element("10.0.0.1".parse().unwrap(), "http", Some(&host)),
+            "for=10.0.0.1;proto=http;host=\"example.com:8080\""
+        );
+    }
+
+    #[test]
+    fn list_headers_are_appended_not_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        append_list(&mut h, &X_FORWARDED_FOR, "127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 127.0.0.1");
+    }
+
+    #[test]
+    fn split_http2_cookies_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+}

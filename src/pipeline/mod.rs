@@ -1,0 +1,198 @@
+//! The one data path every request takes, whatever protocol it came on:
+//!
+//! ```text
+//! request id → route → body limit → (static files | forward to upstream) → response headers → access log
+//! ```
+//!
+//! Listeners call [`Gateway::handle`]; nothing here branches on the
+//! downstream protocol except re-encoding details in `forwarded`.
+
+pub mod access_log;
+pub mod forwarded;
+pub mod request_id;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body, Limited};
+use crate::config::{Config, RouteAction, RouteConfig};
+use crate::error::ProxyError;
+use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
+use crate::static_files::StaticFiles;
+use crate::upstream::{TargetGuard, Upstream};
+use access_log::{AccessRecord, Tracked};
+use request_id::X_REQUEST_ID;
+
+/// A route with its action resolved to live objects at config load.
+struct CompiledRoute {
+    name: Arc<str>,
+    config: RouteConfig,
+    action: Action,
+}
+
+enum Action {
+    Proxy(Arc<Upstream>),
+    Static(StaticFiles),
+}
+
+/// Counters shown on the admin status page.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub responses_2xx: AtomicU64,
+    pub responses_3xx: AtomicU64,
+    pub responses_4xx: AtomicU64,
+    pub responses_5xx: AtomicU64,
+}
+
+impl Stats {
+    fn count(&self, status: http::StatusCode) {
+        let bucket = match status.as_u16() {
+            200..=299 => &self.responses_2xx,
+            300..=399 => &self.responses_3xx,
+            400..=499 => &self.responses_4xx,
+            _ => &self.responses_5xx,
+        };
+        bucket.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the data path needs, built once per config snapshot.
+pub struct Gateway {
+    routes: Vec<CompiledRoute>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    access_log: bool,
+    pub stats: Stats,
+}
+
+/// What answering a request produced before logging wraps it.
+enum Outcome {
+    /// A backend response, relayed as it streams in.
+    Proxied(Response<Incoming>, TargetGuard),
+    /// A response made here (static file or error).
+    Local(Response<Body>),
+}
+
+impl Gateway {
+    /// Resolves routes to upstreams and directories.
+    pub fn new(config: &Config) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
+        let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| CompiledRoute {
+                name: Arc::from(r.name.as_str()),
+                config: r.clone(),
+                action: match &r.action {
+                    RouteAction::Proxy { upstream } => Action::Proxy(Arc::clone(by_name[upstream.as_str()])),
+                    RouteAction::Static { dir } => Action::Static(StaticFiles::new(dir)),
+                },
+            })
+            .collect();
+        Self { routes, upstreams, access_log: config.log.access_log, stats: Stats::default() }
+    }
+
+    /// Answers one request. Never fails: every error becomes a response here.
+    pub async fn handle(self: Arc<Self>, connection: Arc<ConnectionInfo>, req: Request<Incoming>) -> Response<Body> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let id = request_id::take_or_generate(req.headers());
+        let mut ctx = RequestContext {
+            id: Arc::from(id.to_str().unwrap_or_default()),
+            connection,
+            protocol: DownstreamProtocol::from_version(req.version()),
+            start: Instant::now(),
+            route: None,
+            upstream: None,
+            target: None,
+            principal: None,
+        };
+        let method = req.method().clone();
+        let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
+
+        let (outcome, error) = match self.forward(&mut ctx, req).await {
+            Ok(outcome) => (outcome, None),
+            Err(e) => {
+                match e.source_side() {
+                    crate::error::ErrorSource::Downstream => {
+                        tracing::debug!(request_id = %ctx.id, error = %e, "request refused")
+                    }
+                    _ => tracing::warn!(request_id = %ctx.id, error = %e, "request failed"),
+                }
+                (Outcome::Local(e.into_response(&ctx.id)), Some(e.code()))
+            }
+        };
+
+        let (mut parts, body, guard) = match outcome {
+            Outcome::Proxied(response, guard) => {
+                let (parts, incoming) = response.into_parts();
+                (parts, Err(incoming), Some(guard))
+            }
+            Outcome::Local(response) => {
+                let (parts, body) = response.into_parts();
+                (parts, Ok(body), None)
+            }
+        };
+        self.stats.count(parts.status);
+        parts.headers.insert(&X_REQUEST_ID, id);
+        let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
+        let body = match body {
+            Err(incoming) => body::boxed(Tracked::new(incoming, record, guard)),
+            Ok(local) if record.is_some() => body::boxed(Tracked::new(local, record, None)),
+            Ok(local) => local,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    async fn forward(&self, ctx: &mut RequestContext, req: Request<Incoming>) -> Result<Outcome, ProxyError> {
+        let route = self.find_route(&req).ok_or(ProxyError::NoRoute)?;
+        ctx.route = Some(Arc::clone(&route.name));
+
+        let limit = route.config.max_body_bytes.or(ctx.connection.listener.max_body_bytes);
+        let (parts, incoming) = req.into_parts();
+        let body = match limit {
+            Some(limit) => {
+                if content_length(&parts.headers).is_some_and(|len| len > limit) {
+                    // Refuse before reading: with `Expect: 100-continue` the client never sends the body.
+                    return Err(ProxyError::BodyTooLarge { limit });
+                }
+                body::boxed(Limited::new(incoming, limit))
+            }
+            None => body::boxed(incoming),
+        };
+
+        match &route.action {
+            Action::Static(files) => {
+                let mut req = Request::from_parts(parts, body);
+                if let Some(pq) = req.uri().path_and_query() {
+                    *req.uri_mut() = http::Uri::from(crate::route::rewrite_path(&route.config, pq));
+                }
+                Ok(Outcome::Local(files.serve(req).await))
+            }
+            Action::Proxy(upstream) => {
+                let upstream_req = forwarded::prepare_request(parts, body, ctx, &route.config)?;
+                ctx.upstream = Some(Arc::clone(&upstream.name));
+                let sent = upstream.send(upstream_req, ctx.connection.peer.ip()).await?;
+                ctx.target = Some(sent.target);
+                let mut response = sent.response;
+                forwarded::prepare_response(&mut response, ctx.protocol);
+                Ok(Outcome::Proxied(response, sent.guard))
+            }
+        }
+    }
+}
+
+impl Gateway {
+    fn find_route<B>(&self, req: &Request<B>) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| crate::route::matches(&r.config.matcher, req))
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
