@@ -26,13 +26,13 @@ pub enum ProxyError {
     /// The request body is larger than the route or listener allows.
     BodyTooLarge { limit: u64 },
     /// Connecting to every target tried failed (refused, reset, unreachable).
-    UpstreamConnect { upstream: String, source: hyper_util::client::legacy::Error },
+    UpstreamConnect { upstream: String, source: crate::upstream::ConnectError },
     /// Connecting or waiting for the response head took too long.
     UpstreamTimeout { upstream: String, phase: &'static str },
     /// Every target is at its connection limit.
     UpstreamSaturated { upstream: String },
     /// The backend broke the exchange after the connection was made.
-    UpstreamProtocol { upstream: String, source: hyper_util::client::legacy::Error },
+    UpstreamProtocol { upstream: String, source: hyper::Error },
     /// Serving a static file failed.
     Static(std::io::Error),
 }
@@ -110,15 +110,8 @@ impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message())?;
         match self {
-            ProxyError::UpstreamConnect { source, .. } | ProxyError::UpstreamProtocol { source, .. } => {
-                let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(source);
-                write!(f, ": {source}")?;
-                while let Some(c) = cause {
-                    write!(f, ": {c}")?;
-                    cause = c.source();
-                }
-                Ok(())
-            }
+            ProxyError::UpstreamConnect { source, .. } => write_chain(f, source),
+            ProxyError::UpstreamProtocol { source, .. } => write_chain(f, source),
             ProxyError::Static(e) => write!(f, ": {e}"),
             _ => Ok(()),
         }
@@ -126,6 +119,17 @@ impl std::fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+/// Writes `: error: cause: cause...` so logs show the root cause.
+fn write_chain(f: &mut std::fmt::Formatter<'_>, error: &dyn std::error::Error) -> std::fmt::Result {
+    write!(f, ": {error}")?;
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        write!(f, ": {c}")?;
+        cause = c.source();
+    }
+    Ok(())
+}
 
 /// A JSON error response: `{"error": code, "message": ..., "request_id": ...}`.
 pub fn error_response(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {

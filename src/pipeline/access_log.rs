@@ -62,8 +62,12 @@ pin_project_lite::pin_project! {
     impl<B: http_body::Body> PinnedDrop for Tracked<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            let completed = *this.done || this.inner.is_end_stream();
+            if completed && let Some(guard) = this.guard.take() {
+                // e.g. HEAD or 304: hyper never polls an empty body, yet the exchange is complete.
+                guard.complete();
+            }
             if let Some(record) = this.record.take() {
-                let completed = *this.done || this.inner.is_end_stream();
                 record.write(*this.bytes, completed);
             }
         }
@@ -94,7 +98,9 @@ where
                 if this.inner.is_end_stream() {
                     // hyper stops polling once the size hint is met; finish here.
                     *this.done = true;
-                    this.guard.take();
+                    if let Some(guard) = this.guard.take() {
+                        guard.complete();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -102,7 +108,9 @@ where
             Poll::Ready(None) => {
                 *this.done = true;
                 // The upstream exchange is over: free its slot now, not when hyper drops us.
-                this.guard.take();
+                if let Some(guard) = this.guard.take() {
+                    guard.complete();
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

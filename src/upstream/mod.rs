@@ -1,21 +1,19 @@
-//! Upstreams: named groups of targets, the pooled HTTP/1.1 client that
-//! re-encodes requests for them, load balancing and passive health.
+//! Upstreams: named groups of targets, the pooled HTTP/1.1 connections that
+//! carry re-encoded requests to them, load balancing and passive health.
 
 mod balancer;
+mod pool;
 mod target;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::SendRequest;
 
 pub use balancer::Balancer;
+pub use pool::{ConnectError, Pool, PoolSettings};
 pub use target::{Target, TargetGuard};
 
 use crate::body::Body;
@@ -25,122 +23,109 @@ use crate::error::ProxyError;
 /// How many targets one request may try when connecting fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-/// A backend service: its targets, how to pick one, and a connection pool.
+/// A backend service: its targets and how to pick one.
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub targets: Vec<Arc<Target>>,
     balancer: Balancer,
-    client: Client<HttpConnector, Body>,
 }
 
-/// A backend response with the guard that keeps its target's slot busy
-/// until the response body has been relayed.
+/// A backend response with the guard that keeps its target's slot and
+/// connection until the response body has been relayed.
 pub struct UpstreamResponse {
     pub response: Response<Incoming>,
     pub guard: TargetGuard,
     pub target: Arc<str>,
 }
 
+/// How one attempt on one target failed.
+enum AttemptError {
+    /// Nothing was sent: another target may be tried.
+    Connect(ConnectError),
+    /// The request went out (at least partly) and the exchange failed.
+    Exchange(hyper::Error),
+}
+
 impl Upstream {
+    /// Builds the upstream; must run inside the tokio runtime (it starts the
+    /// task that closes expired idle connections).
     pub fn new(config: &UpstreamConfig) -> Self {
+        let settings = PoolSettings {
+            max_idle: config.max_idle_per_target,
+            idle_timeout: config.idle_timeout,
+            connect_timeout: config.connect_timeout,
+        };
         let targets: Vec<Arc<Target>> = config
             .targets
             .iter()
-            .map(|t| Arc::new(Target::new(t.authority.clone(), t.weight, config.max_connections_per_target)))
+            .map(|t| Arc::new(Target::with_pool(t.authority.clone(), t.weight, config.max_connections_per_target, settings)))
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_target)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
+        spawn_idle_reaper(&targets, config.idle_timeout);
         Self {
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::new(config.balance, &targets),
             config: config.clone(),
             targets,
-            client,
         }
     }
 
-    /// Sends a request whose URI carries only path and query (headers already
-    /// prepared) to one target, retrying other targets on connect failure when
-    /// the request has no body (nothing has been sent, so a retry is safe).
+    /// Sends a prepared request (origin-form URI, headers already rewritten)
+    /// to one target, retrying other targets on connect failure when the
+    /// request has no body (nothing has been sent, so a retry is safe).
     pub async fn send(&self, req: Request<Body>, client_ip: IpAddr) -> Result<UpstreamResponse, ProxyError> {
         let hash_input = self.hash_input(&req, client_ip);
-        let path: PathAndQuery = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let replayable = http_body::Body::is_end_stream(req.body()) && self.targets.len() > 1;
-        let (mut parts, body) = req.into_parts();
-        let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut spare = replayable.then(|| copy_head(&req));
+        let mut req = Some(req);
+        let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
 
-        for _ in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
-            let Some(index) = self.balancer.pick(&self.targets, &hash_input, &tried) else {
-                break;
-            };
-            tried.push(index);
+        for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
+            let Some(index) = self.balancer.pick(&self.targets, &hash_input, &tried[..attempt]) else { break };
+            tried[attempt] = index;
             let target = &self.targets[index];
-            let Some(guard) = target.acquire(self.config.connect_timeout).await else {
+            let Some(mut guard) = target.acquire(self.config.connect_timeout).await else {
                 return Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() });
             };
-            let request_body = match body.take() {
-                Some(b) => b,
-                None => crate::body::empty(),
+            let request = match req.take() {
+                Some(r) => r,
+                None => match spare.as_ref() {
+                    Some(head) => copy_head(head),
+                    None => break,
+                },
             };
-            let mut upstream_req = Request::new(request_body);
-            *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = target_uri(&target.authority, &path);
-            *upstream_req.headers_mut() =
-                if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-            if !upstream_req.headers().contains_key(http::header::HOST) {
-                // `preserve_host = false`: the backend sees its own address.
-                let host =
-                    http::HeaderValue::from_str(target.authority.as_str()).expect("authority is a valid header value");
-                upstream_req.headers_mut().insert(http::header::HOST, host);
-            }
-
-            let sent = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(upstream_req)).await;
-            match sent {
-                Ok(Ok(response)) => {
+            let exchange = tokio::time::timeout(self.config.first_byte_timeout, exchange(target, request));
+            match exchange.await {
+                Ok(Ok((response, connection))) => {
                     target.record_success();
+                    guard.set_connection(connection);
                     return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(AttemptError::Connect(e))) => {
                     if target.record_connect_failure(self.config.eject_after, self.config.eject_for) {
                         tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
                     }
-                    if is_timeout(&e) {
-                        return Err(ProxyError::UpstreamTimeout {
-                            upstream: self.config.name.clone(),
-                            phase: "connect",
-                        });
+                    if matches!(e, ConnectError::Timeout) {
+                        return Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" });
                     }
                     last_connect_error = Some(e);
-                    if !replayable {
+                    if spare.is_none() {
                         break;
                     }
                 }
-                Ok(Err(e)) => {
+                Ok(Err(AttemptError::Exchange(e))) => {
                     if let Some(limit) = body_limit_in(&e) {
                         return Err(ProxyError::BodyTooLarge { limit });
                     }
                     return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e });
                 }
                 Err(_elapsed) => {
-                    return Err(ProxyError::UpstreamTimeout {
-                        upstream: self.config.name.clone(),
-                        phase: "first byte",
-                    });
+                    return Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "first byte" });
                 }
             }
         }
+        spare.take();
         match last_connect_error {
             Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
             None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
@@ -161,25 +146,57 @@ impl Upstream {
     }
 }
 
-fn target_uri(authority: &Authority, path: &PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path.clone());
-    Uri::from_parts(parts).expect("scheme, authority and path are all valid")
+/// Runs one request on a pooled connection to `target`, or a new one.
+async fn exchange(target: &Target, mut req: Request<Body>) -> Result<(Response<Incoming>, SendRequest<Body>), AttemptError> {
+    while let Some(mut sender) = target.pool.checkout() {
+        if !sender.is_ready() && sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut e) => match e.take_message() {
+                // Not sent (the connection closed under us): try the next one.
+                Some(unsent) => req = unsent,
+                None => return Err(AttemptError::Exchange(e.into_error())),
+            },
+        }
+    }
+    let mut sender = target.pool.connect(&target.authority).await.map_err(AttemptError::Connect)?;
+    match sender.send_request(req).await {
+        Ok(response) => Ok((response, sender)),
+        Err(e) => Err(AttemptError::Exchange(e)),
+    }
 }
 
-fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
+/// A body-less copy of a request head, for retrying on another target.
+fn copy_head(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Closes idle connections past `idle_timeout` even when no traffic comes
+/// to check them out; ends when the upstream is dropped (config reload).
+fn spawn_idle_reaper(targets: &[Arc<Target>], idle_timeout: std::time::Duration) {
+    let weak: Vec<Weak<Target>> = targets.iter().map(Arc::downgrade).collect();
+    let period = (idle_timeout / 2).max(std::time::Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let mut alive = false;
+            for target in weak.iter().filter_map(Weak::upgrade) {
+                alive = true;
+                target.pool.evict_expired();
+            }
+            if !alive {
+                return;
+            }
         }
-        current = e.source();
-    }
-    false
+    });
 }
 
 fn body_limit_in(err: &(dyn std::error::Error + 'static)) -> Option<u64> {

@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
+use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::pool::{Pool, PoolSettings};
+use crate::body::Body;
 
 /// Milliseconds since the process's first call, a cheap monotonic clock for atomics.
 fn now_ms() -> u64 {
@@ -27,11 +31,18 @@ pub struct Target {
     /// `now_ms()` until which the target sits out; 0 when admitted.
     ejected_until_ms: AtomicU64,
     connections: Option<Arc<Semaphore>>,
+    /// Idle keep-alive connections to this target.
+    pub pool: Pool,
 }
 
 impl Target {
     pub fn new(authority: Authority, weight: u32, max_connections: Option<usize>) -> Self {
+        Self::with_pool(authority, weight, max_connections, PoolSettings::default())
+    }
+
+    pub fn with_pool(authority: Authority, weight: u32, max_connections: Option<usize>, pool: PoolSettings) -> Self {
         Self {
+            pool: Pool::new(&authority, pool),
             label: Arc::from(authority.as_str()),
             authority,
             weight,
@@ -86,16 +97,32 @@ impl Target {
             },
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(TargetGuard { target: Arc::clone(self), _permit: permit })
+        Some(TargetGuard { target: Arc::clone(self), _permit: permit, connection: None })
     }
 }
 
-/// Holds a target's in-flight count (and connection slot) for one request,
-/// until the response body is finished or dropped.
+/// Holds a target's in-flight count, connection slot and connection for one
+/// request, until the response body is finished or dropped.
 #[derive(Debug)]
 pub struct TargetGuard {
     target: Arc<Target>,
     _permit: Option<OwnedSemaphorePermit>,
+    connection: Option<SendRequest<Body>>,
+}
+
+impl TargetGuard {
+    /// Records the connection the exchange runs on.
+    pub fn set_connection(&mut self, connection: SendRequest<Body>) {
+        self.connection = Some(connection);
+    }
+
+    /// The response was read to the end: the connection may be reused.
+    /// (Dropping the guard without this closes the connection instead.)
+    pub fn complete(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.target.pool.put(connection);
+        }
+    }
 }
 
 impl Drop for TargetGuard {

@@ -1,0 +1,140 @@
+//! Keep-alive HTTP/1.1 connections to one target, reused most-recent-first.
+//!
+//! Written on hyper's connection-level client rather than hyper-util's
+//! pooled `Client`: the gateway already knows the target, so a checkout is a
+//! short lock and a `Vec::pop`, with no per-request pool key, boxed connector
+//! future or checkout channel. A connection goes back to the pool only when
+//! its response body was read to the end; one dropped mid-response is closed,
+//! which is also how a client disconnect cancels the backend request.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::body::Body;
+
+/// Why a new connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The TCP connect (or name lookup) failed.
+    Io(std::io::Error),
+    /// Connecting took longer than `connect_timeout`.
+    Timeout,
+    /// The HTTP/1.1 handshake failed.
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Timeout => write!(f, "connect timed out"),
+            ConnectError::Handshake(e) => write!(f, "HTTP/1.1 handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Pool sizing and lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_idle: 256, idle_timeout: Duration::from_secs(90), connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Idle connections to one target.
+pub struct Pool {
+    settings: PoolSettings,
+    /// Resolved once when the target is an IP literal; otherwise looked up per connect.
+    socket_addr: Option<SocketAddr>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(authority: &Authority, settings: PoolSettings) -> Self {
+        Self { settings, socket_addr: authority.as_str().parse().ok(), idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The most recently used live connection, if any.
+    pub fn checkout(&self) -> Option<SendRequest<Body>> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(candidate) = idle.pop() {
+            if !candidate.sender.is_closed() && now.duration_since(candidate.since) < self.settings.idle_timeout {
+                return Some(candidate.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    pub fn put(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() || self.settings.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.settings.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle { sender, since: Instant::now() });
+    }
+
+    /// Closes connections idle for longer than `idle_timeout`.
+    pub fn evict_expired(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.settings.idle_timeout);
+    }
+
+    /// Idle connections currently held.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Opens a new connection and starts its I/O task.
+    pub async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, ConnectError> {
+        let connecting = async {
+            match self.socket_addr {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await,
+                None => tokio::net::TcpStream::connect(authority.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Err(_) => return Err(ConnectError::Timeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
