@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Version;
+use http::{HeaderValue, Version};
 
 /// The protocol a request arrived on. Policies should not branch on it; it
 /// exists for logs, metrics and the few re-encodings that must know.
@@ -58,9 +58,25 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     /// `None` for cleartext connections.
     pub tls: Option<TlsInfo>,
+    /// The peer IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub peer_ip_header: HeaderValue,
+    /// `for=...;proto=...` (RFC 7239), made once per connection for `Forwarded`.
+    pub forwarded_for: String,
 }
 
 impl ConnectionInfo {
+    /// Describes a new connection, precomputing what every request on it forwards.
+    pub fn new(listener: Arc<ListenerInfo>, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        let ip = peer.ip();
+        let proto = if tls.is_some() { "https" } else { "http" };
+        let forwarded_for = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        let peer_ip_header = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Self { listener, peer, local, tls, peer_ip_header, forwarded_for }
+    }
+
     /// `https` when the connection is TLS, else `http` (for X-Forwarded-Proto).
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
@@ -72,7 +88,7 @@ impl ConnectionInfo {
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// Kept from the client's `X-Request-Id` or generated; echoed back.
-    pub id: Arc<str>,
+    pub id: HeaderValue,
     pub connection: Arc<ConnectionInfo>,
     pub protocol: DownstreamProtocol,
     pub start: Instant,
@@ -83,4 +99,11 @@ pub struct RequestContext {
     pub target: Option<Arc<str>>,
     /// The authenticated principal, set by authentication policies.
     pub principal: Option<Arc<str>>,
+}
+
+impl RequestContext {
+    /// The request id as text (ids are checked to be visible ASCII).
+    pub fn id_str(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
+    }
 }

@@ -152,7 +152,7 @@ impl Connection {
         let local = stream.local_addr().unwrap_or(peer);
         match &self.tls {
             None => {
-                let info = ConnectionInfo { listener: Arc::clone(&self.listener), peer, local, tls: None };
+                let info = ConnectionInfo::new(Arc::clone(&self.listener), peer, local, None);
                 self.serve_http(stream, info, watcher).await;
             }
             Some(acceptor) => {
@@ -173,7 +173,7 @@ impl Connection {
                     alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                     version: session.protocol_version().and_then(|v| v.as_str()),
                 };
-                let info = ConnectionInfo { listener: Arc::clone(&self.listener), peer, local, tls: Some(tls) };
+                let info = ConnectionInfo::new(Arc::clone(&self.listener), peer, local, Some(tls));
                 self.serve_http(tls_stream, info, watcher).await;
             }
         }

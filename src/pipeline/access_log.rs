@@ -29,7 +29,7 @@ impl AccessRecord {
         let none: Arc<str> = Arc::from("-");
         tracing::info!(
             target: "access",
-            request_id = %ctx.id,
+            request_id = ctx.id_str(),
             client = %ctx.connection.peer.ip(),
             listener = %ctx.connection.listener.name,
             protocol = ctx.protocol.as_str(),

@@ -2,8 +2,6 @@
 //! directions, `X-Forwarded-*`, `Forwarded` (RFC 7239) and `Via` added, and
 //! the request re-shaped for an HTTP/1.1 upstream.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
@@ -36,6 +34,16 @@ fn via(protocol: DownstreamProtocol) -> HeaderValue {
     match protocol {
         DownstreamProtocol::Http1 => HeaderValue::from_static("1.1 tollgate"),
         DownstreamProtocol::Http2 => HeaderValue::from_static("2 tollgate"),
+    }
+}
+
+/// Appends to a list header, or sets it without formatting when absent
+/// (the common case, kept allocation-free).
+fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    if headers.contains_key(name) {
+        append_list(headers, name, value.to_str().unwrap_or_default());
+    } else {
+        headers.insert(name, value);
     }
 }
 
@@ -77,17 +85,16 @@ pub fn prepare_request(
         join_cookies(headers);
     }
 
-    let client_ip = ctx.connection.peer.ip();
-    let proto = ctx.connection.scheme();
-    append_list(headers, &X_FORWARDED_FOR, &client_ip.to_string());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let connection = &ctx.connection;
+    append_value(headers, &X_FORWARDED_FOR, connection.peer_ip_header.clone());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(connection.scheme()));
     if let Some(h) = &host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {
         headers.insert(&X_FORWARDED_HOST, h.clone());
     }
-    append_list(headers, &FORWARDED, &forwarded_element(client_ip, proto, host.as_ref()));
-    append_list(headers, &header::VIA, via(ctx.protocol).to_str().unwrap_or_default());
+    append_list(headers, &FORWARDED, &forwarded_element(&connection.forwarded_for, host.as_ref()));
+    append_value(headers, &header::VIA, via(ctx.protocol));
 
     match (route.preserve_host, host) {
         (true, Some(h)) => {
@@ -111,16 +118,14 @@ pub fn prepare_request(
 pub fn prepare_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol) {
     let headers = response.headers_mut();
     remove_hop_by_hop(headers);
-    append_list(headers, &header::VIA, via(protocol).to_str().unwrap_or_default());
+    append_value(headers, &header::VIA, via(protocol));
 }
 
-/// One `Forwarded` element: `for=...;proto=...;host=...` with IPv6 quoted (RFC 7239 §6).
-fn forwarded_element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut out = format!("for={node};proto={proto}");
+/// One `Forwarded` element: the connection's `for=...;proto=...` plus
+/// `;host=...`, quoted when it is not a token (RFC 7239 §4, §6).
+fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String {
+    let mut out = String::with_capacity(for_and_proto.len() + 32);
+    out.push_str(for_and_proto);
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         if h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
             out.push_str(";host=");
@@ -177,13 +182,19 @@ mod tests {
 
     #[test]
     fn forwarded_quotes_ipv6_and_odd_hosts() {
-        let v6: IpAddr = "::1".parse().unwrap();
-        assert_eq!(forwarded_element(v6, "https", None), "for=\"[::1]\";proto=https");
+        use crate::model::{ConnectionInfo, ListenerInfo};
+        let listener = std::sync::Arc::new(ListenerInfo { name: "l".into(), max_body_bytes: None });
+        let v6 =
+            ConnectionInfo::new(listener.clone(), "[::1]:5000".parse().unwrap(), "[::1]:80".parse().unwrap(), None);
+        assert_eq!(forwarded_element(&v6.forwarded_for, None), "for=\"[::1]\";proto=http");
+        let v4 = ConnectionInfo::new(listener, "10.0.0.1:5000".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), None);
         let host = HeaderValue::from_static("example.com:8080");
         assert_eq!(
-            forwarded_element("10.0.0.1".parse().unwrap(), "http", Some(&host)),
+            forwarded_element(&v4.forwarded_for, Some(&host)),
             "for=10.0.0.1;proto=http;host=\"example.com:8080\""
         );
+        let plain = HeaderValue::from_static("example.com");
+        assert_eq!(forwarded_element(&v4.forwarded_for, Some(&plain)), "for=10.0.0.1;proto=http;host=example.com");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Gateway {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request_id::take_or_generate(req.headers());
         let mut ctx = RequestContext {
-            id: Arc::from(id.to_str().unwrap_or_default()),
+            id: id.clone(),
             connection,
             protocol: DownstreamProtocol::from_version(req.version()),
             start: Instant::now(),
@@ -120,11 +120,11 @@ impl Gateway {
             Err(e) => {
                 match e.source_side() {
                     crate::error::ErrorSource::Downstream => {
-                        tracing::debug!(request_id = %ctx.id, error = %e, "request refused")
+                        tracing::debug!(request_id = ctx.id_str(), error = %e, "request refused")
                     }
-                    _ => tracing::warn!(request_id = %ctx.id, error = %e, "request failed"),
+                    _ => tracing::warn!(request_id = ctx.id_str(), error = %e, "request failed"),
                 }
-                (Outcome::Local(e.into_response(&ctx.id)), Some(e.code()))
+                (Outcome::Local(e.into_response(ctx.id_str())), Some(e.code()))
             }
         };
 

@@ -59,7 +59,9 @@ impl Upstream {
         let targets: Vec<Arc<Target>> = config
             .targets
             .iter()
-            .map(|t| Arc::new(Target::with_pool(t.authority.clone(), t.weight, config.max_connections_per_target, settings)))
+            .map(|t| {
+                Arc::new(Target::with_pool(t.authority.clone(), t.weight, config.max_connections_per_target, settings))
+            })
             .collect();
         spawn_idle_reaper(&targets, config.idle_timeout);
         Self {
@@ -107,7 +109,10 @@ impl Upstream {
                         tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
                     }
                     if matches!(e, ConnectError::Timeout) {
-                        return Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" });
+                        return Err(ProxyError::UpstreamTimeout {
+                            upstream: self.config.name.clone(),
+                            phase: "connect",
+                        });
                     }
                     last_connect_error = Some(e);
                     if spare.is_none() {
@@ -121,7 +126,10 @@ impl Upstream {
                     return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e });
                 }
                 Err(_elapsed) => {
-                    return Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "first byte" });
+                    return Err(ProxyError::UpstreamTimeout {
+                        upstream: self.config.name.clone(),
+                        phase: "first byte",
+                    });
                 }
             }
         }
@@ -147,7 +155,10 @@ impl Upstream {
 }
 
 /// Runs one request on a pooled connection to `target`, or a new one.
-async fn exchange(target: &Target, mut req: Request<Body>) -> Result<(Response<Incoming>, SendRequest<Body>), AttemptError> {
+async fn exchange(
+    target: &Target,
+    mut req: Request<Body>,
+) -> Result<(Response<Incoming>, SendRequest<Body>), AttemptError> {
     while let Some(mut sender) = target.pool.checkout() {
         if !sender.is_ready() && sender.ready().await.is_err() {
             continue;
