@@ -17,12 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, Body};
-use crate::config::Config;
 use crate::pipeline::Gateway;
 
 /// Shared state the admin pages read.
 pub struct Admin {
-    pub config: Arc<Config>,
     pub gateway: Arc<ArcSwap<Gateway>>,
     pub started: Instant,
 }
@@ -61,6 +59,7 @@ impl Admin {
     pub fn status(&self) -> serde_json::Value {
         let gateway = self.gateway.load();
         let stats = &gateway.stats;
+        let config = &gateway.config;
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -71,10 +70,10 @@ impl Admin {
                 "4xx": stats.responses_4xx.load(Ordering::Relaxed),
                 "5xx": stats.responses_5xx.load(Ordering::Relaxed),
             },
-            "listeners": self.config.listeners.iter().map(|l| json!({
+            "listeners": config.listeners.iter().map(|l| json!({
                 "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some(),
             })).collect::<Vec<_>>(),
-            "routes": self.config.routes.iter().map(|r| json!({
+            "routes": config.routes.iter().map(|r| json!({
                 "name": r.name,
                 "action": match &r.action {
                     crate::config::RouteAction::Proxy { upstream } => format!("upstream {upstream}"),

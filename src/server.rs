@@ -1,6 +1,6 @@
 //! Process lifecycle: bind everything (so errors come before serving), serve,
-//! and on SIGTERM/SIGINT stop accepting and drain in-flight requests for up
-//! to `runtime.shutdown_grace`.
+//! reload the config snapshot on SIGHUP, and on SIGTERM/SIGINT stop accepting
+//! and drain in-flight requests for up to `runtime.shutdown_grace`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,12 +37,16 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
     }
     if let Some(tcp) = admin_tcp {
         tracing::info!(bind = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listening");
-        let admin =
-            Arc::new(Admin { config: Arc::clone(&config), gateway: Arc::clone(&gateway), started: Instant::now() });
+        let admin = Arc::new(Admin { gateway: Arc::clone(&gateway), started: Instant::now() });
         tokio::spawn(admin.run(tcp, stop_rx.clone()));
     }
 
-    let signal = wait_for_signal().await;
+    let signal = loop {
+        match wait_for_signal().await {
+            Signal::Reload => reload(&gateway, &config),
+            Signal::Stop(name) => break name,
+        }
+    };
     tracing::info!(signal, grace = ?config.runtime.shutdown_grace, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
     for accept_loop in accept_loops {
@@ -56,12 +60,40 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> &'static str {
+enum Signal {
+    Reload,
+    Stop(&'static str),
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        _ = term.recv() => Signal::Stop("SIGTERM"),
+        _ = int.recv() => Signal::Stop("SIGINT"),
+        _ = hup.recv() => Signal::Reload,
     }
+}
+
+/// Re-reads the config file and swaps in a new snapshot: requests already in
+/// flight finish on the old one, new requests use the new one. A file that
+/// fails validation is rejected and the running config stays.
+fn reload(gateway: &ArcSwap<Gateway>, running: &Config) {
+    let fresh = match crate::config::load(&running.source) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload rejected; keeping the running config");
+            return;
+        }
+    };
+    let binds = |c: &Config| c.listeners.iter().map(|l| (l.name.clone(), l.bind, l.tls.is_some())).collect::<Vec<_>>();
+    if binds(&fresh) != binds(running) || fresh.admin.as_ref().map(|a| a.bind) != running.admin.as_ref().map(|a| a.bind)
+    {
+        tracing::warn!("listener and admin changes take effect on restart; routes and upstreams are reloaded now");
+    }
+    let stats = Arc::clone(&gateway.load().stats);
+    gateway.store(Arc::new(Gateway::with_stats(&fresh, stats)));
+    tracing::info!(routes = fresh.routes.len(), upstreams = fresh.upstreams.len(), "config reloaded");
 }

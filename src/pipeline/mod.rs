@@ -64,10 +64,13 @@ impl Stats {
 
 /// Everything the data path needs, built once per config snapshot.
 pub struct Gateway {
+    /// The snapshot this gateway was built from (the admin page shows it).
+    pub config: Arc<Config>,
     routes: Vec<CompiledRoute>,
     pub upstreams: Vec<Arc<Upstream>>,
     access_log: bool,
-    pub stats: Stats,
+    /// Shared across reloads so counters keep counting.
+    pub stats: Arc<Stats>,
 }
 
 /// What answering a request produced before logging wraps it.
@@ -81,6 +84,11 @@ enum Outcome {
 impl Gateway {
     /// Resolves routes to upstreams and directories.
     pub fn new(config: &Config) -> Self {
+        Self::with_stats(config, Arc::default())
+    }
+
+    /// Like `new`, continuing the counters of a previous snapshot.
+    pub fn with_stats(config: &Config, stats: Arc<Stats>) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
         let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
         let routes = config
@@ -95,7 +103,7 @@ impl Gateway {
                 },
             })
             .collect();
-        Self { routes, upstreams, access_log: config.log.access_log, stats: Stats::default() }
+        Self { config: Arc::new(config.clone()), routes, upstreams, access_log: config.log.access_log, stats }
     }
 
     /// Answers one request. Never fails: every error becomes a response here.
