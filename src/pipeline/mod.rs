@@ -107,9 +107,15 @@ impl Gateway {
     }
 
     /// Answers one request. Never fails: every error becomes a response here.
-    pub async fn handle(self: Arc<Self>, connection: Arc<ConnectionInfo>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        connection: Arc<ConnectionInfo>,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request_id::take_or_generate(req.headers());
+        // The backend logs the same id the client gets back.
+        req.headers_mut().insert(&X_REQUEST_ID, id.clone());
         let mut ctx = RequestContext {
             id: id.clone(),
             connection,

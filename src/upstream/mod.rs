@@ -90,13 +90,14 @@ impl Upstream {
             let Some(mut guard) = target.acquire(self.config.connect_timeout).await else {
                 return Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() });
             };
-            let request = match req.take() {
+            let mut request = match req.take() {
                 Some(r) => r,
                 None => match spare.as_ref() {
                     Some(head) => copy_head(head),
                     None => break,
                 },
             };
+            set_default_host(&mut request, target);
             let exchange = tokio::time::timeout(self.config.first_byte_timeout, exchange(target, request));
             match exchange.await {
                 Ok(Ok((response, connection))) => {
@@ -122,6 +123,9 @@ impl Upstream {
                 Ok(Err(AttemptError::Exchange(e))) => {
                     if let Some(limit) = body_limit_in(&e) {
                         return Err(ProxyError::BodyTooLarge { limit });
+                    }
+                    if client_body_failed(&e) {
+                        return Err(ProxyError::BadRequest("the request body is malformed or incomplete"));
                     }
                     return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e });
                 }
@@ -179,6 +183,16 @@ async fn exchange(
     }
 }
 
+/// `preserve_host = false` (or a client that sent no Host): the backend sees
+/// its own address, since HTTP/1.1 requires a Host (RFC 9112 §3.2).
+fn set_default_host(req: &mut Request<Body>, target: &Target) {
+    if !req.headers().contains_key(http::header::HOST) {
+        let host =
+            http::HeaderValue::from_str(target.authority.as_str()).expect("an authority is a valid header value");
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+}
+
 /// A body-less copy of a request head, for retrying on another target.
 fn copy_head(req: &Request<Body>) -> Request<Body> {
     let mut copy = Request::new(crate::body::empty());
@@ -208,6 +222,21 @@ fn spawn_idle_reaper(targets: &[Arc<Target>], idle_timeout: std::time::Duration)
             }
         }
     });
+}
+
+/// True when the exchange failed because reading the client's request body
+/// failed (bad chunked framing, client gone): the downstream's fault, not the
+/// backend's. That body is a hyper `Incoming`, so its error is a second
+/// `hyper::Error` below the one the upstream connection reported.
+fn client_body_failed(err: &hyper::Error) -> bool {
+    let mut current = std::error::Error::source(err);
+    while let Some(e) = current {
+        if e.is::<hyper::Error>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn body_limit_in(err: &(dyn std::error::Error + 'static)) -> Option<u64> {

@@ -267,7 +267,7 @@ pub fn header_value(headers: &str, name: &str) -> Option<String> {
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim().to_string())
-        .last()
+        .next_back()
 }
 
 /// Writes a file in `dir` and returns its path.
@@ -275,4 +275,481 @@ pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p
+}
+
+// ============================================================================
+// BEGIN transport helpers (tls.rs, streaming.rs, upstreams.rs).
+// Kept in their own module so names never clash with other additions here.
+// ============================================================================
+pub mod transport {
+    use std::net::{SocketAddr, TcpListener as StdTcpListener};
+    use std::path::{Path, PathBuf};
+    use std::pin::Pin;
+    use std::process::{Command, Output, Stdio};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http_body::{Frame, SizeHint};
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper::{Request, Response};
+
+    use super::{Backend, SeenRequest, TestBody};
+
+    /// A fresh `127.0.0.1:PORT` that nothing listens on right now.
+    pub fn free_addr() -> SocketAddr {
+        format!("127.0.0.1:{}", super::free_port()).parse().unwrap()
+    }
+
+    /// A self-signed certificate and its key, written as PEM files.
+    pub struct TestCert {
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
+    /// Generates (rcgen) a self-signed certificate with subject CN
+    /// `common_name`, valid for `names`, into `dir/{stem}.crt|.key`.
+    pub fn write_cert(dir: &Path, stem: &str, common_name: &str, names: &[&str]) -> TestCert {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let cert = params.self_signed(&key_pair).unwrap();
+        let cert_path = dir.join(format!("{stem}.crt"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+        TestCert { cert: cert_path, key: key_path }
+    }
+
+    /// Live counters a [`counting_backend`] keeps.
+    #[derive(Debug, Default)]
+    pub struct BackendCounters {
+        /// TCP connections accepted so far.
+        pub connections: AtomicUsize,
+        /// Requests whose handler has started but not yet returned a response.
+        pub in_flight: AtomicUsize,
+        /// Highest `in_flight` seen.
+        pub max_in_flight: AtomicUsize,
+    }
+
+    impl BackendCounters {
+        pub fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+        pub fn max_in_flight(&self) -> usize {
+            self.max_in_flight.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Like [`Backend::start`], but counts accepted connections and
+    /// concurrent handler calls.
+    pub fn counting_backend<F, Fut>(handler: F) -> (Backend, Arc<BackendCounters>)
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let counters = Arc::new(BackendCounters::default());
+        let backend = serve_backend(listener, handler, Arc::clone(&counters));
+        (backend, counters)
+    }
+
+    /// Like [`Backend::start`], on a given address (e.g. one a target used to refuse).
+    pub fn backend_on<F, Fut>(addr: SocketAddr, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = StdTcpListener::bind(addr).unwrap();
+        serve_backend(listener, handler, Arc::new(BackendCounters::default()))
+    }
+
+    fn serve_backend<F, Fut>(listener: StdTcpListener, handler: F, counters: Arc<BackendCounters>) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<SeenRequest>>> = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handler = Arc::new(handler);
+        let seen_in = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        counters.connections.fetch_add(1, Ordering::SeqCst);
+                        let handler = Arc::clone(&handler);
+                        let seen = Arc::clone(&seen_in);
+                        let counters = Arc::clone(&counters);
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                seen.lock().unwrap().push(SeenRequest {
+                                    method: req.method().to_string(),
+                                    uri: req.uri().to_string(),
+                                    headers: req.headers().clone(),
+                                });
+                                let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                                let fut = handler(req);
+                                let counters = Arc::clone(&counters);
+                                async move {
+                                    let response = fut.await;
+                                    counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                                    Ok::<_, std::convert::Infallible>(response)
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {},
+                    _ = rx => {},
+                }
+            });
+        });
+        Backend { addr, seen, _shutdown: tx }
+    }
+
+    /// A response body fed by a channel: each `Bytes` sent is one frame, the
+    /// body ends when the sender drops, and `send` fails once whoever reads
+    /// the body (hyper, writing to a peer) has gone away.
+    pub fn channel_body(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (tx, ChannelBody { rx }.boxed())
+    }
+
+    struct ChannelBody {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+    }
+
+    impl http_body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// `total` generated bytes in `chunk`-sized frames, produced only as the
+    /// reader polls (so nothing holds more than one chunk). With
+    /// `exact_size` the body reports its length (Content-Length), else hyper
+    /// sends it chunked.
+    pub fn generated_body(total: u64, chunk: usize, exact_size: bool) -> TestBody {
+        generated_body_counted(total, chunk, exact_size, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// [`generated_body`] that adds every byte it hands out to `produced`.
+    pub fn generated_body_counted(total: u64, chunk: usize, exact_size: bool, produced: Arc<AtomicU64>) -> TestBody {
+        let pattern: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
+        GeneratedBody { chunk: Bytes::from(pattern), remaining: total, exact_size, produced }.boxed()
+    }
+
+    struct GeneratedBody {
+        chunk: Bytes,
+        remaining: u64,
+        exact_size: bool,
+        produced: Arc<AtomicU64>,
+    }
+
+    impl http_body::Body for GeneratedBody {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.remaining == 0 {
+                return Poll::Ready(None);
+            }
+            let n = self.remaining.min(self.chunk.len() as u64) as usize;
+            self.remaining -= n as u64;
+            self.produced.fetch_add(n as u64, Ordering::SeqCst);
+            Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.remaining == 0
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            if self.exact_size { SizeHint::with_exact(self.remaining) } else { SizeHint::default() }
+        }
+    }
+
+    /// Reads a request body to its end, keeping only the byte count.
+    pub async fn count_body_bytes(mut body: Incoming) -> Result<u64, hyper::Error> {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                total += data.len() as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs a command, killing it if it has not finished within `timeout`.
+    pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
+        let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            }
+        });
+        let output = child.wait_with_output().unwrap();
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        output
+    }
+
+    /// A shell pipeline (`sh -c`), killed after `timeout`.
+    pub fn sh(script: &str, timeout: Duration) -> Output {
+        run_with_timeout(Command::new("sh").arg("-c").arg(script), timeout)
+    }
+
+    /// GET `http://{admin}/status` as JSON.
+    pub fn admin_status(admin: SocketAddr) -> serde_json::Value {
+        let out = super::curl(&["--max-time", "5", &format!("http://{admin}/status")]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("admin /status is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The `healthy` flag of target `address` in upstream `upstream`, from admin `/status`.
+    pub fn target_healthy(admin: SocketAddr, upstream: &str, address: &str) -> bool {
+        let status = admin_status(admin);
+        let upstreams = status["upstreams"].as_array().expect("upstreams array");
+        let up = upstreams.iter().find(|u| u["name"] == upstream).expect("upstream in /status");
+        let target = up["targets"].as_array().unwrap().iter().find(|t| t["address"] == address).expect("target");
+        target["healthy"].as_bool().expect("healthy is a bool")
+    }
+}
+// ============================================================================
+// END transport helpers
+// ============================================================================
+
+// ===========================================================================
+// Core-gateway helpers (config_cli, routing, proxy_semantics, bad_input,
+// logs_and_shutdown). Appended as one block; kept in their own module so
+// names never clash with other test files' helpers.
+// ===========================================================================
+pub mod core_kit {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::pin::Pin;
+    use std::process::{Command, Output};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::Response;
+    use hyper::body::Frame;
+
+    use super::{Backend, TestBody, Tollgate, curl_full, full, wait_for_port};
+
+    /// A downstream protocol a cleartext listener serves; scenarios loop over [`Proto::ALL`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Proto {
+        Http1,
+        H2c,
+    }
+
+    impl Proto {
+        pub const ALL: [Proto; 2] = [Proto::Http1, Proto::H2c];
+
+        /// The curl flag that selects this protocol.
+        pub fn curl_flag(self) -> &'static str {
+            match self {
+                Proto::Http1 => "--http1.1",
+                Proto::H2c => "--http2-prior-knowledge",
+            }
+        }
+
+        /// How the status line of a curl `-D` dump starts.
+        pub fn status_prefix(self) -> &'static str {
+            match self {
+                Proto::Http1 => "HTTP/1.1 ",
+                Proto::H2c => "HTTP/2 ",
+            }
+        }
+
+        /// The `Via` element tollgate adds for this protocol (RFC 9110 §7.6.3).
+        pub fn via(self) -> &'static str {
+            match self {
+                Proto::Http1 => "1.1 tollgate",
+                Proto::H2c => "2 tollgate",
+            }
+        }
+    }
+
+    /// curl over `proto`: (status, headers, body). Asserts the protocol really was `proto`.
+    pub fn curl_proto(proto: Proto, args: &[&str]) -> (u16, String, Vec<u8>) {
+        let mut all = vec![proto.curl_flag()];
+        all.extend_from_slice(args);
+        let (code, headers, body) = curl_full(&all);
+        if code != 0 {
+            let last_status = headers.lines().rfind(|l| l.starts_with("HTTP/")).unwrap_or("");
+            assert!(last_status.starts_with(proto.status_prefix()), "expected {proto:?}, got {headers}");
+        }
+        (code, headers, body)
+    }
+
+    /// `[[upstream]]` named `name` with these targets and extra `key = value` lines.
+    pub fn upstream_toml(name: &str, targets: &[SocketAddr], extra: &str) -> String {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        format!("[[upstream]]\nname = \"{name}\"\ntargets = [{}]\n{extra}\n", targets.join(", "))
+    }
+
+    /// `[[route]]` named `name` with `match = { matcher }` to `upstream`, extra lines appended.
+    pub fn route_toml(name: &str, matcher: &str, upstream: &str, extra: &str) -> String {
+        format!("[[route]]\nname = \"{name}\"\nmatch = {{ {matcher} }}\nupstream = \"{upstream}\"\n{extra}\n")
+    }
+
+    /// A tollgate with one upstream `b` at `backend` and a catch-all route `all`;
+    /// `listener_keys` go into the listener table, `upstream_keys` into the upstream.
+    pub fn start_proxy(backend: SocketAddr, listener_keys: &str, upstream_keys: &str, route_keys: &str) -> Tollgate {
+        Tollgate::start_with(&format!(
+            "{listener_keys}\n{}{}",
+            upstream_toml("b", &[backend], upstream_keys),
+            route_toml("all", "path_prefix = \"/\"", "b", route_keys)
+        ))
+    }
+
+    /// Like [`Tollgate::start`] with extra environment variables for the child.
+    pub fn start_with_env(config: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Tollgate {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("tollgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(Tollgate::binary());
+        command.arg("--config").arg(&config_path).stdout(log.try_clone().unwrap()).stderr(log).env_remove("RUST_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start tollgate");
+        let mut tollgate = Tollgate { child, dir, log_path, addr };
+        if !wait_for_port(addr, Duration::from_secs(10)) {
+            let _ = tollgate.child.kill();
+            panic!("tollgate did not listen on {addr}; log:\n{}", tollgate.log());
+        }
+        tollgate
+    }
+
+    /// Runs `tollgate check --config FILE` on `config` written to a temp file,
+    /// with extra environment. Returns the output and the file's path as shown.
+    pub fn run_check(config: &str, env: &[(&str, &str)]) -> (Output, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(Tollgate::binary());
+        command.arg("check").arg("--config").arg(&path).env_remove("RUST_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        (command.output().expect("run tollgate check"), path.display().to_string())
+    }
+
+    /// Writes `request` on a fresh connection and reads until the server closes
+    /// it (or 5 s pass); returns what came back.
+    pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(request).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A backend that reads the whole request body and answers 200 with it.
+    pub fn echo_backend() -> Backend {
+        Backend::start(|req| async move {
+            let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            Response::new(full(bytes))
+        })
+    }
+
+    /// A backend that streams the request body straight back (chunked response).
+    pub fn streaming_echo_backend() -> Backend {
+        Backend::start(|req| async move {
+            let body: TestBody = req.into_body().map_err(|e| Box::new(e) as _).boxed();
+            Response::new(body)
+        })
+    }
+
+    /// `len` deterministic bytes that are not a repeating short pattern.
+    pub fn pattern_bytes(len: usize) -> Vec<u8> {
+        let mut state: u32 = 0x1234_5678;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// A response body of these chunks with no declared length, so HTTP/1.1
+    /// sends it chunked; each chunk is its own frame.
+    pub struct ChunkedBody {
+        chunks: std::collections::VecDeque<Bytes>,
+    }
+
+    impl ChunkedBody {
+        /// The chunks as a boxed test body.
+        pub fn boxed_from(chunks: Vec<Bytes>) -> TestBody {
+            ChunkedBody { chunks: chunks.into() }.boxed()
+        }
+    }
+
+    impl hyper::body::Body for ChunkedBody {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.chunks.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// Parses a JSON body, with the text in the panic message when it is not JSON.
+    pub fn json(body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    }
+
+    /// Asserts the process has not exited and still proxies a plain GET with 200.
+    pub fn assert_alive_and_serving(tollgate: &mut Tollgate, path: &str) {
+        assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited; log:\n{}", tollgate.log());
+        let (code, headers, _) = curl_full(&[&tollgate.url(path)]);
+        assert_eq!(code, 200, "a normal request after the bad one failed: {headers}\nlog:\n{}", tollgate.log());
+    }
 }
