@@ -19,6 +19,8 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
     let config = Arc::new(config);
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(&config)));
 
+    // Handlers first: a SIGTERM that lands while we bind must still drain, not kill.
+    let mut signals = Signals::install();
     let listeners = config.listeners.iter().map(Listener::bind).collect::<Result<Vec<_>, _>>()?;
     let admin_tcp = match &config.admin {
         Some(a) => Some(tokio::net::TcpListener::bind(a.bind).await.map_err(|source| ListenError::Bind {
@@ -42,7 +44,7 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
     }
 
     let signal = loop {
-        match wait_for_signal().await {
+        match signals.next().await {
             Signal::Reload => reload(&gateway, &config),
             Signal::Stop(name) => break name,
         }
@@ -65,15 +67,29 @@ enum Signal {
     Stop(&'static str),
 }
 
-async fn wait_for_signal() -> Signal {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = term.recv() => Signal::Stop("SIGTERM"),
-        _ = int.recv() => Signal::Stop("SIGINT"),
-        _ = hup.recv() => Signal::Reload,
+/// The process signals we act on, registered once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
     }
 }
 

@@ -64,7 +64,7 @@ fn check_accepts_a_valid_config_and_exits_zero() {
 #[test]
 fn check_names_line_and_key_of_an_unknown_listener_key() {
     let config = "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:18080\"\nbnid = \"127.0.0.1:18081\"\n";
-    assert_check_fails_at(config, &[], 4, "bnid", "unknown field `bnid`");
+    assert_check_fails_at(config, &[], 4, "listener.bnid", "unknown field `bnid`");
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn check_names_line_and_key_of_an_unknown_key_in_a_later_route_match() {
     let config =
         format!("{VALID}\n[[route]]\nname = \"typo\"\nmatch = {{ path_prefx = \"/x\" }}\nupstream = \"legacy\"\n");
     let line = config.lines().position(|l| l.contains("path_prefx")).unwrap() + 1;
-    assert_check_fails_at(&config, &[], line, "path_prefx", "unknown field `path_prefx`");
+    assert_check_fails_at(&config, &[], line, "route.match.path_prefx", "unknown field `path_prefx`");
 }
 
 #[test]

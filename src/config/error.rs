@@ -67,10 +67,42 @@ impl SourceMap<'_> {
                 } else {
                     self.key_before(span.start)
                 };
+                let key = match self.inline_table_before(span.start) {
+                    Some(inline) if inline != key => format!("{inline}.{key}"),
+                    _ => key,
+                };
+                let key = match self.table_before(span.start) {
+                    Some(table) if !key.starts_with(&table) => format!("{table}.{key}"),
+                    _ => key,
+                };
                 self.error(span, key, message)
             }
             None => self.error_at_file("config", message),
         }
+    }
+
+    /// The `[table]` or `[[array]]` header a byte offset sits under, so an
+    /// unknown key is reported as `listener.bnid` rather than `bnid`.
+    fn table_before(&self, offset: usize) -> Option<String> {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        if self.text[line_start..].trim_start().starts_with('[') {
+            return None; // the span is the header itself
+        }
+        before.lines().rev().find_map(|line| {
+            let line = line.trim();
+            let inner = line.strip_prefix("[[").and_then(|l| l.split_once("]]")).map(|(t, _)| t);
+            let inner = inner.or_else(|| line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(t, _)| t));
+            inner.map(|t| t.trim().to_string())
+        })
+    }
+
+    /// For a span inside `name = { ... }` on one line, that `name`.
+    fn inline_table_before(&self, offset: usize) -> Option<String> {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+        let (key, rest) = line.split_once('=')?;
+        rest.contains('{').then(|| key.trim().to_string())
     }
 
     /// Best-effort key name for a span that covers a whole value: the text
