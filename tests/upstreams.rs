@@ -322,6 +322,18 @@ fn connect_timeout_answers_504() {
 }
 
 #[test]
+fn a_bodyless_request_whose_connect_times_out_is_retried_on_another_target() {
+    let (_socket, _fillers, hanging) = unanswered_address();
+    let good = Backend::fixed("good");
+    let tollgate = start_upstream(&plain_targets(&[hanging, good.addr]), "connect_timeout = \"300ms\"", "");
+    for _ in 0..4 {
+        let (code, _, body) = curl_full(&["--max-time", "10", &tollgate.url("/")]);
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, b"good");
+    }
+}
+
+#[test]
 fn first_byte_timeout_answers_504() {
     let backend = slow_backend("late", Duration::from_secs(3));
     let tollgate = start_upstream(&plain_targets(&[backend.addr]), "first_byte_timeout = \"500ms\"", "");

@@ -109,12 +109,6 @@ impl Upstream {
                     if target.record_connect_failure(self.config.eject_after, self.config.eject_for) {
                         tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
                     }
-                    if matches!(e, ConnectError::Timeout) {
-                        return Err(ProxyError::UpstreamTimeout {
-                            upstream: self.config.name.clone(),
-                            phase: "connect",
-                        });
-                    }
                     last_connect_error = Some(e);
                     if spare.is_none() {
                         break;
@@ -139,6 +133,9 @@ impl Upstream {
         }
         spare.take();
         match last_connect_error {
+            Some(ConnectError::Timeout) => {
+                Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" })
+            }
             Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
             None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
         }
