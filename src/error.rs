@@ -35,6 +35,8 @@ pub enum ProxyError {
     UpstreamProtocol { upstream: String, source: hyper::Error },
     /// Serving a static file failed.
     Static(std::io::Error),
+    /// A policy refused the request.
+    Rejected(Box<crate::policy::Rejection>),
 }
 
 impl ProxyError {
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamSaturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Static(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Rejected(r) => r.status,
         }
     }
 
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::UpstreamSaturated { .. } => "upstream_saturated",
             ProxyError::UpstreamProtocol { .. } => "upstream_error",
             ProxyError::Static(_) => "static_error",
+            ProxyError::Rejected(r) => r.code,
         }
     }
 
@@ -97,12 +101,19 @@ impl ProxyError {
                 format!("upstream `{upstream}` failed to answer")
             }
             ProxyError::Static(_) => "static file could not be read".into(),
+            ProxyError::Rejected(r) => r.message.clone(),
         }
     }
 
     /// Builds the client-facing response.
     pub fn into_response(&self, request_id: &str) -> Response<Body> {
-        error_response(self.status(), self.code(), &self.message(), request_id)
+        let mut response = error_response(self.status(), self.code(), &self.message(), request_id);
+        if let ProxyError::Rejected(r) = self {
+            for (name, value) in &r.headers {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
+        response
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod listen;
 pub mod model;
 pub mod pipeline;
+pub mod policy;
 pub mod route;
 pub mod server;
 pub mod static_files;

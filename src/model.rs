@@ -97,8 +97,15 @@ pub struct RequestContext {
     /// Name of the upstream and the chosen target.
     pub upstream: Option<Arc<str>>,
     pub target: Option<Arc<str>>,
-    /// The authenticated principal, set by authentication policies.
+    /// The client's address: the peer, or the address a trusted proxy
+    /// reported (set by `ip_filter`); rate limits and logs key on it.
+    pub client_ip: std::net::IpAddr,
+    /// The authenticated principal (JWT subject, certificate subject), set by authentication policies.
     pub principal: Option<Arc<str>>,
+    /// The API consumer name (api_key policies), if any.
+    pub consumer: Option<Arc<str>>,
+    /// Verified token claims, for authorization and claim-keyed rate limits.
+    pub claims: Option<Arc<serde_json::Value>>,
 }
 
 impl RequestContext {

@@ -132,6 +132,7 @@ mod tests {
             rewrite: None,
             preserve_host: true,
             max_body_bytes: None,
+            policies: Vec::new(),
         }
     }
 

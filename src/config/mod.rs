@@ -47,6 +47,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in match order (see `route` for the precedence rules).
     pub routes: Vec<RouteConfig>,
+    /// `[policy.NAME]` blocks, by name.
+    pub policies: Vec<(String, crate::policy::PolicySpec)>,
 }
 
 /// `[runtime]`: how the process runs.
@@ -88,6 +90,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub tls: Option<TlsConfig>,
     pub limits: ListenerLimits,
+    /// Policies applied to every request on this listener.
+    pub policies: Vec<String>,
 }
 
 /// Per-listener protection against oversized or slow clients.
@@ -230,4 +234,6 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     /// Overrides the listener's body limit for this route.
     pub max_body_bytes: Option<u64>,
+    /// Policies applied to this route (after the listener's).
+    pub policies: Vec<String>,
 }

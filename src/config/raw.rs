@@ -23,6 +23,9 @@ pub struct RawConfig {
     pub upstream: Vec<RawUpstream>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    /// `[policy.NAME]` tables; each is parsed by its kind (see `policy`).
+    #[serde(default)]
+    pub policy: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

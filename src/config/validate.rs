@@ -95,10 +95,13 @@ impl Validator<'_> {
             upstreams.push(up);
         }
 
+        let policies = self.policies(&raw)?;
+        let policy_names: HashSet<String> = policies.iter().map(|(n, _)| n.clone()).collect();
+
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
         for r in &raw.route {
-            let route = self.route(r, &upstream_names)?;
+            let route = self.route(r, &upstream_names, &policy_names)?;
             if !route_names.insert(route.name.clone()) {
                 return self.err(r.name.span(), "route.name", format!("route `{}` is defined twice", route.name));
             }
@@ -109,7 +112,7 @@ impl Validator<'_> {
         let mut binds = HashSet::new();
         let mut listener_names = HashSet::new();
         for l in &raw.listener {
-            let listener = self.listener(l)?;
+            let listener = self.listener(l, &policy_names)?;
             if !listener_names.insert(listener.name.clone()) {
                 return self.err(
                     l.name.span(),
@@ -139,7 +142,7 @@ impl Validator<'_> {
         }
 
         crate::route::sort_by_precedence(&mut routes);
-        Ok(Config { source: self.src.file.to_path_buf(), runtime, log, admin, listeners, upstreams, routes })
+        Ok(Config { source: self.src.file.to_path_buf(), runtime, log, admin, listeners, upstreams, routes, policies })
     }
 
     fn log(&self, raw: &RawLog) -> Result<LogConfig> {
@@ -174,17 +177,80 @@ impl Validator<'_> {
         Ok(LogConfig { format, level, access_log: raw.access_log.unwrap_or(true) })
     }
 
-    fn listener(&self, raw: &RawListener) -> Result<ListenerConfig> {
+    /// Checks each `policies = [...]` name against the `[policy.NAME]` tables.
+    fn policy_refs(&self, refs: &[Spanned<String>], key: &str, known: &HashSet<String>) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for p in refs {
+            if !known.contains(p.get_ref()) {
+                return self.err(
+                    p.span(),
+                    key,
+                    format!("unknown policy `{}`: no [policy.{}] section", p.get_ref(), p.get_ref()),
+                );
+            }
+            names.push(p.get_ref().clone());
+        }
+        Ok(names)
+    }
+
+    /// Parses every `[policy.NAME]` by its `kind`, keeping spans for errors.
+    fn policies(&self, raw: &RawConfig) -> Result<Vec<(String, crate::policy::PolicySpec)>> {
+        use toml::de::{DeTable, DeValue, ValueDeserializer};
+        if raw.policy.is_empty() {
+            return Ok(Vec::new());
+        }
+        let doc = DeTable::parse(self.src.text).map_err(|e| self.src.toml_error(&e))?;
+        let mut specs = Vec::new();
+        for (key, value) in doc.into_inner() {
+            if key.get_ref().as_ref() != "policy" {
+                continue;
+            }
+            let DeValue::Table(tables) = value.into_inner() else { continue };
+            for (name, table) in tables {
+                let name = name.get_ref().to_string();
+                let span = table.span();
+                let kind = match table.get_ref() {
+                    DeValue::Table(t) => t.iter().find(|(k, _)| k.get_ref().as_ref() == "kind").map(|(_, v)| v),
+                    _ => return self.err(span, format!("policy.{name}"), "must be a table"),
+                };
+                let kind = match kind.map(|k| k.get_ref()) {
+                    Some(DeValue::String(s)) => s.to_string(),
+                    _ => {
+                        return self.err(
+                            span,
+                            format!("policy.{name}.kind"),
+                            format!("needs `kind`, one of {}", crate::policy::KINDS.join(", ")),
+                        );
+                    }
+                };
+                let spec = crate::policy::parse_spec(&kind, ValueDeserializer::from(table)).map_err(|e| {
+                    let at = e.span.clone().unwrap_or(span.clone());
+                    let inner = if e.key.is_empty() {
+                        self.src
+                            .text
+                            .get(at.clone())
+                            .filter(|t| t.len() <= 64 && !t.contains('\n'))
+                            .unwrap_or("")
+                            .trim()
+                            .to_string()
+                    } else {
+                        e.key.clone()
+                    };
+                    let full =
+                        if inner.is_empty() { format!("policy.{name}") } else { format!("policy.{name}.{inner}") };
+                    self.src.error(at, full, e.message)
+                })?;
+                specs.push((name, spec));
+            }
+        }
+        Ok(specs)
+    }
+
+    fn listener(&self, raw: &RawListener, policies: &HashSet<String>) -> Result<ListenerConfig> {
         let name = self.string(&raw.name, "listener.name")?;
         let key = |k: &str| format!("listener.{name}.{k}");
         let bind = self.socket_addr(&raw.bind, &key("bind"))?;
-        if let Some(p) = raw.policies.first() {
-            return self.err(
-                p.span(),
-                key("policies"),
-                format!("unknown policy `{}`: no [policy.{}] section", p.get_ref(), p.get_ref()),
-            );
-        }
+        let policy_names = self.policy_refs(&raw.policies, &key("policies"), policies)?;
         let tls = match &raw.tls {
             None => None,
             Some(t) => Some(self.tls(t, &key("tls"))?),
@@ -221,7 +287,7 @@ impl Validator<'_> {
                 1 << 20,
             )? as u32,
         };
-        Ok(ListenerConfig { name, bind, tls, limits })
+        Ok(ListenerConfig { name, bind, tls, limits, policies: policy_names })
     }
 
     fn tls(&self, raw: &RawTls, key: &str) -> Result<TlsConfig> {
@@ -384,16 +450,10 @@ impl Validator<'_> {
         })
     }
 
-    fn route(&self, raw: &RawRoute, upstreams: &HashSet<String>) -> Result<RouteConfig> {
+    fn route(&self, raw: &RawRoute, upstreams: &HashSet<String>, policies: &HashSet<String>) -> Result<RouteConfig> {
         let name = self.string(&raw.name, "route.name")?;
         let key = |k: &str| format!("route.{name}.{k}");
-        if let Some(p) = raw.policies.first() {
-            return self.err(
-                p.span(),
-                key("policies"),
-                format!("unknown policy `{}`: no [policy.{}] section", p.get_ref(), p.get_ref()),
-            );
-        }
+        let policy_names = self.policy_refs(&raw.policies, &key("policies"), policies)?;
         let matcher = self.route_match(&raw.matcher, &key("match"))?;
         let action = match (&raw.upstream, &raw.static_dir) {
             (Some(u), None) => {
@@ -454,6 +514,7 @@ impl Validator<'_> {
             rewrite,
             preserve_host: raw.preserve_host.unwrap_or(true),
             max_body_bytes,
+            policies: policy_names,
         })
     }
 

@@ -23,6 +23,7 @@ use crate::body::{self, Body, Limited};
 use crate::config::{Config, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
+use crate::policy::{Policy, PolicyChain, Verdict};
 use crate::static_files::StaticFiles;
 use crate::upstream::{TargetGuard, Upstream};
 use access_log::{AccessRecord, Tracked};
@@ -33,6 +34,13 @@ struct CompiledRoute {
     name: Arc<str>,
     config: RouteConfig,
     action: Action,
+    /// Listener policies + route policies, per listener name.
+    chains: Vec<(Arc<str>, PolicyChain)>,
+}
+
+/// The chain for `listener` among per-listener chains (a handful: linear scan).
+fn chain_for<'a>(chains: &'a [(Arc<str>, PolicyChain)], listener: &str) -> Option<&'a PolicyChain> {
+    chains.iter().find(|(name, _)| &**name == listener).map(|(_, c)| c)
 }
 
 enum Action {
@@ -67,6 +75,8 @@ pub struct Gateway {
     /// The snapshot this gateway was built from (the admin page shows it).
     pub config: Arc<Config>,
     routes: Vec<CompiledRoute>,
+    /// Listener policies alone, for requests no route matches.
+    listener_chains: Vec<(Arc<str>, PolicyChain)>,
     pub upstreams: Vec<Arc<Upstream>>,
     access_log: bool,
     /// Shared across reloads so counters keep counting.
@@ -91,6 +101,23 @@ impl Gateway {
     pub fn with_stats(config: &Config, stats: Arc<Stats>) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
         let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
+        let policies: HashMap<&str, Arc<Policy>> =
+            config.policies.iter().map(|(name, spec)| (name.as_str(), Arc::new(Policy::new(spec)))).collect();
+        let named = |names: &[String]| -> Vec<(String, Arc<Policy>)> {
+            names.iter().map(|n| (n.clone(), Arc::clone(&policies[n.as_str()]))).collect()
+        };
+        let chains_with = |route_policies: &[String]| -> Vec<(Arc<str>, PolicyChain)> {
+            config
+                .listeners
+                .iter()
+                .map(|l| {
+                    let mut all = named(&l.policies);
+                    all.extend(named(route_policies));
+                    (Arc::from(l.name.as_str()), PolicyChain::new(all))
+                })
+                .collect()
+        };
+        let listener_chains = chains_with(&[]);
         let routes = config
             .routes
             .iter()
@@ -101,9 +128,17 @@ impl Gateway {
                     RouteAction::Proxy { upstream } => Action::Proxy(Arc::clone(by_name[upstream.as_str()])),
                     RouteAction::Static { dir } => Action::Static(StaticFiles::new(dir)),
                 },
+                chains: chains_with(&r.policies),
             })
             .collect();
-        Self { config: Arc::new(config.clone()), routes, upstreams, access_log: config.log.access_log, stats }
+        Self {
+            config: Arc::new(config.clone()),
+            routes,
+            listener_chains,
+            upstreams,
+            access_log: config.log.access_log,
+            stats,
+        }
     }
 
     /// Answers one request. Never fails: every error becomes a response here.
@@ -116,8 +151,12 @@ impl Gateway {
         let id = request_id::take_or_generate(req.headers());
         // The backend logs the same id the client gets back.
         req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+        let client_ip = connection.peer.ip();
         let mut ctx = RequestContext {
             id: id.clone(),
+            client_ip,
+            consumer: None,
+            claims: None,
             connection,
             protocol: DownstreamProtocol::from_version(req.version()),
             start: Instant::now(),
@@ -129,7 +168,11 @@ impl Gateway {
         let method = req.method().clone();
         let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
 
-        let (outcome, error) = match self.forward(&mut ctx, req).await {
+        let route = self.find_route(&req);
+        let listener = &*ctx.connection.listener.name;
+        let chains = route.map_or(&self.listener_chains[..], |r| &r.chains[..]);
+        let chain = chain_for(chains, listener);
+        let (outcome, error) = match self.forward(route, chain, &mut ctx, req).await {
             Ok(outcome) => (outcome, None),
             Err(e) => {
                 match e.source_side() {
@@ -152,6 +195,9 @@ impl Gateway {
                 (parts, Ok(body), None)
             }
         };
+        if let Some(chain) = chain {
+            chain.on_response(&mut parts.headers, parts.status, &ctx);
+        }
         self.stats.count(parts.status);
         parts.headers.insert(&X_REQUEST_ID, id);
         let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
@@ -163,12 +209,32 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 
-    async fn forward(&self, ctx: &mut RequestContext, req: Request<Incoming>) -> Result<Outcome, ProxyError> {
-        let route = self.find_route(&req).ok_or(ProxyError::NoRoute)?;
-        ctx.route = Some(Arc::clone(&route.name));
+    async fn forward(
+        &self,
+        route: Option<&CompiledRoute>,
+        chain: Option<&PolicyChain>,
+        ctx: &mut RequestContext,
+        req: Request<Incoming>,
+    ) -> Result<Outcome, ProxyError> {
+        if let Some(route) = route {
+            ctx.route = Some(Arc::clone(&route.name));
+        }
+        let (mut parts, incoming) = req.into_parts();
+        if let Some(chain) = chain.filter(|c| !c.is_empty()) {
+            match chain.on_request(&mut parts, ctx).await {
+                Verdict::Continue => {}
+                Verdict::Reject(rejection) => return Err(ProxyError::Rejected(Box::new(rejection))),
+                Verdict::Respond(status, headers) => {
+                    let mut response = Response::new(body::empty());
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    return Ok(Outcome::Local(response));
+                }
+            }
+        }
+        let route = route.ok_or(ProxyError::NoRoute)?;
 
         let limit = route.config.max_body_bytes.or(ctx.connection.listener.max_body_bytes);
-        let (parts, incoming) = req.into_parts();
         let body = match limit {
             Some(limit) => {
                 if content_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -191,7 +257,7 @@ impl Gateway {
             Action::Proxy(upstream) => {
                 let upstream_req = forwarded::prepare_request(parts, body, ctx, &route.config)?;
                 ctx.upstream = Some(Arc::clone(&upstream.name));
-                let sent = upstream.send(upstream_req, ctx.connection.peer.ip()).await?;
+                let sent = upstream.send(upstream_req, ctx.client_ip).await?;
                 ctx.target = Some(sent.target);
                 let mut response = sent.response;
                 forwarded::prepare_response(&mut response, ctx.protocol);
