@@ -5,12 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# Real peers the integration tests drive: curl, nghttp/h2load, openssl s_client, kill.
+# Real peers the integration tests drive: curl, nghttp/h2load, openssl s_client, kill, redis-server.
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v nghttp >/dev/null || need_apt+=(nghttp2-client)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v kill >/dev/null || need_apt+=(procps)
+# Shared rate-limit counters: tests start their own redis-server on a free port.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Keep apt from starting daemons it installs.

@@ -37,6 +37,8 @@ pub enum ProxyError {
     Static(std::io::Error),
     /// A policy refused the request.
     Rejected(Box<crate::policy::Rejection>),
+    /// The listener's `request_timeout` passed before a response head was ready.
+    RequestTimeout { limit: std::time::Duration },
 }
 
 impl ProxyError {
@@ -51,6 +53,9 @@ impl ProxyError {
             ProxyError::UpstreamSaturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Static(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Rejected(r) => r.status,
+            // 504, not 408: the wait is usually the upstream's, and RFC 9110
+            // §15.5.9 keeps 408 for a request the client did not finish sending.
+            ProxyError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -66,15 +71,19 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => "upstream_error",
             ProxyError::Static(_) => "static_error",
             ProxyError::Rejected(r) => r.code,
+            ProxyError::RequestTimeout { .. } => "request_timeout",
         }
     }
 
     /// Which side is to blame.
     pub fn source_side(&self) -> ErrorSource {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => {
-                ErrorSource::Downstream
-            }
+            // A policy refusal is a decision about the client, not a failure: logged
+            // at debug (a 429 flood must not become a warning flood); the access log has it.
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::Rejected(_) => ErrorSource::Downstream,
             ProxyError::Static(_) => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -102,6 +111,7 @@ impl ProxyError {
             }
             ProxyError::Static(_) => "static file could not be read".into(),
             ProxyError::Rejected(r) => r.message.clone(),
+            ProxyError::RequestTimeout { limit } => format!("no response within the request timeout of {limit:?}"),
         }
     }
 
@@ -162,6 +172,14 @@ mod tests {
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(ProxyError::UpstreamTimeout { upstream: "u".into(), phase: "connect" }.status(), 504);
         assert_eq!(ProxyError::UpstreamSaturated { upstream: "u".into() }.status(), 503);
+        let timeout = ProxyError::RequestTimeout { limit: std::time::Duration::from_secs(1) };
+        assert_eq!((timeout.status(), timeout.code()), (StatusCode::GATEWAY_TIMEOUT, "request_timeout"));
+        let refused = ProxyError::Rejected(Box::new(crate::policy::Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "slow down",
+        )));
+        assert_eq!(refused.source_side(), ErrorSource::Downstream, "refusals are not logged as failures");
     }
 
     #[tokio::test]

@@ -39,6 +39,22 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// `TLSv1_2` or `TLSv1_3`.
     pub version: Option<&'static str>,
+    /// The client certificate the handshake verified against the listener's
+    /// CA (`client_auth`), read once per connection for the `mtls` policy.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// The identity in a verified TLS client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject as an RFC 4514 string (`CN=alice,O=Acme`), ASCII only.
+    pub subject: String,
+    /// The subject's common name, if it has one.
+    pub common_name: Option<String>,
+    /// DNS names from subjectAltName.
+    pub dns_names: Vec<String>,
+    /// URIs from subjectAltName (SPIFFE IDs live here).
+    pub uris: Vec<String>,
 }
 
 /// Facts about the listener a connection came in on, shared by its connections.
@@ -48,6 +64,8 @@ pub struct ListenerInfo {
     pub name: Arc<str>,
     /// Request body limit for routes that set none of their own.
     pub max_body_bytes: Option<u64>,
+    /// Per-client connection and request limits (DDoS protection).
+    pub limits: crate::listen::limits::ClientLimits,
 }
 
 /// Facts about one accepted connection, shared by all its requests.
@@ -106,6 +124,12 @@ pub struct RequestContext {
     pub consumer: Option<Arc<str>>,
     /// Verified token claims, for authorization and claim-keyed rate limits.
     pub claims: Option<Arc<serde_json::Value>>,
+    /// The tightest `rate_limit` decision made on the request, kept so the
+    /// response side can add the RateLimit fields (a few bytes, `Copy`).
+    pub rate_limit: Option<crate::policy::rate_limit::RateLimitStatus>,
+    /// The request's `Origin` (RFC 6454 §7), kept so `cors` can answer on
+    /// the response side, where the request headers are gone.
+    pub origin: Option<HeaderValue>,
 }
 
 impl RequestContext {

@@ -17,7 +17,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method};
 
 pub use error::ConfigError;
-pub use units::{expand_env, parse_duration};
+pub use units::{Rate, expand_env, parse_duration, parse_rate};
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
@@ -92,6 +92,10 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     /// Policies applied to every request on this listener.
     pub policies: Vec<String>,
+    /// Every connection starts with a PROXY protocol v1 or v2 header whose
+    /// source address becomes the peer. Only for listeners that nothing but
+    /// the proxy can reach: the header is believed because this says so.
+    pub proxy_protocol: bool,
 }
 
 /// Per-listener protection against oversized or slow clients.
@@ -109,6 +113,20 @@ pub struct ListenerLimits {
     pub max_connections: Option<usize>,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
     pub h2_max_concurrent_streams: u32,
+    /// Most open connections from one client IP; `None` means unlimited.
+    pub max_connections_per_ip: Option<usize>,
+    /// Requests per client IP (GCRA, burst = N) before 429; `None` means unlimited.
+    pub max_requests_per_ip: Option<Rate>,
+    /// From the request head to the response head, upstream included; then 504.
+    pub request_timeout: Option<Duration>,
+    /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
+    pub idle_timeout: Duration,
+    /// Streams a client may reset before the server accepted them, before the
+    /// connection is closed with GOAWAY (HTTP/2 rapid reset, CVE-2023-44487).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for the client's protocol errors before
+    /// GOAWAY (reset floods provoked by the client).
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 /// TLS termination settings; certificates are picked by SNI.
@@ -116,6 +134,27 @@ pub struct ListenerLimits {
 pub struct TlsConfig {
     pub certs: Vec<CertPair>,
     pub min_version: TlsVersion,
+    /// Client certificates to ask for (mTLS); `None` asks for none.
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// `client_auth = { ca = "ca.pem", mode = "require" }`: verify client
+/// certificates against this CA bundle during the handshake.
+#[derive(Debug, Clone)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: PathBuf,
+    pub mode: ClientAuthMode,
+}
+
+/// Whether a client without a certificate may still connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// The handshake fails without a valid certificate.
+    Require,
+    /// A certificate is asked for and verified if sent; the `mtls` policy
+    /// decides per route whether one was needed.
+    Request,
 }
 
 /// Lowest TLS version a listener accepts.

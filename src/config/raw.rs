@@ -63,6 +63,14 @@ pub struct RawListener {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    // Connection and request limits (DDoS protection); see `listen::limits`.
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_requests_per_ip: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub h2_max_pending_accept_reset_streams: Option<Spanned<i64>>,
+    pub h2_max_local_error_reset_streams: Option<Spanned<i64>>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `tls = { cert = "...", key = "..." }` or `tls = { certs = [ { cert, key }, ... ] }`.
@@ -74,6 +82,15 @@ pub struct RawTls {
     #[serde(default)]
     pub certs: Vec<RawCertPair>,
     pub min_version: Option<Spanned<String>>,
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// `client_auth = { ca = "ca.pem", mode = "require" | "request" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,4 @@
-//! Small value parsers shared by config sections: durations and `${ENV}` expansion.
+//! Small value parsers shared by config sections: durations, rates and `${ENV}` expansion.
 
 use std::time::Duration;
 
@@ -40,6 +40,48 @@ pub fn expand_env(text: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// A request rate: `count` requests per `period` (`"100/s"`, `"20/m"`, `"500/h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// Time between two requests at this rate (the GCRA emission interval).
+    pub fn interval(&self) -> Duration {
+        self.period / self.count
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// Parses `"N/s"`, `"N/m"` or `"N/h"` with 1 <= N <= 1,000,000,000.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let hint = || format!("`{text}` is not a rate; write e.g. \"100/s\", \"20/m\" or \"500/h\"");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(hint)?;
+    let count: u32 = count.trim().parse().map_err(|_| hint())?;
+    if count == 0 || count > 1_000_000_000 {
+        return Err(format!("`{text}`: the count must be between 1 and 1000000000"));
+    }
+    let period = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => return Err(format!("`{text}` has unit `{other}`; use s, m or h")),
+    };
+    Ok(Rate { count, period })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +99,17 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn rates_accept_each_unit_and_reject_nonsense() {
+        let r = parse_rate("100/s").unwrap();
+        assert_eq!((r.count, r.period, r.interval()), (100, Duration::from_secs(1), Duration::from_millis(10)));
+        assert_eq!(parse_rate("20/m").unwrap().period, Duration::from_secs(60));
+        assert_eq!(parse_rate("5/h").unwrap().to_string(), "5/h");
+        for bad in ["100", "0/s", "x/s", "10/d", "/s", "-1/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

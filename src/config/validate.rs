@@ -240,7 +240,7 @@ impl Validator<'_> {
                         if inner.is_empty() { format!("policy.{name}") } else { format!("policy.{name}.{inner}") };
                     self.src.error(at, full, e.message)
                 })?;
-                specs.push((name, spec));
+                specs.push((name.clone(), spec.named(&name)));
             }
         }
         Ok(specs)
@@ -286,8 +286,56 @@ impl Validator<'_> {
                 100,
                 1 << 20,
             )? as u32,
+            max_connections_per_ip: match &raw.max_connections_per_ip {
+                None => None,
+                Some(_) => {
+                    Some(self.positive(&raw.max_connections_per_ip, &key("max_connections_per_ip"), 0, 10_000_000)?
+                        as usize)
+                }
+            },
+            max_requests_per_ip: match &raw.max_requests_per_ip {
+                None => None,
+                Some(v) => {
+                    let k = key("max_requests_per_ip");
+                    Some(super::units::parse_rate(&self.string(v, &k)?).map_err(|m| self.src.error(v.span(), k, m))?)
+                }
+            },
+            request_timeout: match &raw.request_timeout {
+                None => None,
+                Some(_) => Some(self.duration(&raw.request_timeout, &key("request_timeout"), Duration::ZERO)?),
+            },
+            idle_timeout: self.duration(&raw.idle_timeout, &key("idle_timeout"), Duration::from_secs(300))?,
+            // h2's own defaults, stated so they show in the docs and can be tuned.
+            h2_max_pending_accept_reset_streams: self.positive(
+                &raw.h2_max_pending_accept_reset_streams,
+                &key("h2_max_pending_accept_reset_streams"),
+                20,
+                100_000,
+            )? as usize,
+            h2_max_local_error_reset_streams: self.positive(
+                &raw.h2_max_local_error_reset_streams,
+                &key("h2_max_local_error_reset_streams"),
+                1024,
+                1_000_000,
+            )? as usize,
         };
-        Ok(ListenerConfig { name, bind, tls, limits, policies: policy_names })
+        let zero = [
+            (&raw.request_timeout, "request_timeout", limits.request_timeout.is_some_and(|d| d.is_zero())),
+            (&raw.idle_timeout, "idle_timeout", limits.idle_timeout.is_zero()),
+        ];
+        for (value, name, is_zero) in zero {
+            if let (Some(v), true) = (value, is_zero) {
+                return self.err(v.span(), key(name), "must be longer than 0");
+            }
+        }
+        Ok(ListenerConfig {
+            name,
+            bind,
+            tls,
+            limits,
+            policies: policy_names,
+            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+        })
     }
 
     fn tls(&self, raw: &RawTls, key: &str) -> Result<TlsConfig> {
@@ -322,7 +370,27 @@ impl Validator<'_> {
                 }
             },
         };
-        let tls = TlsConfig { certs, min_version };
+        let client_auth = match &raw.client_auth {
+            None => None,
+            Some(c) => {
+                let mode = match &c.mode {
+                    None => ClientAuthMode::Require,
+                    Some(m) => match m.get_ref().as_str() {
+                        "require" => ClientAuthMode::Require,
+                        "request" => ClientAuthMode::Request,
+                        other => {
+                            return self.err(
+                                m.span(),
+                                format!("{key}.client_auth.mode"),
+                                format!("`{other}` is not a mode; use \"require\" or \"request\""),
+                            );
+                        }
+                    },
+                };
+                Some(ClientAuthConfig { ca: self.existing_file(&c.ca, &format!("{key}.client_auth.ca"))?, mode })
+            }
+        };
+        let tls = TlsConfig { certs, min_version, client_auth };
         // Build the real rustls config now so a bad PEM fails `check`, not the first handshake.
         crate::listen::tls::server_config(&tls).map_err(|e| {
             let span = raw
@@ -331,6 +399,10 @@ impl Validator<'_> {
                 .map(|c| c.span())
                 .or_else(|| raw.certs.first().map(|c| c.cert.span()))
                 .unwrap_or(0..0);
+            let span = match &e {
+                crate::listen::tls::TlsError::ClientCa { .. } => raw.client_auth.as_ref().map_or(span, |c| c.ca.span()),
+                _ => span,
+            };
             self.src.error(span, key, e.to_string())
         })?;
         Ok(tls)

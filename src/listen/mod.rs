@@ -5,6 +5,9 @@
 //! reads the connection preface); TLS ports pick by ALPN. `Upgrade: h2c` is
 //! not offered (deprecated by RFC 9113 §3.1).
 
+pub mod client_cert;
+pub mod limits;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -25,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ListenerConfig;
 use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
 use crate::pipeline::Gateway;
+use proxy_protocol::{ProxyHeader, Rewind};
 
 /// A bound listener, ready to serve once the runtime is up.
 pub struct Listener {
@@ -77,6 +81,7 @@ impl Listener {
             info: Arc::new(ListenerInfo {
                 name: Arc::from(config.name.as_str()),
                 max_body_bytes: config.limits.max_body_bytes,
+                limits: limits::ClientLimits::new(&config.name, &config.limits),
             }),
             connections: config.limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             config: config.clone(),
@@ -126,6 +131,8 @@ impl Listener {
                 listener: Arc::clone(&self.info),
                 gateway: Arc::clone(&gateway),
                 handshake_timeout: self.config.limits.header_read_timeout,
+                proxy_protocol: self.config.proxy_protocol,
+                stop: stop.clone(),
             };
             let watcher = drain.watcher();
             tokio::spawn(async move {
@@ -144,12 +151,63 @@ struct Connection {
     listener: Arc<ListenerInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     handshake_timeout: Duration,
+    /// Read a PROXY protocol header first (see `proxy_protocol`).
+    proxy_protocol: bool,
+    /// Flips when the server stops: connections then shut down gracefully.
+    stop: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+    async fn serve(self, mut stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
+        if !self.proxy_protocol {
+            if self.admits(peer) {
+                self.serve_io(stream, peer, local, watcher).await;
+            }
+            return;
+        }
+        // The PROXY header comes before TLS; its deadline is the header read timeout.
+        let (header, rest) = match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(listener = %self.listener.name, %peer, error = %e, "connection closed");
+                return;
+            }
+        };
+        let (peer, local) = match header {
+            ProxyHeader::Proxied { source, destination } => (source, destination),
+            ProxyHeader::Unknown => (peer, local),
+        };
+        if self.admits(peer) {
+            self.serve_io(Rewind::new(rest, stream), peer, local, watcher).await;
+        }
+    }
+
+    /// The listener's `ip_filter` policies with `on_connect`, checked before
+    /// any TLS or HTTP work so a denied client costs one accept and a close.
+    fn admits(&self, peer: SocketAddr) -> bool {
+        let admitted = self.gateway.load().admits_connection(&self.listener.name, peer.ip());
+        if !admitted {
+            tracing::debug!(listener = %self.listener.name, %peer, "connection closed: denied by ip_filter");
+        }
+        admitted
+    }
+
+    async fn serve_io<S>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Per-IP connection cap, before any TLS work; released when this task ends.
+        let Some(_per_ip) = self.listener.limits.admit_connection(peer.ip()) else {
+            tracing::debug!(listener = %self.listener.name, %peer, "connection refused: max_connections_per_ip reached");
+            return;
+        };
         match &self.tls {
             None => {
                 let info = ConnectionInfo::new(Arc::clone(&self.listener), peer, local, None);
@@ -172,6 +230,12 @@ impl Connection {
                     server_name: session.server_name().map(str::to_string),
                     alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                     version: session.protocol_version().and_then(|v| v.as_str()),
+                    // Read once here, not per request; rustls has verified it against `client_auth.ca`.
+                    client_cert: session
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(client_cert::identity)
+                        .map(Arc::new),
                 };
                 let info = ConnectionInfo::new(Arc::clone(&self.listener), peer, local, Some(tls));
                 self.serve_http(tls_stream, info, watcher).await;
@@ -185,13 +249,23 @@ impl Connection {
     {
         let info = Arc::new(info);
         let gateway = Arc::clone(&self.gateway);
+        let activity = Arc::new(limits::Activity::default());
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |req| {
             let gateway = gateway.load_full();
             let info = Arc::clone(&info);
-            async move { Ok::<_, Infallible>(gateway.handle(info, req).await) }
+            let in_progress = requests.request();
+            async move {
+                let response = gateway.handle(info, req).await;
+                drop(in_progress);
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
+        let idle_timeout = self.listener.limits.idle_timeout;
+        // Ends on drain (`stop`) or after `idle_timeout` without requests, gracefully either way.
+        if let Err(e) = limits::Drive::new(conn.into_owned(), watcher, self.stop.clone(), activity, idle_timeout).await
+        {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
@@ -213,6 +287,15 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // HTTP/2 Rapid Reset (CVE-2023-44487): a client that opens streams and
+        // cancels them at once never hits max_concurrent_streams yet makes us
+        // start a request per stream. Past this many streams reset before we
+        // accepted them, the connection is closed with GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        // The mirror flood: frames crafted so that *we* reset streams over and
+        // over (RUSTSEC-2024-0003, CVE-2019-9514-style reset floods); past this
+        // many, GOAWAY as well.
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder

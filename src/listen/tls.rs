@@ -1,5 +1,6 @@
-//! TLS termination with rustls: ALPN `h2` + `http/1.1`, TLS 1.2/1.3, and
-//! the certificate chosen by SNI among those configured.
+//! TLS termination with rustls: ALPN `h2` + `http/1.1`, TLS 1.2/1.3, the
+//! certificate chosen by SNI among those configured, and optionally client
+//! certificates verified against a CA bundle (mTLS, `client_auth`).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{CertPair, TlsConfig, TlsVersion};
+use crate::config::{CertPair, ClientAuthConfig, ClientAuthMode, TlsConfig, TlsVersion};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub enum TlsError {
     Key { path: String, reason: String },
     /// rustls refused the combination.
     Rustls(rustls::Error),
+    /// The `client_auth.ca` bundle has no usable CA certificate.
+    ClientCa { path: String, reason: String },
 }
 
 impl std::fmt::Display for TlsError {
@@ -29,6 +32,7 @@ impl std::fmt::Display for TlsError {
             TlsError::Certificate { path, reason } => write!(f, "certificate `{path}`: {reason}"),
             TlsError::Key { path, reason } => write!(f, "private key `{path}`: {reason}"),
             TlsError::Rustls(e) => write!(f, "TLS setup: {e}"),
+            TlsError::ClientCa { path, reason } => write!(f, "client CA bundle `{path}`: {reason}"),
         }
     }
 }
@@ -43,13 +47,40 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
-        .map_err(TlsError::Rustls)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { keys }));
+        .map_err(TlsError::Rustls)?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the `client_auth.ca` bundle
+/// (webpki path building, as for server certificates); in `request` mode a
+/// client may also connect without one.
+fn client_verifier(
+    auth: &ClientAuthConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let path = auth.ca.display().to_string();
+    let fail = |reason: String| TlsError::ClientCa { path: path.clone(), reason };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&auth.ca).map_err(|e| fail(e.to_string()))? {
+        roots.add(cert.map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no PEM certificate found".into()));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth.mode {
+        ClientAuthMode::Require => builder,
+        ClientAuthMode::Request => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|e| fail(e.to_string()))
 }
 
 fn load_pair(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {

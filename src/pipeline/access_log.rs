@@ -30,7 +30,8 @@ impl AccessRecord {
         tracing::info!(
             target: "access",
             request_id = ctx.id_str(),
-            client = %ctx.connection.peer.ip(),
+            // The resolved client (ip_filter may have read a trusted proxy's header).
+            client = %ctx.client_ip,
             listener = %ctx.connection.listener.name,
             protocol = ctx.protocol.as_str(),
             method = %self.method,

@@ -164,6 +164,8 @@ impl Gateway {
             upstream: None,
             target: None,
             principal: None,
+            rate_limit: None,
+            origin: req.headers().get(header::ORIGIN).cloned(),
         };
         let method = req.method().clone();
         let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
@@ -172,7 +174,14 @@ impl Gateway {
         let listener = &*ctx.connection.listener.name;
         let chains = route.map_or(&self.listener_chains[..], |r| &r.chains[..]);
         let chain = chain_for(chains, listener);
-        let (outcome, error) = match self.forward(route, chain, &mut ctx, req).await {
+        // The listener's request_timeout bounds everything up to the response head.
+        let forwarded = match ctx.connection.listener.limits.request_timeout {
+            None => self.forward(route, chain, &mut ctx, req).await,
+            Some(limit) => tokio::time::timeout(limit, self.forward(route, chain, &mut ctx, req))
+                .await
+                .unwrap_or(Err(ProxyError::RequestTimeout { limit })),
+        };
+        let (outcome, error) = match forwarded {
             Ok(outcome) => (outcome, None),
             Err(e) => {
                 match e.source_side() {
@@ -216,6 +225,8 @@ impl Gateway {
         ctx: &mut RequestContext,
         req: Request<Incoming>,
     ) -> Result<Outcome, ProxyError> {
+        // The listener's per-IP request cap: one hash lookup, before any policy.
+        ctx.connection.listener.limits.admit_request(ctx.connection.peer.ip())?;
         if let Some(route) = route {
             ctx.route = Some(Arc::clone(&route.name));
         }
@@ -268,6 +279,12 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Accept-time check of `listener`'s `ip_filter` policies with
+    /// `on_connect`: false closes the connection before TLS or HTTP.
+    pub fn admits_connection(&self, listener: &str, peer: std::net::IpAddr) -> bool {
+        chain_for(&self.listener_chains, listener).is_none_or(|chain| chain.admits_connection(peer))
+    }
+
     fn find_route<B>(&self, req: &Request<B>) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| crate::route::matches(&r.config.matcher, req))
     }

@@ -753,3 +753,106 @@ pub mod core_kit {
         assert_eq!(code, 200, "a normal request after the bad one failed: {headers}\nlog:\n{}", tollgate.log());
     }
 }
+
+// ============================================================================
+// BEGIN rate-limit and DDoS helpers (policy_rate_limit.rs, ddos_limits.rs,
+// rate-limit rows of policy_table.rs): a real redis-server child process and
+// bulk request senders. Own module so names never clash.
+// ============================================================================
+pub mod rate_kit {
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::{free_port, wait_for_port};
+
+    /// Debian's `redis-server`, started by the test on a free loopback port
+    /// with persistence off, and killed (by its PID) on drop.
+    pub struct RedisServer {
+        child: Option<Child>,
+        pub port: u16,
+        dir: tempfile::TempDir,
+    }
+
+    impl RedisServer {
+        /// Starts a fresh server and waits until it accepts connections.
+        pub fn start() -> RedisServer {
+            let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+            server.restart();
+            server
+        }
+
+        /// `redis://127.0.0.1:PORT`.
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        pub fn addr(&self) -> SocketAddr {
+            format!("127.0.0.1:{}", self.port).parse().unwrap()
+        }
+
+        /// Kills the server (an outage); the port stays reserved for [`restart`](Self::restart).
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// Starts the server again on the same port, empty.
+        pub fn restart(&mut self) {
+            self.kill();
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/test.sh installs Debian's redis-server)");
+            self.child = Some(child);
+            assert!(
+                wait_for_port(self.addr(), Duration::from_secs(10)),
+                "redis-server did not listen on {}",
+                self.port
+            );
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// Sends one request per URL, in order, from one curl process reusing
+    /// its connection, and returns the status codes. `args` go first
+    /// (`--http1.1`, `-H`, `--interface`...).
+    pub fn statuses(args: &[&str], urls: &[String]) -> Vec<u16> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("urls");
+        let mut text = String::new();
+        for url in urls {
+            text.push_str(&format!("url = \"{url}\"\noutput = \"/dev/null\"\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new("curl")
+            .arg("-s")
+            .args(["--max-time", "60", "-w", "%{http_code}\\n", "--config"])
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("curl is installed");
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().unwrap_or(0)).collect()
+    }
+
+    /// How many times `needle` occurs in `text`.
+    pub fn count(text: &str, needle: &str) -> usize {
+        text.matches(needle).count()
+    }
+}
+// ============================================================================
+// END rate-limit and DDoS helpers
+// ============================================================================

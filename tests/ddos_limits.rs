@@ -1,0 +1,297 @@
+//! Connection and request limits (DDoS protection) attacked on loopback by
+//! real clients, each attack bounded in count and time, each showing that a
+//! well-behaved client is still served meanwhile: per-IP connection and
+//! request caps, the request timeout, slowloris, HTTP/2 rapid reset
+//! (CVE-2023-44487) and the HTTP/2 idle timeout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::core_kit::{json, run_check};
+use common::rate_kit::statuses;
+use common::*;
+use hyper::Response;
+
+/// A gateway whose listener has `listener_keys`, proxying everything to `backend`.
+fn gateway(backend: &Backend, listener_keys: &str) -> Tollgate {
+    Tollgate::start_with(&format!(
+        "{listener_keys}\n\n[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"b\"\n",
+        backend.addr
+    ))
+}
+
+/// curl from a given loopback source address; the status (0 when the connection failed).
+fn get_from(source: &str, url: &str) -> u16 {
+    curl_full(&["--max-time", "5", "--interface", source, url]).0
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&format!("{from}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Whether the server closes `stream` within `limit` (EOF or reset).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn connections_over_the_per_ip_cap_are_closed_while_other_ips_are_served() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "max_connections_per_ip = 2");
+    // From 127.0.0.3: the harness's readiness probe came from 127.0.0.1 and may still hold a slot there.
+    let held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.3", tollgate.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut third = connect_from("127.0.0.3", tollgate.addr);
+    assert!(closed_within(&mut third, Duration::from_secs(3)), "the third connection from 127.0.0.3 is closed");
+    assert_eq!(get_from("127.0.0.3", &tollgate.url("/x")), 0, "127.0.0.3 has no slot left");
+    assert_eq!(get_from("127.0.0.2", &tollgate.url("/x")), 200, "another client IP is served");
+
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get_from("127.0.0.3", &tollgate.url("/x")), 200, "closed connections give their slots back");
+}
+
+#[test]
+fn requests_over_the_per_ip_rate_get_429_while_other_ips_are_served() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "max_requests_per_ip = \"5/m\"");
+    let urls: Vec<String> = (0..7).map(|i| tollgate.url(&format!("/{i}"))).collect();
+    assert_eq!(statuses(&["--interface", "127.0.0.1"], &urls), [200, 200, 200, 200, 200, 429, 429]);
+    let (status, headers, body) = curl_full(&["--interface", "127.0.0.1", &tollgate.url("/again")]);
+    assert_eq!(status, 429);
+    let retry_after: u64 = header_value(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry_after), "one request every 12 s: Retry-After {retry_after}");
+    assert_eq!(json(&body)["error"], "rate_limited");
+    assert_eq!(get_from("127.0.0.2", &tollgate.url("/x")), 200, "another client IP has its own budget");
+    assert_eq!(backend.requests().len(), 6, "refused requests never reach the backend");
+    // Each 429 is a debug line at most, not a warning per request.
+    assert!(!tollgate.log().contains("WARN"), "{}", tollgate.log());
+}
+
+#[test]
+fn request_timeout_answers_504_while_the_upstream_is_still_busy() {
+    let backend = Backend::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Response::new(full("done"))
+    });
+    let tollgate = gateway(&backend, "request_timeout = \"300ms\"");
+    let started = Instant::now();
+    let (status, _, body) = curl_full(&["--max-time", "10", &tollgate.url("/slow")]);
+    assert_eq!(status, 504);
+    assert_eq!(json(&body)["error"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered at the timeout: {:?}", started.elapsed());
+    assert_eq!(curl_full(&[&tollgate.url("/fast")]).0, 200, "fast requests are unaffected");
+}
+
+#[test]
+fn slowloris_connections_are_cut_at_the_header_timeout_while_a_normal_client_is_served() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "header_read_timeout = \"2s\"");
+    let addr = tollgate.addr;
+    let started = Instant::now();
+    // 40 clients, each sending one header line every 200 ms and never finishing.
+    let attackers: Vec<_> = (0..40)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: victim\r\n");
+                let mut buf = [0u8; 512];
+                for i in 0..40 {
+                    match stream.read(&mut buf) {
+                        Ok(0) => return Some(started.elapsed()),
+                        Ok(_) => {} // a 408 before the close is fine too
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Some(started.elapsed()),
+                    }
+                    if stream.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).is_err() {
+                        return Some(started.elapsed());
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a normal client is served at once.
+    let normal = Instant::now();
+    assert_eq!(curl_full(&["--max-time", "3", &tollgate.url("/x")]).0, 200);
+    assert!(normal.elapsed() < Duration::from_millis(1500), "served in {:?}", normal.elapsed());
+    for attacker in attackers {
+        let cut = attacker.join().unwrap().expect("a slowloris connection stayed open for 8 s");
+        assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    }
+}
+
+/// An HTTP/2 (h2c) client connection driven on the current runtime.
+async fn h2_client(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// One GET on an h2 connection; its status.
+async fn h2_get(client: &mut h2::client::SendRequest<Bytes>, addr: SocketAddr, path: &str) -> Result<u16, h2::Error> {
+    let ready = client.clone().ready().await?;
+    *client = ready;
+    let request = http::Request::get(format!("http://{addr}{path}")).body(()).unwrap();
+    let (response, _) = client.send_request(request, true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(status)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn http2_rapid_reset_gets_goaway_while_a_well_behaved_connection_keeps_working() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "");
+    let addr = tollgate.addr;
+    let backend = &backend;
+    runtime().block_on(async move {
+        let (mut good, good_conn) = h2_client(addr).await;
+        assert_eq!(h2_get(&mut good, addr, "/before").await.unwrap(), 200);
+
+        // The attack: open a stream and cancel it at once, 5000 times on one
+        // connection, from its own single-threaded runtime so the frames leave
+        // in bursts (HEADERS, RST_STREAM, HEADERS, ...) as attack tools send them.
+        let attack = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (mut client, connection) = h2_client(addr).await;
+                let mut opened = 0usize;
+                for _ in 0..5000 {
+                    client = match client.ready().await {
+                        Ok(c) => c,
+                        Err(_) => break,
+                    };
+                    let request = http::Request::get(format!("http://{addr}/attack")).body(()).unwrap();
+                    match client.send_request(request, false) {
+                        Ok((response, mut stream)) => {
+                            stream.send_reset(h2::Reason::CANCEL);
+                            drop(response);
+                            opened += 1;
+                        }
+                        Err(_) => break,
+                    }
+                    if opened.is_multiple_of(100) {
+                        tokio::task::yield_now().await; // let the connection task write a burst
+                    }
+                }
+                let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                (opened, ended.map(|joined| joined.unwrap()))
+            })
+        });
+
+        // The well-behaved connection is served throughout.
+        for i in 0..20 {
+            assert_eq!(h2_get(&mut good, addr, &format!("/during/{i}")).await.unwrap(), 200);
+        }
+        let (opened, ended) = tokio::task::spawn_blocking(move || attack.join().unwrap()).await.unwrap();
+        let ended = ended.expect("the attacking connection is closed by the server");
+        let error = ended.expect_err("the server ends the attacking connection with an error GOAWAY");
+        assert!(error.is_go_away() || error.is_io(), "{error:?}");
+        if error.is_go_away() {
+            assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error:?}");
+        }
+        assert!(opened < 5000, "the attacker was cut off before finishing ({opened} streams)");
+        let attack_requests = backend.requests().iter().filter(|r| r.uri.contains("attack")).count();
+        assert!(attack_requests < 100, "{attack_requests} attack requests reached the backend");
+
+        assert_eq!(h2_get(&mut good, addr, "/after").await.unwrap(), 200);
+        drop(good);
+        let _ = good_conn.await;
+    });
+    assert!(tollgate.child.id() > 0);
+    let (status, _, body) = curl_full(&["--http2-prior-knowledge", &tollgate.url("/new")]);
+    assert_eq!(status, 200, "new connections are served: {}\n{}", String::from_utf8_lossy(&body), tollgate.log());
+}
+
+#[test]
+fn idle_http2_connections_are_closed_gracefully_after_idle_timeout() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "idle_timeout = \"500ms\"");
+    let addr = tollgate.addr;
+    runtime().block_on(async move {
+        let (mut client, connection) = h2_client(addr).await;
+        assert_eq!(h2_get(&mut client, addr, "/one").await.unwrap(), 200);
+        let idle_from = Instant::now();
+        // Keep the client handle: only the server may end this connection.
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("the idle connection is closed by the server")
+            .unwrap();
+        let waited = idle_from.elapsed();
+        if let Err(e) = ended {
+            assert_eq!(e.reason(), Some(h2::Reason::NO_ERROR), "a graceful GOAWAY: {e:?}");
+        }
+        assert!(waited >= Duration::from_millis(400), "closed too early: {waited:?}");
+        drop(client);
+
+        // A connection in use is not idle.
+        let (mut busy, busy_conn) = h2_client(addr).await;
+        for i in 0..8 {
+            assert_eq!(h2_get(&mut busy, addr, &format!("/{i}")).await.unwrap(), 200);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(!busy_conn.is_finished(), "requests every 150 ms keep the connection open");
+    });
+}
+
+#[test]
+fn bad_limit_values_name_the_line_and_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("max_requests_per_ip = \"lots\"", ":4: listener.l.max_requests_per_ip", "not a rate"),
+        ("max_connections_per_ip = 0", ":4: listener.l.max_connections_per_ip", "between 1"),
+        ("request_timeout = \"soon\"", ":4: listener.l.request_timeout", "not a duration"),
+        ("idle_timeout = \"0s\"", ":4: listener.l.idle_timeout", "longer than 0"),
+        ("h2_max_pending_accept_reset_streams = 0", ":4: listener.l.h2_max_pending_accept_reset_streams", "between 1"),
+        ("h2_max_local_error_reset_streams = -5", ":4: listener.l.h2_max_local_error_reset_streams", "between 1"),
+    ];
+    for (line, location, words) in cases {
+        let config = format!("[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n{line}\n");
+        let (out, path) = run_check(&config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{line} should be rejected");
+        assert!(stderr.contains(&format!("{path}{location}")), "{line}: expected `{location}` in: {stderr}");
+        assert!(stderr.contains(words), "{line}: expected `{words}` in: {stderr}");
+    }
+    let good = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\nmax_connections_per_ip = 50\n\
+                max_requests_per_ip = \"100/s\"\nrequest_timeout = \"30s\"\nidle_timeout = \"2m\"\n\
+                h2_max_pending_accept_reset_streams = 50\nh2_max_local_error_reset_streams = 200\n";
+    let (out, _) = run_check(good, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
