@@ -16,7 +16,7 @@
 //! | 14 | `jwt` | authentication; a signature check, maybe a JWKS fetch. When several authenticate, the JWT `sub` wins as principal |
 //! | 20 | `authz` | needs what authentication recorded (principal, consumer, claims) |
 //! | 25 | `rate_limit` | after authentication and authz: it may key on the consumer or a claim, and refused requests never spend a budget |
-//! | 3 | `headers` (request side) | so later policies and the backend see the rewritten request |
+//! | 30 | `headers` | last on the request, so it can use `{principal}` and the backend sees the final headers; first on the response |
 //!
 //! On the way back every policy of the request gets to edit the response
 //! (in reverse order), including responses the gateway made itself, so e.g.
