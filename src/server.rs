@@ -55,7 +55,16 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
         let _ = accept_loop.await;
     }
     let drain = Arc::try_unwrap(drain).expect("accept loops have ended and released the drain handle");
-    match tokio::time::timeout(config.runtime.shutdown_grace, drain.shutdown()).await {
+    let stats = Arc::clone(&gateway.load().stats);
+    let drained = async move {
+        drain.shutdown().await;
+        // HTTP/2 streams run in their own tasks and may still be finishing a
+        // response (and its access-log line) after their connection closed.
+        while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    match tokio::time::timeout(config.runtime.shutdown_grace, drained).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("grace period over: closing remaining connections"),
     }

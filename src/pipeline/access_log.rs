@@ -58,6 +58,7 @@ pin_project_lite::pin_project! {
         done: bool,
         record: Option<Box<AccessRecord>>,
         guard: Option<TargetGuard>,
+        active: Option<super::ActiveRequest>,
     }
 
     impl<B: http_body::Body> PinnedDrop for Tracked<B> {
@@ -71,13 +72,21 @@ pin_project_lite::pin_project! {
             if let Some(record) = this.record.take() {
                 record.write(*this.bytes, completed);
             }
+            // Only now is the request over for shutdown's drain.
+            this.active.take();
         }
     }
 }
 
 impl<B: http_body::Body> Tracked<B> {
     pub fn new(inner: B, record: Option<Box<AccessRecord>>, guard: Option<TargetGuard>) -> Self {
-        Self { inner, bytes: 0, done: false, record, guard }
+        Self { inner, bytes: 0, done: false, record, guard, active: None }
+    }
+
+    /// Keeps the request counted as active until this body is dropped.
+    pub fn with_active(mut self, active: super::ActiveRequest) -> Self {
+        self.active = Some(active);
+        self
     }
 }
 

@@ -56,6 +56,24 @@ pub struct Stats {
     pub responses_3xx: AtomicU64,
     pub responses_4xx: AtomicU64,
     pub responses_5xx: AtomicU64,
+    /// Requests whose response is still being sent; shutdown waits for zero.
+    pub active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one request in `Stats::active` until dropped (with its response body).
+pub struct ActiveRequest(Arc<Stats>);
+
+impl ActiveRequest {
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(stats))
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Stats {
@@ -148,6 +166,7 @@ impl Gateway {
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveRequest::new(&self.stats);
         let id = request_id::take_or_generate(req.headers());
         // The backend logs the same id the client gets back.
         req.headers_mut().insert(&X_REQUEST_ID, id.clone());
@@ -211,8 +230,8 @@ impl Gateway {
         parts.headers.insert(&X_REQUEST_ID, id);
         let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
         let body = match body {
-            Err(incoming) => body::boxed(Tracked::new(incoming, record, guard)),
-            Ok(local) if record.is_some() => body::boxed(Tracked::new(local, record, None)),
+            Err(incoming) => body::boxed(Tracked::new(incoming, record, guard).with_active(active)),
+            Ok(local) if record.is_some() => body::boxed(Tracked::new(local, record, None).with_active(active)),
             Ok(local) => local,
         };
         Response::from_parts(parts, body)
