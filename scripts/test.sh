@@ -13,6 +13,10 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v kill >/dev/null || need_apt+=(procps)
 # Shared rate-limit counters: tests start their own redis-server on a free port.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# Python test peers (grpcio client and server) run from a venv, which needs python3-venv.
+{ command -v python3 >/dev/null && python3 -c 'import ensurepip' 2>/dev/null; } || need_apt+=(python3 python3-venv)
+# Node test peers: gRPC-Web clients (connect-web, connect-node), the WebSocket `ws` client.
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Keep apt from starting daemons it installs.
@@ -22,6 +26,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi
 
+# Python test peers: one pip line for every package the tests need (append
+# yours here); pip leaves installed ones alone, so reruns are quick and offline.
+PIP_PACKAGES=(grpcio websockets)
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+# Node test peer (WebSocket `ws` client), pinned by its lockfile.
+[ -d tests/websocket_peers/node_modules/ws ] || npm ci --prefix tests/websocket_peers --no-audit --no-fund
+
+# Node test peers (connect-web / connect-node gRPC-Web clients), pinned by their lockfile.
+[ -d tests/peers/node/node_modules/@connectrpc/connect-node ] || npm ci --prefix tests/peers/node --no-audit --no-fund
+
 cargo fmt --all -- --check
-# One build for unit and integration tests; integration tests start the real binary.
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# One build for unit and integration tests (bridges included); integration tests start the real binary.
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"

@@ -1,7 +1,12 @@
 //! Why a request could not be proxied, and the one place such a failure
-//! becomes an HTTP response (status + small JSON body with the request id).
+//! becomes a response: for HTTP clients a status + small JSON body with the
+//! request id; for gRPC and gRPC-Web clients a trailers-only response (HTTP
+//! 200, `grpc-status` + `grpc-message` in the head, no body), since gRPC
+//! clients read the call's outcome from `grpc-status`, not the HTTP status
+//! (PROTOCOL-HTTP2.md "Responses"; PROTOCOL-WEB.md).
 
 use http::{HeaderValue, Response, StatusCode, header};
+use tollgate_grpc_web::{Code, GRPC_MESSAGE, GRPC_STATUS, GrpcKind, GrpcWebError, percent_encode_message};
 
 use crate::body::{self, Body};
 
@@ -39,6 +44,11 @@ pub enum ProxyError {
     Rejected(Box<crate::policy::Rejection>),
     /// The listener's `request_timeout` passed before a response head was ready.
     RequestTimeout { limit: std::time::Duration },
+    /// A WebSocket backend answered the upgrade with a 101 that breaks
+    /// RFC 6455 §4.1 (wrong accept value, unoffered subprotocol...).
+    UpstreamWebSocket { upstream: String, source: tollgate_websocket::handshake::BackendHandshakeError },
+    /// A gRPC-Web request body is malformed (bad base64, bad framing).
+    GrpcWeb(GrpcWebError),
 }
 
 impl ProxyError {
@@ -56,6 +66,36 @@ impl ProxyError {
             // 504, not 408: the wait is usually the upstream's, and RFC 9110
             // §15.5.9 keeps 408 for a request the client did not finish sending.
             ProxyError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamWebSocket { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::GrpcWeb(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status this failure is answered with for gRPC and gRPC-Web
+    /// clients. A connect timeout means the backend is not there
+    /// (UNAVAILABLE); any other wait that ran out is DEADLINE_EXCEEDED.
+    /// Policy refusals keep their meaning: 401 → UNAUTHENTICATED, 403 →
+    /// PERMISSION_DENIED, 429 → RESOURCE_EXHAUSTED (a quota, as gRPC's own
+    /// rate limiters report it, not the mapping doc's UNAVAILABLE, which
+    /// would invite an immediate retry).
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::NoRoute => Code::Unimplemented,
+            ProxyError::BadRequest(_) => Code::Internal,
+            ProxyError::BodyTooLarge { .. } => Code::ResourceExhausted,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamSaturated { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamWebSocket { .. } => Code::Unavailable,
+            ProxyError::UpstreamTimeout { phase: "connect", .. } => Code::Unavailable,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::RequestTimeout { .. } => Code::DeadlineExceeded,
+            ProxyError::Static(_) => Code::Internal,
+            ProxyError::Rejected(r) => match r.status {
+                StatusCode::BAD_REQUEST => Code::InvalidArgument,
+                StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+                other => Code::from_http(other),
+            },
+            ProxyError::GrpcWeb(e) => e.code(),
         }
     }
 
@@ -72,6 +112,8 @@ impl ProxyError {
             ProxyError::Static(_) => "static_error",
             ProxyError::Rejected(r) => r.code,
             ProxyError::RequestTimeout { .. } => "request_timeout",
+            ProxyError::UpstreamWebSocket { .. } => "upstream_websocket_handshake",
+            ProxyError::GrpcWeb(_) => "grpc_web_malformed",
         }
     }
 
@@ -83,6 +125,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge { .. }
+            | ProxyError::GrpcWeb(_)
             | ProxyError::Rejected(_) => ErrorSource::Downstream,
             ProxyError::Static(_) => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
@@ -112,6 +155,10 @@ impl ProxyError {
             ProxyError::Static(_) => "static file could not be read".into(),
             ProxyError::Rejected(r) => r.message.clone(),
             ProxyError::RequestTimeout { limit } => format!("no response within the request timeout of {limit:?}"),
+            ProxyError::UpstreamWebSocket { upstream, source } => {
+                format!("upstream `{upstream}` failed the WebSocket handshake: {source}")
+            }
+            ProxyError::GrpcWeb(e) => e.to_string(),
         }
     }
 
@@ -121,6 +168,25 @@ impl ProxyError {
         if let ProxyError::Rejected(r) = self {
             for (name, value) in &r.headers {
                 response.headers_mut().append(name, value.clone());
+            }
+        }
+        response
+    }
+
+    /// Builds the response for a client speaking `grpc` (from its
+    /// content-type), or the HTTP one when it is `None`.
+    pub fn into_response_for(&self, request_id: &str, grpc: Option<GrpcKind>) -> Response<Body> {
+        let Some(kind) = grpc else { return self.into_response(request_id) };
+        let mut response = Response::new(body::empty());
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, kind.response_content_type(None));
+        headers.insert(&GRPC_STATUS, HeaderValue::from_static(self.grpc_code().as_str()));
+        if let Ok(message) = HeaderValue::from_str(&percent_encode_message(&self.message())) {
+            headers.insert(&GRPC_MESSAGE, message);
+        }
+        if let ProxyError::Rejected(r) = self {
+            for (name, value) in &r.headers {
+                headers.append(name, value.clone());
             }
         }
         response
@@ -180,6 +246,58 @@ mod tests {
             "slow down",
         )));
         assert_eq!(refused.source_side(), ErrorSource::Downstream, "refusals are not logged as failures");
+    }
+
+    #[test]
+    fn each_error_maps_to_its_grpc_status() {
+        let upstream = || "u".to_string();
+        let rejected =
+            |status: StatusCode| ProxyError::Rejected(Box::new(crate::policy::Rejection::new(status, "refused", "no")));
+        let connect_refused = ProxyError::UpstreamConnect {
+            upstream: upstream(),
+            source: crate::upstream::ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        };
+        let table = [
+            (ProxyError::NoRoute, Code::Unimplemented),
+            (connect_refused, Code::Unavailable),
+            (ProxyError::UpstreamSaturated { upstream: upstream() }, Code::Unavailable),
+            (ProxyError::UpstreamTimeout { upstream: upstream(), phase: "connect" }, Code::Unavailable),
+            (
+                ProxyError::UpstreamTimeout { upstream: upstream(), phase: crate::upstream::DEADLINE_PHASE },
+                Code::DeadlineExceeded,
+            ),
+            (ProxyError::RequestTimeout { limit: std::time::Duration::from_secs(1) }, Code::DeadlineExceeded),
+            (ProxyError::BodyTooLarge { limit: 1 }, Code::ResourceExhausted),
+            (rejected(StatusCode::UNAUTHORIZED), Code::Unauthenticated),
+            (rejected(StatusCode::FORBIDDEN), Code::PermissionDenied),
+            (rejected(StatusCode::TOO_MANY_REQUESTS), Code::ResourceExhausted),
+            (ProxyError::GrpcWeb(GrpcWebError::InvalidBase64), Code::InvalidArgument),
+            (ProxyError::GrpcWeb(GrpcWebError::TruncatedFrame), Code::Internal),
+        ];
+        for (error, code) in table {
+            assert_eq!(error.grpc_code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn grpc_clients_get_a_trailers_only_response() {
+        let mut refused =
+            crate::policy::Rejection::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down, 100% over");
+        refused.headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let response = ProxyError::Rejected(Box::new(refused)).into_response_for("id", Some(GrpcKind::Grpc));
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(h["grpc-message"], "slow down, 100%25 over");
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert!(http_body::Body::is_end_stream(response.body()));
+
+        let web =
+            ProxyError::NoRoute.into_response_for("id", Some(GrpcKind::GrpcWeb(tollgate_grpc_web::Encoding::Text)));
+        assert_eq!(web.headers()[header::CONTENT_TYPE], "application/grpc-web-text");
+        assert_eq!(web.headers()["grpc-status"], "12");
+        assert_eq!(ProxyError::NoRoute.into_response_for("id", None).status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

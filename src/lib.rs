@@ -3,8 +3,11 @@
 //! A request's path through the code:
 //! [`listen`] (TCP/TLS, HTTP/1.1 + HTTP/2 via hyper) → [`pipeline::Gateway::handle`]
 //! (request id, [`route`], limits) → [`upstream`] (balancer, pooled HTTP/1.1
-//! client) → back through [`pipeline::forwarded`] and the access log.
+//! client, or multiplexed HTTP/2 for gRPC with gRPC-Web translated around it
+//! in [`pipeline::grpc`]) → back through [`pipeline::forwarded`] and the access log.
 //! Failures become responses in exactly one place: [`error::ProxyError`].
+//! WebSocket routes answer upgrade requests in [`websocket`], after the same
+//! routing and policies, with the protocol work in the `tollgate-websocket` bridge.
 
 pub mod admin;
 pub mod body;
@@ -18,3 +21,4 @@ pub mod route;
 pub mod server;
 pub mod static_files;
 pub mod upstream;
+pub mod websocket;

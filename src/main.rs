@@ -55,11 +55,17 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.runtime.worker_threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime skips the work-stealing machinery
+    // (cross-thread wakeups, the injection queue) that a single worker never needs.
+    let mut builder = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut multi = tokio::runtime::Builder::new_multi_thread();
+            multi.worker_threads(n);
+            multi
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -133,6 +133,7 @@ mod tests {
             preserve_host: true,
             max_body_bytes: None,
             policies: Vec::new(),
+            websocket: None,
         }
     }
 

@@ -51,6 +51,8 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
     };
     tracing::info!(signal, grace = ?config.runtime.shutdown_grace, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
+    // Upgraded connections are out of hyper's reach: WebSocket sessions close themselves with 1001.
+    crate::websocket::shutdown::begin();
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
@@ -60,7 +62,9 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
         drain.shutdown().await;
         // HTTP/2 streams run in their own tasks and may still be finishing a
         // response (and its access-log line) after their connection closed.
-        while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0
+            || crate::websocket::shutdown::live_sessions() > 0
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     };

@@ -175,6 +175,9 @@ pub struct CertPair {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     Http1,
+    /// gRPC over HTTP/2, h2c (prior knowledge) or TLS (`tls`): multiplexed
+    /// connections, trailers, `grpc-timeout` (see `upstream::grpc`).
+    Grpc,
 }
 
 /// How a target is chosen for each request.
@@ -220,6 +223,18 @@ pub struct UpstreamConfig {
     pub eject_after: u32,
     /// How long an ejected target sits out before it is tried again.
     pub eject_for: Duration,
+    /// TLS to the targets (gRPC upstreams only); `None` is cleartext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `tls = { ca, server_name }` of a gRPC upstream: backends are verified
+/// against this CA, never skipped, and must negotiate `h2` by ALPN.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// PEM file of the certificates trusted for the backends.
+    pub ca: PathBuf,
+    /// The name the backends' certificates must carry; default each target's host.
+    pub server_name: Option<String>,
 }
 
 /// How a route matches the host.
@@ -275,4 +290,41 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     /// Policies applied to this route (after the listener's).
     pub policies: Vec<String>,
+    /// WebSocket requests on this route are bridged (`websocket = ...`);
+    /// `None` proxies them like any request (the upgrade headers are dropped).
+    pub websocket: Option<WebSocketRoute>,
+}
+
+/// What a route does with WebSocket clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocketMode {
+    /// `"tunnel"`: frames relayed to a WebSocket backend over HTTP/1.1.
+    Tunnel,
+    /// `"http"`: each message becomes an HTTP/1.1 request to a plain backend.
+    Http,
+}
+
+/// `websocket = "tunnel" | "http"` and the `websocket_*` keys of a route.
+#[derive(Debug, Clone)]
+pub struct WebSocketRoute {
+    pub mode: WebSocketMode,
+    /// Largest message after reassembly; over it the sender gets close 1009.
+    pub max_message_bytes: usize,
+    /// Largest single frame; over it the sender gets close 1009.
+    pub max_frame_bytes: usize,
+    /// No frame either way for this long closes the connection with 1001.
+    pub idle_timeout: std::time::Duration,
+    /// Ping a silent client this often (tunnel mode); `None` (`"0s"`) never.
+    pub ping_interval: Option<std::time::Duration>,
+    /// Message mode: the request method (default POST).
+    pub method: Method,
+    /// Message mode: the request path; default the upgrade request's (rewritten) path.
+    pub path: Option<String>,
+    /// Message mode: extra request headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Message mode: requests in flight per connection; replies stay in order.
+    pub in_flight: usize,
+    /// Message mode: a path opened with a long-lived GET whose server-sent
+    /// events are pushed to the client.
+    pub push_path: Option<String>,
 }

@@ -115,6 +115,16 @@ pub struct RawUpstream {
     pub max_idle_per_target: Option<Spanned<i64>>,
     pub eject_after: Option<Spanned<i64>>,
     pub eject_for: Option<Spanned<String>>,
+    /// gRPC upstreams: `tls = { ca = "ca.pem", server_name = "api.internal" }`.
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// TLS towards a gRPC upstream's targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Spanned<String>,
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// A target is `"host:port"` or `{ address = "host:port", weight = 3 }`.
@@ -147,6 +157,18 @@ pub struct RawRoute {
     pub max_body_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub policies: Vec<Spanned<String>>,
+    // WebSocket bridge (`config::WebSocketRoute`): "tunnel" or "http", then its limits.
+    pub websocket: Option<Spanned<String>>,
+    pub websocket_max_message_bytes: Option<Spanned<i64>>,
+    pub websocket_max_frame_bytes: Option<Spanned<i64>>,
+    pub websocket_idle_timeout: Option<Spanned<String>>,
+    pub websocket_ping_interval: Option<Spanned<String>>,
+    pub websocket_method: Option<Spanned<String>>,
+    pub websocket_path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub websocket_headers: BTreeMap<String, Spanned<String>>,
+    pub websocket_in_flight: Option<Spanned<i64>>,
+    pub websocket_push_path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -429,11 +429,13 @@ impl Validator<'_> {
             None => UpstreamProtocol::Http1,
             Some(p) => match p.get_ref().as_str() {
                 "http1" => UpstreamProtocol::Http1,
-                "grpc" => {
-                    return self.err(p.span(), key("protocol"), "gRPC upstreams are not available yet; use \"http1\"");
-                }
+                "grpc" => UpstreamProtocol::Grpc,
                 other => {
-                    return self.err(p.span(), key("protocol"), format!("`{other}` is not a protocol; use \"http1\""));
+                    return self.err(
+                        p.span(),
+                        key("protocol"),
+                        format!("`{other}` is not a protocol; use \"http1\" or \"grpc\""),
+                    );
                 }
             },
         };
@@ -519,7 +521,38 @@ impl Validator<'_> {
                 as usize,
             eject_after: self.positive(&raw.eject_after, &key("eject_after"), 3, 1000)? as u32,
             eject_for: self.duration(&raw.eject_for, &key("eject_for"), Duration::from_secs(10))?,
+            tls: self.upstream_tls(raw, protocol, &key)?,
         })
+    }
+
+    fn upstream_tls(
+        &self,
+        raw: &RawUpstream,
+        protocol: UpstreamProtocol,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<UpstreamTls>> {
+        let Some(tls) = &raw.tls else { return Ok(None) };
+        if protocol != UpstreamProtocol::Grpc {
+            return self.err(tls.ca.span(), key("tls"), "TLS to upstreams is available for protocol = \"grpc\" only");
+        }
+        let ca = self.existing_file(&tls.ca, &key("tls.ca"))?;
+        let has_cert = std::fs::read(&ca)
+            .map(|pem| String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"))
+            .unwrap_or(false);
+        if !has_cert {
+            return self.err(tls.ca.span(), key("tls.ca"), format!("`{}` holds no PEM certificate", ca.display()));
+        }
+        let server_name = match &tls.server_name {
+            None => None,
+            Some(name) => {
+                let text = self.string(name, &key("tls.server_name"))?;
+                if rustls::pki_types::ServerName::try_from(text.as_str()).is_err() {
+                    return self.err(name.span(), key("tls.server_name"), format!("`{text}` is not a DNS name or IP"));
+                }
+                Some(text)
+            }
+        };
+        Ok(Some(UpstreamTls { ca, server_name }))
     }
 
     fn route(&self, raw: &RawRoute, upstreams: &HashSet<String>, policies: &HashSet<String>) -> Result<RouteConfig> {
@@ -553,6 +586,7 @@ impl Validator<'_> {
                 return self.err(raw.name.span(), key("upstream"), "a route needs `upstream` or `static_dir`");
             }
         };
+        let websocket = self.websocket(raw, &key)?;
         let strip_prefix = raw.strip_prefix.unwrap_or(false);
         if strip_prefix && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
             return self.err(raw.name.span(), key("strip_prefix"), "needs `match.path_prefix`");
@@ -587,7 +621,112 @@ impl Validator<'_> {
             preserve_host: raw.preserve_host.unwrap_or(true),
             max_body_bytes,
             policies: policy_names,
+            websocket,
         })
+    }
+
+    /// `websocket = "tunnel" | "http"` and its `websocket_*` keys; those
+    /// keys without `websocket`, or message-mode keys on a tunnel, are errors.
+    fn websocket(&self, raw: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<Option<WebSocketRoute>> {
+        let message_keys = [
+            (raw.websocket_method.as_ref().map(Spanned::span), "websocket_method"),
+            (raw.websocket_path.as_ref().map(Spanned::span), "websocket_path"),
+            (raw.websocket_headers.values().next().map(Spanned::span), "websocket_headers"),
+            (raw.websocket_in_flight.as_ref().map(Spanned::span), "websocket_in_flight"),
+            (raw.websocket_push_path.as_ref().map(Spanned::span), "websocket_push_path"),
+        ];
+        let mode = match &raw.websocket {
+            None => {
+                let tunnel_keys = [
+                    (raw.websocket_max_message_bytes.as_ref().map(Spanned::span), "websocket_max_message_bytes"),
+                    (raw.websocket_max_frame_bytes.as_ref().map(Spanned::span), "websocket_max_frame_bytes"),
+                    (raw.websocket_idle_timeout.as_ref().map(Spanned::span), "websocket_idle_timeout"),
+                    (raw.websocket_ping_interval.as_ref().map(Spanned::span), "websocket_ping_interval"),
+                ];
+                if let Some((Some(span), name)) = message_keys.into_iter().chain(tunnel_keys).find(|(s, _)| s.is_some())
+                {
+                    return self.err(span, key(name), "needs `websocket = \"tunnel\"` or `\"http\"` on the route");
+                }
+                return Ok(None);
+            }
+            Some(m) => match m.get_ref().as_str() {
+                "tunnel" => WebSocketMode::Tunnel,
+                "http" => WebSocketMode::Http,
+                other => {
+                    return self.err(
+                        m.span(),
+                        key("websocket"),
+                        format!("`{other}` is not a WebSocket mode; use \"tunnel\" or \"http\""),
+                    );
+                }
+            },
+        };
+        if raw.upstream.is_none() {
+            let span = raw.websocket.as_ref().map_or(0..0, Spanned::span);
+            return self.err(span, key("websocket"), "a WebSocket route needs `upstream`");
+        }
+        if mode == WebSocketMode::Tunnel
+            && let Some((Some(span), name)) = message_keys.into_iter().find(|(s, _)| s.is_some())
+        {
+            return self.err(span, key(name), "only for `websocket = \"http\"` (message mode)");
+        }
+        const MAX_MESSAGE: u64 = 1 << 30;
+        let max_message_bytes =
+            self.positive(&raw.websocket_max_message_bytes, &key("websocket_max_message_bytes"), 1 << 20, MAX_MESSAGE)?
+                as usize;
+        let max_frame_bytes = self.positive(
+            &raw.websocket_max_frame_bytes,
+            &key("websocket_max_frame_bytes"),
+            max_message_bytes as u64,
+            MAX_MESSAGE,
+        )? as usize;
+        let idle_timeout =
+            self.duration(&raw.websocket_idle_timeout, &key("websocket_idle_timeout"), Duration::from_secs(300))?;
+        if idle_timeout.is_zero() {
+            let span = raw.websocket_idle_timeout.as_ref().map_or(0..0, Spanned::span);
+            return self.err(span, key("websocket_idle_timeout"), "must be more than 0s");
+        }
+        let ping_interval =
+            self.duration(&raw.websocket_ping_interval, &key("websocket_ping_interval"), Duration::from_secs(30))?;
+        let method = match &raw.websocket_method {
+            None => Method::POST,
+            Some(m) => Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                self.src.error(m.span(), key("websocket_method"), format!("`{}` is not a method", m.get_ref()))
+            })?,
+        };
+        let path = |value: &Option<Spanned<String>>, name: &str| -> Result<Option<String>> {
+            match value {
+                None => Ok(None),
+                Some(v) => {
+                    let text = self.string(v, &key(name))?;
+                    if !text.starts_with('/') || http::uri::PathAndQuery::try_from(text.as_str()).is_err() {
+                        return self.err(v.span(), key(name), "must be a path starting with `/`");
+                    }
+                    Ok(Some(text))
+                }
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &raw.websocket_headers {
+            let k = key(&format!("websocket_headers.{name}"));
+            let header_name = HeaderName::try_from(name.as_str())
+                .map_err(|_| self.src.error(value.span(), &k, format!("`{name}` is not a header name")))?;
+            let header_value = HeaderValue::try_from(self.string(value, &k)?)
+                .map_err(|_| self.src.error(value.span(), &k, "not a valid header value"))?;
+            headers.push((header_name, header_value));
+        }
+        Ok(Some(WebSocketRoute {
+            mode,
+            max_message_bytes,
+            max_frame_bytes,
+            idle_timeout,
+            ping_interval: (!ping_interval.is_zero()).then_some(ping_interval),
+            method,
+            path: path(&raw.websocket_path, "websocket_path")?,
+            headers,
+            in_flight: self.positive(&raw.websocket_in_flight, &key("websocket_in_flight"), 1, 1024)? as usize,
+            push_path: path(&raw.websocket_push_path, "websocket_push_path")?,
+        }))
     }
 
     fn route_match(&self, raw: &RawMatch, key: &str) -> Result<RouteMatch> {

@@ -91,6 +91,21 @@ impl ClientLimits {
         }
     }
 
+    /// Keeps counting a connection from `ip` after hyper handed it over to
+    /// a WebSocket (HTTP/1.1 Upgrade), when the HTTP connection task that
+    /// held its first guard ends. It was admitted already, so there is no
+    /// limit check; the count lasts until the WebSocket closes, so
+    /// `max_connections_per_ip` covers upgraded connections too.
+    pub fn hold_upgraded(&self, ip: IpAddr) -> IpConnectionGuard {
+        match &self.per_ip_connections {
+            None => IpConnectionGuard { ip, open: None },
+            Some(p) => {
+                *p.open.lock().unwrap_or_else(|e| e.into_inner()).entry(ip).or_insert(0) += 1;
+                IpConnectionGuard { ip, open: Some(Arc::clone(&p.open)) }
+            }
+        }
+    }
+
     /// Takes one request from `ip`'s budget; a 429 when it has none left.
     pub fn admit_request(&self, ip: IpAddr) -> Result<(), ProxyError> {
         let Some(limiter) = &self.request_rate else { return Ok(()) };

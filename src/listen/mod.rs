@@ -296,6 +296,9 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         // over (RUSTSEC-2024-0003, CVE-2019-9514-style reset floods); past this
         // many, GOAWAY as well.
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so WebSocket clients can
+        // open a stream with extended CONNECT (`websocket` routes answer it).
+        .enable_connect_protocol()
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder

@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod forwarded;
+pub mod grpc;
 pub mod request_id;
 
 use std::collections::HashMap;
@@ -107,6 +108,8 @@ enum Outcome {
     Proxied(Response<Incoming>, TargetGuard),
     /// A response made here (static file or error).
     Local(Response<Body>),
+    /// A backend response already re-encoded (gRPC, gRPC-Web), with its target guard.
+    Streamed(Response<Body>, TargetGuard),
 }
 
 impl Gateway {
@@ -187,6 +190,8 @@ impl Gateway {
             origin: req.headers().get(header::ORIGIN).cloned(),
         };
         let method = req.method().clone();
+        // gRPC and gRPC-Web clients get gateway errors as gRPC statuses.
+        let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
         let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
 
         let route = self.find_route(&req);
@@ -209,7 +214,7 @@ impl Gateway {
                     }
                     _ => tracing::warn!(request_id = ctx.id_str(), error = %e, "request failed"),
                 }
-                (Outcome::Local(e.into_response(ctx.id_str())), Some(e.code()))
+                (Outcome::Local(e.into_response_for(ctx.id_str(), grpc)), Some(e.code()))
             }
         };
 
@@ -222,6 +227,10 @@ impl Gateway {
                 let (parts, body) = response.into_parts();
                 (parts, Ok(body), None)
             }
+            Outcome::Streamed(response, guard) => {
+                let (parts, body) = response.into_parts();
+                (parts, Ok(body), Some(guard))
+            }
         };
         if let Some(chain) = chain {
             chain.on_response(&mut parts.headers, parts.status, &ctx);
@@ -231,7 +240,9 @@ impl Gateway {
         let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
         let body = match body {
             Err(incoming) => body::boxed(Tracked::new(incoming, record, guard).with_active(active)),
-            Ok(local) if record.is_some() => body::boxed(Tracked::new(local, record, None).with_active(active)),
+            Ok(local) if record.is_some() || guard.is_some() => {
+                body::boxed(Tracked::new(local, record, guard).with_active(active))
+            }
             Ok(local) => local,
         };
         Response::from_parts(parts, body)
@@ -253,8 +264,12 @@ impl Gateway {
         if let Some(chain) = chain.filter(|c| !c.is_empty()) {
             match chain.on_request(&mut parts, ctx).await {
                 Verdict::Continue => {}
-                Verdict::Reject(rejection) => return Err(ProxyError::Rejected(Box::new(rejection))),
+                Verdict::Reject(rejection) => {
+                    discard_small_body(incoming, &parts.headers).await;
+                    return Err(ProxyError::Rejected(Box::new(rejection)));
+                }
                 Verdict::Respond(status, headers) => {
+                    discard_small_body(incoming, &parts.headers).await;
                     let mut response = Response::new(body::empty());
                     *response.status_mut() = status;
                     *response.headers_mut() = headers;
@@ -262,7 +277,23 @@ impl Gateway {
                 }
             }
         }
-        let route = route.ok_or(ProxyError::NoRoute)?;
+        let Some(route) = route else {
+            discard_small_body(incoming, &parts.headers).await;
+            return Err(ProxyError::NoRoute);
+        };
+        // WebSocket routes answer the upgrade themselves, after the policies above ran on it.
+        if let (Some(ws), Action::Proxy(upstream)) = (&route.config.websocket, &route.action)
+            && crate::websocket::is_websocket(&parts)
+        {
+            use crate::websocket::Accepted;
+            return match crate::websocket::accept(ws, upstream, &route.config, ctx, parts, self.access_log).await? {
+                Accepted::Switched(response) => Ok(Outcome::Local(response)),
+                Accepted::Refused(response, guard) => Ok(Outcome::Proxied(response, guard)),
+            };
+        }
+        if crate::websocket::is_extended_connect(&parts) {
+            return Err(ProxyError::BadRequest("extended CONNECT is only accepted on WebSocket routes"));
+        }
 
         let limit = route.config.max_body_bytes.or(ctx.connection.listener.max_body_bytes);
         let body = match limit {
@@ -283,6 +314,9 @@ impl Gateway {
                     *req.uri_mut() = http::Uri::from(crate::route::rewrite_path(&route.config, pq));
                 }
                 Ok(Outcome::Local(files.serve(req).await))
+            }
+            Action::Proxy(upstream) if upstream.is_grpc() => {
+                grpc::forward(upstream, parts, body, ctx, &route.config).await
             }
             Action::Proxy(upstream) => {
                 let upstream_req = forwarded::prepare_request(parts, body, ctx, &route.config)?;
@@ -307,6 +341,35 @@ impl Gateway {
     fn find_route<B>(&self, req: &Request<B>) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| crate::route::matches(&r.config.matcher, req))
     }
+}
+
+/// Largest request body read and thrown away before an early answer.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Reads and discards a small request body before the gateway answers early
+/// (a rejection, a preflight, no route), so the request half is complete:
+/// otherwise HTTP/2 ends the stream with RST_STREAM(NO_ERROR), which RFC 9113
+/// §8.1 allows but some clients (curl 7.88) report as an error, and HTTP/1.1
+/// loses the keep-alive connection. Bounded to 64 KiB and 250 ms; never done
+/// with `Expect: 100-continue`, whose client has not sent the body yet.
+async fn discard_small_body(mut body: Incoming, headers: &http::HeaderMap) {
+    use http_body_util::BodyExt;
+    if http_body::Body::is_end_stream(&body)
+        || headers.contains_key(header::EXPECT)
+        || content_length(headers).is_some_and(|len| len > DISCARD_LIMIT as u64)
+    {
+        return;
+    }
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), drain).await;
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

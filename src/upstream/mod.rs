@@ -2,8 +2,13 @@
 //! carry re-encoded requests to them, load balancing and passive health.
 
 mod balancer;
+mod grpc;
+pub mod grpc_deadline;
+mod h2_pool;
 mod pool;
 mod target;
+mod tls;
+mod upgrade;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
@@ -13,11 +18,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 pub use balancer::Balancer;
+pub use grpc::{DEADLINE_PHASE, GrpcResponse};
+pub use h2_pool::H2Pool;
 pub use pool::{ConnectError, Pool, PoolSettings};
 pub use target::{Target, TargetGuard};
 
 use crate::body::Body;
-use crate::config::{HashKey, UpstreamConfig};
+use crate::config::{HashKey, UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
 
 /// How many targets one request may try when connecting fails.
@@ -29,6 +36,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub targets: Vec<Arc<Target>>,
     balancer: Balancer,
+    /// `protocol = "grpc"`: each target's HTTP/2 connections, by target index.
+    grpc: Vec<H2Pool>,
 }
 
 /// A backend response with the guard that keeps its target's slot and
@@ -64,12 +73,25 @@ impl Upstream {
             })
             .collect();
         spawn_idle_reaper(&targets, config.idle_timeout);
+        let grpc = match config.protocol {
+            UpstreamProtocol::Http1 => Vec::new(),
+            UpstreamProtocol::Grpc => {
+                let transport = tls::Transport::new(&config.name, config.tls.as_ref());
+                targets.iter().map(|t| H2Pool::new(&t.authority, config.connect_timeout, transport.clone())).collect()
+            }
+        };
         Self {
+            grpc,
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::new(config.balance, &targets),
             config: config.clone(),
             targets,
         }
+    }
+
+    /// True for `protocol = "grpc"`: calls go over HTTP/2 with [`Upstream::send_grpc`].
+    pub fn is_grpc(&self) -> bool {
+        self.config.protocol == UpstreamProtocol::Grpc
     }
 
     /// Sends a prepared request (origin-form URI, headers already rewritten)

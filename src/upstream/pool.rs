@@ -24,7 +24,7 @@ pub enum ConnectError {
     Io(std::io::Error),
     /// Connecting took longer than `connect_timeout`.
     Timeout,
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP/1.1 or HTTP/2 handshake failed.
     Handshake(hyper::Error),
 }
 
@@ -33,7 +33,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Timeout => write!(f, "connect timed out"),
-            ConnectError::Handshake(e) => write!(f, "HTTP/1.1 handshake failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
         }
     }
 }

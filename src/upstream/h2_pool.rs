@@ -1,0 +1,131 @@
+//! A few multiplexed HTTP/2 connections to one gRPC target: cleartext (h2c,
+//! prior knowledge: RFC 9113 §3.3) or TLS with ALPN `h2` (§3.2).
+//!
+//! gRPC calls are streams on long-lived connections, so there is no idle
+//! list as for HTTP/1.1: each of a handful of slots holds one connection,
+//! shared (cloned `SendRequest`) by every call placed on it. A slot whose
+//! connection closed (GOAWAY, reset, backend restart) reconnects on its next
+//! use; the lock held while connecting makes callers wait for one connect
+//! instead of racing to open many.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::ConnectError;
+use super::tls::Transport;
+use crate::body::Body;
+
+/// Connections opened per gRPC target: calls spread over them round robin.
+/// Two keep one connection's flow-control windows or its I/O task from
+/// serialising every call, while keeping the backend's connection count low.
+pub const CONNECTIONS_PER_TARGET: usize = 2;
+
+/// HTTP/2 PINGs keep NAT and load-balancer state alive on quiet connections
+/// and detect a dead peer (RFC 9113 §6.7).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Multiplexed connections to one target.
+pub struct H2Pool {
+    authority: Authority,
+    /// Resolved once when the target is an IP literal; otherwise looked up per connect.
+    socket_addr: Option<SocketAddr>,
+    connect_timeout: Duration,
+    transport: Transport,
+    slots: Box<[tokio::sync::Mutex<Option<SendRequest<Body>>>]>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+impl H2Pool {
+    /// Connections are opened lazily, on the first call placed on each slot.
+    pub fn new(authority: &Authority, connect_timeout: Duration, transport: Transport) -> Self {
+        Self {
+            transport,
+            socket_addr: authority.as_str().parse().ok(),
+            authority: authority.clone(),
+            connect_timeout,
+            slots: (0..CONNECTIONS_PER_TARGET).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A handle to a live connection, connecting first if the chosen slot has none.
+    pub async fn sender(&self) -> Result<SendRequest<Body>, ConnectError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[index].lock().await;
+        if let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        *slot = None;
+        let sender = self.connect().await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, ConnectError> {
+        let connecting = async {
+            match self.socket_addr {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await,
+                None => tokio::net::TcpStream::connect(self.authority.as_str()).await,
+            }
+        };
+        let tls = match &self.transport {
+            Transport::Cleartext => None,
+            Transport::Tls(connector) => Some(connector),
+            Transport::Unusable(why) => return Err(ConnectError::Io(std::io::Error::other(why.to_string()))),
+        };
+        let host = self.authority.host();
+        // One budget for TCP and TLS, as for a backend that accepts but never answers.
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let stream = connecting.await?;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => Ok(Io::Plain(stream)),
+                Some(tls) => Ok(Io::Tls(Box::new(tls.connect(host, stream).await?))),
+            }
+        });
+        match connected.await {
+            Ok(Ok(Io::Plain(stream))) => handshake(stream).await,
+            Ok(Ok(Io::Tls(stream))) => handshake(*stream).await,
+            Ok(Err(e)) => Err(ConnectError::Io(e)),
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+}
+
+/// A connected stream, before the HTTP/2 handshake.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Starts HTTP/2 on `stream` and spawns its I/O task.
+async fn handshake<T>(stream: T) -> Result<SendRequest<Body>, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "gRPC upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}

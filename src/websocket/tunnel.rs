@@ -1,0 +1,103 @@
+//! Tunnel mode: the upgrade goes to the backend as an HTTP/1.1 WebSocket
+//! handshake (whatever the client spoke), and once both sides switched, the
+//! bridge's relay runs in its own task for the life of the connection.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{Request, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tollgate_websocket::close;
+use tollgate_websocket::handshake::{self, BackendHandshakeError, ClientHandshake, SEC_WEBSOCKET_PROTOCOL};
+use tollgate_websocket::relay::{self, RelaySettings};
+
+use super::session::Session;
+use super::{Accepted, limits, switched};
+use crate::body;
+use crate::config::{RouteConfig, WebSocketRoute};
+use crate::error::ProxyError;
+use crate::model::RequestContext;
+use crate::pipeline::forwarded;
+use crate::upstream::Upstream;
+
+/// Opens the backend WebSocket and, if it agrees, answers the client and
+/// starts relaying.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn open(
+    ws: &WebSocketRoute,
+    upstream: &Arc<Upstream>,
+    route: &RouteConfig,
+    ctx: &mut RequestContext,
+    parts: Parts,
+    client: ClientHandshake,
+    on_upgrade: OnUpgrade,
+    mut session: Session,
+) -> Result<Accepted, ProxyError> {
+    let offered = parts.headers.get(&SEC_WEBSOCKET_PROTOCOL).cloned();
+    // Same head as any proxied request (path rewrite, forwarding headers,
+    // policy edits); hop-by-hop headers are gone and put back by the bridge.
+    let (mut head, body) = forwarded::prepare_request(parts, body::empty(), ctx, route)?.into_parts();
+    let key = handshake::to_backend_request(&mut head);
+    ctx.upstream = Some(Arc::clone(&upstream.name));
+    let sent = upstream.send_upgrade(Request::from_parts(head, body), ctx.client_ip).await?;
+    ctx.target = Some(Arc::clone(&sent.target));
+    let mut response = sent.response;
+    let negotiated =
+        match handshake::check_backend_response(response.status(), response.headers(), &key, offered.as_ref()) {
+            Ok(n) => n,
+            Err(BackendHandshakeError::NotSwitching(_)) => {
+                forwarded::prepare_response(&mut response, ctx.protocol);
+                return Ok(Accepted::Refused(response, sent.guard));
+            }
+            Err(source) => {
+                return Err(ProxyError::UpstreamWebSocket { upstream: upstream.config.name.clone(), source });
+            }
+        };
+    let backend_upgrade = hyper::upgrade::on(&mut response);
+    session.upstream = ctx.upstream.clone();
+    session.target = ctx.target.clone();
+    let limits = limits(ws);
+    let settings =
+        RelaySettings { idle_timeout: ws.idle_timeout, ping_interval: ws.ping_interval, ..Default::default() };
+    let guard = sent.guard;
+    tokio::spawn(async move {
+        // Holds the target's slot (least_request, max_connections_per_target) while the tunnel lives.
+        let _guard = guard;
+        let (client_io, backend_io) = tokio::join!(on_upgrade, backend_upgrade);
+        let client_io = match client_io {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(error = %e, "client upgrade failed");
+                return;
+            }
+        };
+        let client = tollgate_websocket::server_stream(TokioIo::new(client_io), &limits).await;
+        let backend_io = match backend_io {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend upgrade failed after 101");
+                // RFC 6455 §7.4.1: 1011, the server hit a condition it cannot recover from.
+                let mut client = client;
+                let frame = close::frame(close::CloseCode::Error, "backend upgrade failed");
+                let _ = client.close(Some(frame)).await;
+                return;
+            }
+        };
+        let backend = tollgate_websocket::client_stream(TokioIo::new(backend_io), &limits).await;
+        session.opened();
+        let report = relay::relay(client, backend, &settings, super::shutdown::stopping()).await;
+        session.closed(&report);
+    });
+    // End-to-end fields of the backend's 101 (Set-Cookie...) reach the client too;
+    // the handshake fields are ours to set for the client's hop.
+    let mut answer = handshake::client_response(&client, &negotiated);
+    let mut extra = response.headers().clone();
+    forwarded::remove_hop_by_hop(&mut extra);
+    for (name, value) in &extra {
+        if !name.as_str().starts_with("sec-websocket-") && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    Ok(switched(answer))
+}

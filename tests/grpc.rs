@@ -1,0 +1,229 @@
+//! gRPC upstreams with real peers: a Python `grpcio` client calls a Python
+//! `grpcio` server through Tollgate (unary, server-, client- and
+//! bidirectional streaming, errors with details, metadata incl. `-bin`,
+//! deadlines, cancellation, balancing), and curl plays a raw gRPC client
+//! against a Rust backend that stalls on purpose (gateway-made deadlines).
+
+mod common;
+mod grpc_support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use grpc_support::*;
+
+fn gateway(targets: &[SocketAddr]) -> Tollgate {
+    Tollgate::start_with(&grpc_config(targets, "", ""))
+}
+
+#[test]
+fn unary_and_every_streaming_kind_pass_through() {
+    let backend = GrpcBackend::start("b1");
+    let tollgate = gateway(&[backend.addr]);
+    assert_eq!(grpc_client(tollgate.addr, "unary")["reply"], "echo:hello");
+    assert_eq!(grpc_client(tollgate.addr, "client_stream")["reply"], "got 3: a,bb,ccc");
+    assert_eq!(grpc_client(tollgate.addr, "bidi")["replies"], serde_json::json!(["bidi:x", "bidi:y", "bidi:z"]));
+
+    // Four messages 300 ms apart arrive as they are sent, not at the end.
+    let stream = grpc_client(tollgate.addr, "server_stream");
+    assert_eq!(stream["replies"], serde_json::json!(["msg-0", "msg-1", "msg-2", "msg-3"]));
+    let times: Vec<f64> = stream["times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    assert!(times[3] - times[0] > 0.6, "messages were batched: {times:?}");
+
+    // 3 MiB each way: past the HTTP/2 windows, so flow control has to move it.
+    let big = grpc_client(tollgate.addr, "big");
+    assert_eq!(big["ok"], true, "{big}");
+    assert!(tollgate.wait_for_log("path=/test.Echo/Bidi route=grpc upstream=g", Duration::from_secs(5)));
+}
+
+#[test]
+fn error_status_details_and_metadata_pass_through_both_ways() {
+    let backend = GrpcBackend::start("b1");
+    let tollgate = gateway(&[backend.addr]);
+    let fail = grpc_client(tollgate.addr, "fail");
+    assert_eq!(fail["code"], "FAILED_PRECONDITION", "{fail}");
+    assert_eq!(fail["details"], "precondition failed: 100% broken");
+    assert_eq!(fail["trailers"]["grpc-status-details-bin"], "080912046f6f7073");
+
+    let meta = grpc_client(tollgate.addr, "metadata");
+    let seen = &meta["seen"];
+    assert_eq!(seen["x-plain"], "hello", "{meta}");
+    assert_eq!(seen["x-blob-bin"], "00ff10", "binary metadata arrives byte for byte");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(meta["initial"]["echo-x-blob-bin"], "00ff10", "{meta}");
+    assert_eq!(meta["trailers"]["x-trailer-bin"], "0001fe");
+    assert_eq!(meta["trailers"]["x-trailer"], "done");
+}
+
+#[test]
+fn a_deadline_ends_the_call_and_the_backend_sees_it_cancelled() {
+    let backend = GrpcBackend::start("b1");
+    let tollgate = gateway(&[backend.addr]);
+    let late = grpc_client(tollgate.addr, "deadline");
+    assert_eq!(late["code"], "DEADLINE_EXCEEDED", "{late}");
+    assert!(late["elapsed"].as_f64().unwrap() < 2.0, "{late}");
+    assert!(backend.wait_for("CANCELLED Slow", Duration::from_secs(5)), "the backend kept working");
+}
+
+#[test]
+fn a_client_cancel_resets_the_backend_stream() {
+    let backend = GrpcBackend::start("b1");
+    let tollgate = gateway(&[backend.addr]);
+    assert_eq!(grpc_client(tollgate.addr, "cancel")["cancelled"], true);
+    assert!(backend.wait_for("CANCELLED Slow", Duration::from_secs(5)), "the backend never saw the cancel");
+}
+
+#[test]
+fn calls_are_balanced_per_call_and_a_dead_target_is_skipped() {
+    let (b1, b2) = (GrpcBackend::start("b1"), GrpcBackend::start("b2"));
+    let dead = common::transport::free_addr();
+    let tollgate = gateway(&[b1.addr, b2.addr, dead]);
+    let names = grpc_client(tollgate.addr, "whoami");
+    let names: Vec<&str> = names["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(names.len(), 8, "every call succeeded, the dead target's ones on another target");
+    assert!(names.contains(&"b1") && names.contains(&"b2"), "one client connection, calls spread: {names:?}");
+}
+
+#[test]
+fn gateway_failures_are_grpc_statuses() {
+    let backend = GrpcBackend::start("b1");
+    let tollgate = gateway(&[backend.addr]);
+    let no_route = grpc_client(tollgate.addr, "status:/other.Svc/Method");
+    assert_eq!(no_route["code"], "UNIMPLEMENTED", "{no_route}");
+    assert_eq!(no_route["details"], "no route matches this request");
+
+    let down = Tollgate::start_with(&grpc_config(&[common::transport::free_addr()], "", ""));
+    let unavailable = grpc_client(down.addr, "status:/test.Echo/Unary");
+    assert_eq!(unavailable["code"], "UNAVAILABLE", "{unavailable}");
+    assert!(unavailable["details"].as_str().unwrap().contains("unreachable"), "{unavailable}");
+}
+
+/// curl as a raw gRPC client over h2c: returns (headers incl. trailers, body).
+fn raw_grpc(tollgate: &Tollgate, path: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = write_file(dir.path(), "req", &frame(b"ping"));
+    let data = format!("@{}", body.display());
+    let url = tollgate.url(path);
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        &data,
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (code, headers, body) = curl_full(&args);
+    assert_eq!(code, 200, "{headers}");
+    (headers, body)
+}
+
+#[test]
+fn grpc_timeout_is_enforced_by_the_gateway_before_and_after_the_response_head() {
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+
+    // No head by the deadline: a trailers-only DEADLINE_EXCEEDED.
+    let start = Instant::now();
+    let (headers, body) = raw_grpc(&tollgate, "/stall.Svc/Head", &["-H", "grpc-timeout: 300m"]);
+    assert_eq!(header_value(&headers, "grpc-status").as_deref(), Some("4"), "{headers}");
+    assert!(body.is_empty());
+    assert!(start.elapsed() < Duration::from_secs(3));
+
+    // Head and one message, then silence: the message, then DEADLINE_EXCEEDED trailers.
+    let (headers, body) = raw_grpc(&tollgate, "/stall.Svc/Body", &["-H", "grpc-timeout: 300m"]);
+    assert_eq!(frames(&body), vec![(0, b"first".to_vec())]);
+    assert_eq!(header_value(&headers, "grpc-status").as_deref(), Some("4"), "trailers: {headers}");
+
+    // Both backend streams were reset, not left running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.dropped.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(backend.dropped.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn concurrent_calls_share_a_few_multiplexed_connections() {
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+    // 20 concurrent calls, each its own client connection.
+    let start = Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let url = tollgate.url("/stall.Svc/Hold");
+            let dir = tempfile::tempdir().unwrap();
+            std::thread::spawn(move || {
+                let body = write_file(dir.path(), "req", &frame(b"x"));
+                let data = format!("@{}", body.display());
+                let args = ["--http2-prior-knowledge", "-H", "content-type: application/grpc", "--data-binary", &data];
+                let (code, headers, _) = curl_full(&[&args[..], &[&url]].concat());
+                (code, header_value(&headers, "grpc-status"))
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.join().unwrap(), (200, Some("0".to_string())));
+    }
+    assert!(start.elapsed() < Duration::from_secs(4), "calls ran one after another: {:?}", start.elapsed());
+    let connections = backend.connections.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&connections), "{connections} upstream connections for 20 calls");
+}
+
+#[test]
+fn tls_backends_are_verified_and_spoken_to_over_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::transport::write_cert(dir.path(), "backend", "localhost", &["localhost"]);
+    let other = common::transport::write_cert(dir.path(), "other", "localhost", &["localhost"]);
+    let backend = GrpcBackend::start_tls("secure", &cert.cert, &cert.key);
+    let tls = |ca: &std::path::Path| {
+        format!(
+            "[[upstream]]\nname = \"g\"\nprotocol = \"grpc\"\ntargets = [\"{}\"]\n\
+             tls = {{ ca = \"{}\", server_name = \"localhost\" }}\n\n\
+             [[route]]\nname = \"grpc\"\nmatch = {{ path_prefix = \"/test.Echo/\" }}\nupstream = \"g\"\n",
+            backend.addr,
+            ca.display()
+        )
+    };
+    let tollgate = Tollgate::start_with(&tls(&cert.cert));
+    assert_eq!(grpc_client(tollgate.addr, "unary")["reply"], "echo:hello");
+    assert_eq!(grpc_client(tollgate.addr, "bidi")["replies"], serde_json::json!(["bidi:x", "bidi:y", "bidi:z"]));
+
+    // A backend whose certificate the configured CA did not issue is not trusted.
+    let untrusted = Tollgate::start_with(&tls(&other.cert));
+    let refused = grpc_client(untrusted.addr, "status:/test.Echo/Unary");
+    assert_eq!(refused["code"], "UNAVAILABLE", "{refused}");
+    assert!(untrusted.wait_for_log("certificate", Duration::from_secs(5)), "{}", untrusted.log());
+}
+
+#[test]
+fn upstream_tls_is_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = write_file(dir.path(), "ca.pem", b"not a certificate");
+    let config = |protocol: &str, ca: &std::path::Path| {
+        format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\n[[upstream]]\nname = \"g\"\nprotocol = \"{protocol}\"\n\
+             targets = [\"127.0.0.1:2\"]\ntls = {{ ca = \"{}\" }}\n",
+            ca.display()
+        )
+    };
+    let check = |config: String| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), "gateway.toml", config.as_bytes());
+        let out =
+            std::process::Command::new(Tollgate::binary()).arg("check").arg("--config").arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, text) = check(config("http1", &not_pem));
+    assert!(!ok);
+    assert!(text.contains("upstream.g.tls") && text.contains("\"grpc\" only"), "{text}");
+    let (ok, text) = check(config("grpc", &not_pem));
+    assert!(!ok);
+    assert!(text.contains("upstream.g.tls.ca") && text.contains("no PEM certificate"), "{text}");
+}
