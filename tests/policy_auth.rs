@@ -1,7 +1,8 @@
 //! Authentication and authorization policies against real peers: a JWKS
 //! served by a loopback backend (rotation, rate-limited refetches), every key
 //! type (RSA from openssl, P-256/P-384/Ed25519 from rcgen), algorithm
-//! confusion, API keys from a file of digests, authz on consumers, and mTLS
+//! confusion, an `https://` JWKS behind a CA made here (and one it does not
+//! trust), API keys from a file of digests, authz on consumers, and mTLS
 //! with curl presenting certificates from a CA made here.
 //! The per-protocol basics of each kind are rows in policy_table.rs.
 
@@ -10,8 +11,9 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::core_kit::run_check;
 use common::transport::write_cert;
@@ -409,6 +411,21 @@ impl Pki {
         Pki { ca_path, issuer: rcgen::Issuer::new(params, key) }
     }
 
+    /// A server certificate for `name` (DNS SAN): (certificate, key) in DER.
+    fn server(
+        &self,
+        name: &str,
+    ) -> (rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        (cert.der().clone(), der.into())
+    }
+
     /// A client certificate `CN=cn,O=Acme` with a DNS and a URI SAN: (cert path, key path).
     fn client(&self, dir: &Path, cn: &str) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(vec![format!("{cn}.example")]).unwrap();
@@ -423,6 +440,128 @@ impl Pki {
         let key_path = write_file(dir, &format!("{cn}.key"), key.serialize_pem().as_bytes());
         (cert_path.display().to_string(), key_path.display().to_string())
     }
+}
+
+/// An HTTPS server on loopback (hyper behind tokio-rustls, ALPN `http/1.1`)
+/// answering every request with one document; stops when dropped.
+struct HttpsIdp {
+    addr: SocketAddr,
+    /// Requests that got through the handshake.
+    fetches: Arc<AtomicUsize>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl HttpsIdp {
+    /// Serves `document` with a `localhost` certificate signed by `pki`.
+    fn start(pki: &Pki, document: String) -> HttpsIdp {
+        let (cert, key) = pki.server("localhost");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&fetches);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let (acceptor, counter, document) = (acceptor.clone(), Arc::clone(&counter), document.clone());
+                        tokio::spawn(async move {
+                            // A client that does not trust us aborts here.
+                            let Ok(tls) = acceptor.accept(stream).await else { return };
+                            let service = hyper::service::service_fn(move |_req| {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let body = document.clone();
+                                async move { Ok::<_, std::convert::Infallible>(Response::new(full(body))) }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {},
+                    _ = rx => {},
+                }
+            });
+        });
+        HttpsIdp { addr, fetches, _shutdown: tx }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn jwks_over_https_is_verified_against_jwks_ca_and_an_untrusted_server_means_401_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "idp-ca");
+    let rogue = Pki::new(dir.path(), "other-ca");
+    let key = TestKey::rcgen("idp-1", Algorithm::ES256);
+    let idp = HttpsIdp::start(&pki, jwks(&[&key]));
+    let backend = Backend::fixed("ok");
+    let policy = |ca: &Path| {
+        format!(
+            "[policy.jwt]\nkind = \"jwt\"\njwks_url = \"https://localhost:{}/jwks.json\"\njwks_ca = \"{}\"\n\
+             jwks_timeout = \"3s\"\nissuer = \"https://issuer.test\"\naudience = \"tollgate\"\n\n{WHO}",
+            idp.addr.port(),
+            ca.display()
+        )
+    };
+
+    let tollgate = gateway(&backend, &policy(&pki.ca_path), &["jwt", "who"]);
+    for flag in CLEARTEXT {
+        let (status, headers) = get_with_token(&tollgate, flag, "/", &key.sign(claims("alice")));
+        assert_eq!(status, 200, "{headers}\n{}", tollgate.log());
+        assert_eq!(backend.requests().last().unwrap().headers["x-principal"], "alice");
+    }
+    // Another key under the same kid: the served key does not verify it.
+    let impostor = TestKey { kid: "idp-1".into(), ..TestKey::rcgen("x", Algorithm::ES256) };
+    let (status, headers) = get_with_token(&tollgate, "--http1.1", "/", &impostor.sign(claims("mallory")));
+    assert_eq!(status, 401, "{headers}");
+    assert!(header_value(&headers, "www-authenticate").unwrap().contains("token signature does not verify"));
+    assert_eq!(idp.fetches(), 1, "one fetch over TLS serves every request");
+    assert_eq!(backend.requests().len(), 2);
+    drop(tollgate);
+
+    // A CA that did not sign the IdP's certificate: the handshake fails, no
+    // key is ever loaded, every token is refused quickly and the reason is logged.
+    let tollgate = gateway(&backend, &policy(&rogue.ca_path), &["jwt"]);
+    let started = Instant::now();
+    let (status, headers) = get_with_token(&tollgate, "--http1.1", "/", &key.sign(claims("alice")));
+    assert_eq!(status, 401, "{headers}\n{}", tollgate.log());
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(tollgate.wait_for_log("JWKS fetch failed", Duration::from_secs(5)), "{}", tollgate.log());
+    assert!(tollgate.log().contains("TLS handshake failed"), "{}", tollgate.log());
+    assert_eq!(idp.fetches(), 1, "nothing was served to the client that does not trust the IdP");
+    assert_eq!(backend.requests().len(), 2);
+
+    // A jwks_ca that cannot be read is a config error naming line and key.
+    let (out, _) = run_check(
+        "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\n[policy.jwt]\nkind = \"jwt\"\n\
+         jwks_url = \"https://localhost/jwks.json\"\njwks_ca = \"/nonexistent/ca.pem\"\n",
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(":8:") && stderr.contains("policy.jwt.jwks_ca") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
 }
 
 #[test]

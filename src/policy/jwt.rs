@@ -2,7 +2,7 @@
 //! token (`Authorization: Bearer ...`, RFC 6750 §2.1) authenticates the request.
 //!
 //! Keys come from a shared `secret` (HS256/384/512), an inline `jwk`, a
-//! `jwks_file`, or a `jwks_url` fetched over HTTP and cached: refreshed every
+//! `jwks_file`, or a `jwks_url` fetched over HTTP or HTTPS and cached: refreshed every
 //! `jwks_refresh` in the background, and at once when a token names a `kid`
 //! we don't know (at most once per `jwks_min_refresh`, so tokens with made-up
 //! `kid`s cannot hammer the issuer). Every key is bound at load to the
@@ -10,10 +10,15 @@
 //! only HS*), intersected with `algorithms`: that is what stops algorithm
 //! confusion (RFC 8725 §2.1, §3.1), and `none` is never accepted.
 //!
+//! An `https://` JWKS is what makes the keys trustworthy at all (whoever can
+//! answer for the URL chooses which tokens pass), so the server certificate is
+//! verified against Mozilla's roots (`webpki-roots`), or only against
+//! `jwks_ca` for an internal IdP, with the URL's host as SNI and name to check.
+//!
 //! ```toml
 //! [policy.jwt]
 //! kind = "jwt"
-//! jwks_url = "http://idp.internal/.well-known/jwks.json"
+//! jwks_url = "https://idp.example/.well-known/jwks.json"
 //! issuer = "https://issuer.example"
 //! audience = "tollgate"
 //! forward_claims = { sub = "x-user", email = "x-email" }
@@ -32,6 +37,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
@@ -84,6 +90,7 @@ struct RawJwt {
     jwk: Option<Spanned<toml::Table>>,
     jwks_file: Option<Spanned<String>>,
     jwks_url: Option<Spanned<String>>,
+    jwks_ca: Option<Spanned<String>>,
     jwks_refresh: Option<Spanned<String>>,
     jwks_min_refresh: Option<Spanned<String>>,
     jwks_timeout: Option<Spanned<String>>,
@@ -118,9 +125,43 @@ impl std::fmt::Debug for VerifyKey {
 #[derive(Debug, Clone)]
 struct RemoteSpec {
     url: Uri,
+    /// `Some` for an `https://` URL: the connector, its trust loaded at config load.
+    tls: Option<JwksTls>,
     refresh: Duration,
     min_refresh: Duration,
     timeout: Duration,
+}
+
+/// TLS for an `https://` JWKS: ALPN `http/1.1` (we speak nothing else to
+/// the IdP), trusting `jwks_ca` or else the webpki roots.
+#[derive(Clone)]
+struct JwksTls {
+    connector: tokio_rustls::TlsConnector,
+    /// Where the trust came from, for `Debug` and logs.
+    trust: Arc<str>,
+}
+
+impl std::fmt::Debug for JwksTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksTls").field("trust", &self.trust).finish_non_exhaustive()
+    }
+}
+
+impl JwksTls {
+    /// Trusts the certificates in `ca`, or Mozilla's roots when there is none.
+    fn new(ca: Option<&str>) -> Result<Self, std::io::Error> {
+        use crate::upstream::tls::{client_config, load_roots};
+        let (roots, trust) = match ca {
+            Some(path) => (load_roots(std::path::Path::new(path))?, path.into()),
+            None => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                (roots, "webpki-roots".into())
+            }
+        };
+        let config = client_config(roots, b"http/1.1")?;
+        Ok(Self { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), trust })
+    }
 }
 
 /// Validated `jwt` policy config.
@@ -173,20 +214,48 @@ pub(super) fn parse(table: toml::de::ValueDeserializer<'_>) -> Result<JwtSpec, S
         keys.extend(found);
     }
     let remote = match &raw.jwks_url {
-        None => None,
+        None => {
+            if let Some(ca) = &raw.jwks_ca {
+                return Err(SpecError::at(ca.span(), "jwks_ca", "is only used with an https:// `jwks_url`"));
+            }
+            None
+        }
         Some(url) => {
             let text = env_string(url, "jwks_url")?;
             let uri: Uri =
                 text.parse().map_err(|_| SpecError::at(url.span(), "jwks_url", format!("`{text}` is not a URL")))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(SpecError::at(
-                    url.span(),
-                    "jwks_url",
-                    "must be an http:// URL (fetching over TLS is not supported yet; use jwks_file for now)",
-                ));
+            let https = match uri.scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err(SpecError::at(url.span(), "jwks_url", "must be an https:// or http:// URL")),
+            };
+            if uri.host().is_none_or(str::is_empty) {
+                return Err(SpecError::at(url.span(), "jwks_url", format!("`{text}` has no host")));
+            }
+            let tls = match (&raw.jwks_ca, https) {
+                (Some(ca), false) => {
+                    return Err(SpecError::at(ca.span(), "jwks_ca", "is only used with an https:// `jwks_url`"));
+                }
+                (None, false) => None,
+                (None, true) => Some(
+                    JwksTls::new(None).map_err(|e| SpecError::at(url.span(), "jwks_url", format!("TLS setup: {e}")))?,
+                ),
+                (Some(ca), true) => {
+                    let path = env_string(ca, "jwks_ca")?;
+                    let tls = JwksTls::new(Some(&path))
+                        .map_err(|e| SpecError::at(ca.span(), "jwks_ca", format!("cannot use `{path}`: {e}")))?;
+                    Some(tls)
+                }
+            };
+            if let Some(host) = uri.host()
+                && https
+                && ServerName::try_from(bare_host(host).to_string()).is_err()
+            {
+                return Err(SpecError::at(url.span(), "jwks_url", format!("`{host}` cannot be a TLS server name")));
             }
             Some(RemoteSpec {
                 url: uri,
+                tls,
                 refresh: duration(&raw.jwks_refresh, "jwks_refresh", Duration::from_secs(300))?,
                 min_refresh: duration(&raw.jwks_min_refresh, "jwks_min_refresh", Duration::from_secs(30))?,
                 timeout: duration(&raw.jwks_timeout, "jwks_timeout", Duration::from_secs(5))?,
@@ -493,6 +562,9 @@ struct RemoteKeys {
 #[derive(Debug)]
 enum JwksError {
     Connect(std::io::Error),
+    /// The handshake failed, most often because the certificate does not
+    /// chain to the trusted roots or does not name the host.
+    Tls(std::io::Error),
     Http(hyper::Error),
     Status(StatusCode),
     Body,
@@ -504,6 +576,7 @@ impl std::fmt::Display for JwksError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JwksError::Connect(e) => write!(f, "cannot connect: {e}"),
+            JwksError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             JwksError::Http(e) => write!(f, "HTTP error: {e}"),
             JwksError::Status(s) => write!(f, "answered {s}"),
             JwksError::Body => write!(f, "body broken or over {MAX_JWKS_BYTES} bytes"),
@@ -550,7 +623,8 @@ impl RemoteJwks {
         }
         *last = Some(Instant::now());
         let url = &self.spec.url;
-        let fetched = match tokio::time::timeout(self.spec.timeout, fetch(url)).await {
+        // The timeout covers connect, handshake, request and body alike.
+        let fetched = match tokio::time::timeout(self.spec.timeout, fetch(url, self.spec.tls.as_ref())).await {
             Err(_) => Err(JwksError::Timeout),
             Ok(result) => result,
         };
@@ -562,22 +636,48 @@ impl RemoteJwks {
                 tracing::info!(%url, keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(RemoteKeys { keys, fetched: Some(Instant::now()) }));
             }
-            Err(e) => tracing::warn!(%url, error = %e, "JWKS fetch failed; keeping the keys we have"),
+            Err(e) => {
+                let trust = self.spec.tls.as_ref().map(|t| &*t.trust);
+                tracing::warn!(%url, error = %e, trust, "JWKS fetch failed; keeping the keys we have");
+            }
         }
     }
 }
 
-/// GET `url` over HTTP/1.1 (hyper's client connection), the body capped.
-async fn fetch(url: &Uri) -> Result<Bytes, JwksError> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_u16().unwrap_or(80);
+/// A URL host without the brackets of an IPv6 literal.
+fn bare_host(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// GET `url` over HTTP/1.1 (hyper's client connection), through TLS when
+/// `tls` is given, the body capped.
+async fn fetch(url: &Uri, tls: Option<&JwksTls>) -> Result<Bytes, JwksError> {
+    let host = bare_host(url.host().unwrap_or_default());
+    let port = url.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
     let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(JwksError::Connect)?;
+    match tls {
+        None => get(url, stream).await,
+        Some(tls) => {
+            // SNI and the name checked against the certificate: the URL's host (parse checked it fits).
+            let name = ServerName::try_from(host.to_string()).map_err(|e| JwksError::Tls(std::io::Error::other(e)))?;
+            let stream = tls.connector.connect(name, stream).await.map_err(JwksError::Tls)?;
+            get(url, stream).await
+        }
+    }
+}
+
+/// One HTTP/1.1 GET of `url` on an established connection.
+async fn get<S>(url: &Uri, io: S) -> Result<Bytes, JwksError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Empty, Limited};
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(JwksError::Http)?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(JwksError::Http)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    let host = url.host().unwrap_or_default();
     let authority = url.authority().map_or(host, |a| a.as_str());
     let request = http::Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
         .header(header::HOST, authority)
@@ -887,7 +987,14 @@ mod tests {
         assert!(hs512.message.contains("64 bytes"), "{}", hs512.message);
         assert!(spec("kind = \"jwt\"\nalgorithms = [\"none\"]\nsecret = \"x\"").unwrap_err().message.contains("never"));
         assert!(spec("kind = \"jwt\"").unwrap_err().message.contains("needs a key"));
-        assert!(spec("kind = \"jwt\"\njwks_url = \"https://idp/jwks\"").unwrap_err().message.contains("http://"));
+        assert!(spec("kind = \"jwt\"\njwks_url = \"ftp://idp/jwks\"").unwrap_err().message.contains("https://"));
+        let https = spec("kind = \"jwt\"\njwks_url = \"https://idp.example/jwks\"").unwrap();
+        assert!(https.remote.unwrap().tls.is_some_and(|t| &*t.trust == "webpki-roots"));
+        let no_ca =
+            spec("kind = \"jwt\"\njwks_url = \"https://idp/jwks\"\njwks_ca = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert!(no_ca.key == "jwks_ca" && no_ca.message.contains("/nonexistent/ca.pem"), "{no_ca:?}");
+        let plain_ca = spec("kind = \"jwt\"\njwks_url = \"http://idp/jwks\"\njwks_ca = \"ca.pem\"").unwrap_err();
+        assert!(plain_ca.key == "jwks_ca" && plain_ca.message.contains("https://"), "{plain_ca:?}");
         let bad_jwk = spec("kind = \"jwt\"\njwk = { kty = \"EC\", crv = \"P-521\", x = \"AA\", y = \"AA\" }");
         assert!(bad_jwk.unwrap_err().message.contains("not supported"));
     }

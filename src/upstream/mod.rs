@@ -7,7 +7,7 @@ pub mod grpc_deadline;
 mod h2_pool;
 mod pool;
 mod target;
-mod tls;
+pub(crate) mod tls;
 mod upgrade;
 
 use std::net::IpAddr;

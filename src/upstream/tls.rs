@@ -1,6 +1,9 @@
 //! TLS towards gRPC backends: rustls with the upstream's CA, ALPN `h2`
 //! (RFC 9113 §3.2: HTTP/2 over TLS is negotiated by ALPN; gRPC needs it).
+//! The client config is built by [`client_config`], which the `jwt` policy
+//! shares for fetching an `https://` JWKS, so both verify servers alike.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -28,18 +31,7 @@ impl std::fmt::Debug for UpstreamTlsConnector {
 impl UpstreamTlsConnector {
     /// Loads the CA file (validation already checked it holds a certificate).
     pub fn new(tls: &UpstreamTls) -> Result<Self, std::io::Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&tls.ca).map_err(std::io::Error::other)?;
-        for cert in certs {
-            roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(std::io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = client_config(load_roots(&tls.ca)?, b"h2")?;
         let server_name = match &tls.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(std::io::Error::other)?),
             None => None,
@@ -60,6 +52,33 @@ impl UpstreamTlsConnector {
         }
         Ok(tls)
     }
+}
+
+/// The certificates of a PEM file as trust anchors; a file with none is an
+/// error, so a wrong path or format never means "trust nothing, fail later".
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, std::io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(std::io::Error::other)?;
+    for cert in certs {
+        roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+    }
+    if roots.is_empty() {
+        return Err(std::io::Error::other("no PEM certificate in it"));
+    }
+    Ok(roots)
+}
+
+/// A verifying rustls client config (ring, TLS 1.2/1.3, no client
+/// certificate) offering the single ALPN protocol `alpn`.
+pub fn client_config(roots: rustls::RootCertStore, alpn: &[u8]) -> Result<rustls::ClientConfig, std::io::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
 }
 
 /// How a gRPC upstream's connections are carried.
