@@ -2,7 +2,8 @@
 //!
 //! A request's path through the code:
 //! [`listen`] (TCP/TLS, HTTP/1.1 + HTTP/2 via hyper) → [`pipeline::Gateway::handle`]
-//! (request id, [`route`], limits) → [`upstream`] (balancer, pooled HTTP/1.1
+//! (request id, [`route`], listener limits, the [`policy`] chain in its fixed
+//! order, body limit) → [`upstream`] (balancer, pooled HTTP/1.1
 //! client, or multiplexed HTTP/2 for gRPC with gRPC-Web translated around it
 //! in [`pipeline::grpc`]) → back through [`pipeline::forwarded`] and the access log.
 //! Failures become responses in exactly one place: [`error::ProxyError`].
