@@ -26,8 +26,28 @@ pub fn full(bytes: impl Into<Bytes>) -> TestBody {
 }
 
 /// A port free right now on 127.0.0.1 (bind to :0 and release).
+///
+/// Ports come from 20000–31999, below the kernel's ephemeral range, walking
+/// from a per-process start: a port handed out here is never the one the
+/// kernel gives a backend bound to `:0` or an outgoing connection, which is
+/// how a listener could otherwise find its port taken between check and bind.
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -74,7 +94,9 @@ impl Tollgate {
             .spawn()
             .expect("start tollgate");
         let mut tollgate = Tollgate { child, dir, log_path, addr };
-        if !wait_for_port(addr, Duration::from_secs(10)) {
+        let listening = wait_for_port(addr, Duration::from_secs(10));
+        // Something else answering on the port would look like success: make sure it is us.
+        if !listening || tollgate.child.try_wait().unwrap().is_some() || tollgate.log().contains("cannot bind") {
             let _ = tollgate.child.kill();
             panic!("tollgate did not listen on {addr}; log:\n{}", tollgate.log());
         }
@@ -649,7 +671,9 @@ pub mod core_kit {
         }
         let child = command.spawn().expect("start tollgate");
         let mut tollgate = Tollgate { child, dir, log_path, addr };
-        if !wait_for_port(addr, Duration::from_secs(10)) {
+        let listening = wait_for_port(addr, Duration::from_secs(10));
+        // Something else answering on the port would look like success: make sure it is us.
+        if !listening || tollgate.child.try_wait().unwrap().is_some() || tollgate.log().contains("cannot bind") {
             let _ = tollgate.child.kill();
             panic!("tollgate did not listen on {addr}; log:\n{}", tollgate.log());
         }
