@@ -64,12 +64,8 @@ impl Upstream {
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
         for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
-            let Some(index) = self.balancer.pick(&self.targets, &hash_input, &tried[..attempt]) else { break };
-            tried[attempt] = index;
+            let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
             let target = &self.targets[index];
-            let Some(guard) = target.acquire(self.config.connect_timeout).await else {
-                return Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() });
-            };
             *req.uri_mut() = absolute_uri(req.uri(), authority.as_ref(), target.authority.as_str())?;
             // A connection may close between checkout and send (GOAWAY): the
             // request comes back unsent and goes on a fresh connection.
@@ -78,9 +74,7 @@ impl Upstream {
                 let mut sender = match self.grpc[index].sender().await {
                     Ok(s) => s,
                     Err(e) => {
-                        if target.record_connect_failure(self.config.eject_after, self.config.eject_for) {
-                            tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
-                        }
+                        self.note_connect_failure(target);
                         last_connect_error = Some(e);
                         break;
                     }

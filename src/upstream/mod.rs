@@ -106,12 +106,8 @@ impl Upstream {
         let mut last_connect_error = None;
 
         for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
-            let Some(index) = self.balancer.pick(&self.targets, &hash_input, &tried[..attempt]) else { break };
-            tried[attempt] = index;
+            let Some((index, mut guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
             let target = &self.targets[index];
-            let Some(mut guard) = target.acquire(self.config.connect_timeout).await else {
-                return Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() });
-            };
             let mut request = match req.take() {
                 Some(r) => r,
                 None => match spare.as_ref() {
@@ -128,9 +124,7 @@ impl Upstream {
                     return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
                 }
                 Ok(Err(AttemptError::Connect(e))) => {
-                    if target.record_connect_failure(self.config.eject_after, self.config.eject_for) {
-                        tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
-                    }
+                    self.note_connect_failure(target);
                     last_connect_error = Some(e);
                     if spare.is_none() {
                         break;
@@ -160,6 +154,30 @@ impl Upstream {
             }
             Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
             None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
+        }
+    }
+
+    /// Picks the next target this request has not tried and claims a
+    /// connection slot on it (every protocol's send loop starts here).
+    /// `Ok(None)`: no target left; an error when every slot stays busy.
+    async fn claim_target(
+        &self,
+        hash_input: &[u8],
+        tried: &mut [usize; MAX_CONNECT_ATTEMPTS],
+        attempt: usize,
+    ) -> Result<Option<(usize, TargetGuard)>, ProxyError> {
+        let Some(index) = self.balancer.pick(&self.targets, hash_input, &tried[..attempt]) else { return Ok(None) };
+        tried[attempt] = index;
+        match self.targets[index].acquire(self.config.connect_timeout).await {
+            Some(guard) => Ok(Some((index, guard))),
+            None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
+        }
+    }
+
+    /// Counts a failed connect against `target`, logging when it gets ejected.
+    fn note_connect_failure(&self, target: &Target) {
+        if target.record_connect_failure(self.config.eject_after, self.config.eject_for) {
+            tracing::warn!(upstream = %self.name, target = %target.label, "target ejected after consecutive connect failures");
         }
     }
 

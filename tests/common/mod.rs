@@ -211,44 +211,7 @@ impl Backend {
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
         let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handler = Arc::new(handler);
-        let seen_in = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
-                        let handler = Arc::clone(&handler);
-                        let seen = Arc::clone(&seen_in);
-                        tokio::spawn(async move {
-                            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                                seen.lock().unwrap().push(SeenRequest {
-                                    method: req.method().to_string(),
-                                    uri: req.uri().to_string(),
-                                    headers: req.headers().clone(),
-                                });
-                                let fut = handler(req);
-                                async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {},
-                    _ = rx => {},
-                }
-            });
-        });
-        Backend { addr, seen, _shutdown: tx }
+        transport::serve_backend(listener, handler, Arc::default())
     }
 
     /// A backend that answers every request with 200 and `body`.
@@ -391,7 +354,9 @@ pub mod transport {
         serve_backend(listener, handler, Arc::new(BackendCounters::default()))
     }
 
-    fn serve_backend<F, Fut>(listener: StdTcpListener, handler: F, counters: Arc<BackendCounters>) -> Backend
+    /// Serves `handler` on `listener` (HTTP/1.1, hyper) from its own runtime
+    /// thread, recording requests and counting connections in `counters`.
+    pub fn serve_backend<F, Fut>(listener: StdTcpListener, handler: F, counters: Arc<BackendCounters>) -> Backend
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
