@@ -235,12 +235,22 @@ fn cors_preflight_and_exposed_grpc_headers_for_browsers() {
 fn node_client(base_url: &str, kind: &str) -> serde_json::Value {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
     assert!(dir.join("node_modules/@connectrpc").exists(), "run scripts/test.sh once (it npm-installs the Node peers)");
-    let out = Command::new("node")
-        .arg(dir.join("grpc_web_client.mjs"))
-        .args([base_url, kind])
-        .stdin(Stdio::null())
-        .output()
-        .expect("node is installed");
+    let run = || {
+        Command::new("node")
+            .arg(dir.join("grpc_web_client.mjs"))
+            .args([base_url, kind])
+            .stdin(Stdio::null())
+            .output()
+            .expect("node is installed")
+    };
+    let mut out = run();
+    // connect-node's HTTP/1.1 agent does not retry a request written to a
+    // keep-alive socket the server closed at that moment (EPIPE/ECONNRESET);
+    // seen once on a loaded CI machine. One more run, then it must pass.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && (stderr.contains("EPIPE") || stderr.contains("ECONNRESET")) {
+        out = run();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|_| panic!("{kind}: no JSON: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
