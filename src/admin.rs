@@ -71,8 +71,12 @@ impl Admin {
                 "5xx": stats.responses_5xx.load(Ordering::Relaxed),
             },
             "listeners": config.listeners.iter().map(|l| json!({
-                "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some(),
+                "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some(), "http3": l.http3.is_some(),
             })).collect::<Vec<_>>(),
+            "http3": {
+                "connections": crate::listen::quic::live_connections(),
+                "streams": crate::listen::quic::live_streams(),
+            },
             "routes": config.routes.iter().map(|r| json!({
                 "name": r.name,
                 "action": match &r.action {

@@ -13,19 +13,25 @@ use http::{HeaderValue, Version};
 pub enum DownstreamProtocol {
     Http1,
     Http2,
+    Http3,
 }
 
 impl DownstreamProtocol {
     /// The protocol implied by a request's HTTP version.
     pub fn from_version(version: Version) -> Self {
-        if version == Version::HTTP_2 { Self::Http2 } else { Self::Http1 }
+        match version {
+            Version::HTTP_2 => Self::Http2,
+            Version::HTTP_3 => Self::Http3,
+            _ => Self::Http1,
+        }
     }
 
-    /// Short name used in logs and `Via` (`1.1`, `2`).
+    /// Name used in logs (`HTTP/1.1`, `HTTP/2`, `HTTP/3`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http1 => "HTTP/1.1",
             Self::Http2 => "HTTP/2",
+            Self::Http3 => "HTTP/3",
         }
     }
 }
@@ -35,7 +41,7 @@ impl DownstreamProtocol {
 pub struct TlsInfo {
     /// The SNI name the client asked for.
     pub server_name: Option<String>,
-    /// The negotiated ALPN protocol (`h2`, `http/1.1`).
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`, `h3`).
     pub alpn: Option<Vec<u8>>,
     /// `TLSv1_2` or `TLSv1_3`.
     pub version: Option<&'static str>,

@@ -64,6 +64,7 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
         // response (and its access-log line) after their connection closed.
         while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0
             || crate::websocket::shutdown::live_sessions() > 0
+            || crate::listen::quic::live_connections() > 0
         {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -96,6 +96,24 @@ pub struct ListenerConfig {
     /// source address becomes the peer. Only for listeners that nothing but
     /// the proxy can reach: the header is believed because this says so.
     pub proxy_protocol: bool,
+    /// QUIC + HTTP/3 on the same port number over UDP; `None` when off.
+    pub http3: Option<Http3Config>,
+}
+
+/// HTTP/3 settings of a TLS listener (`http3 = true`, tuned by `quic = {...}`).
+#[derive(Debug, Clone)]
+pub struct Http3Config {
+    /// Accept 0-RTT early data. Off by default: early data can be replayed, so
+    /// when on, only safe methods (GET, HEAD, OPTIONS) are served from it and
+    /// others get 425 Too Early (RFC 8470).
+    pub zero_rtt: bool,
+    /// Validate every client address with a Retry packet before any
+    /// handshake work (RFC 9000 §8.1): one more round trip, no spoofed floods.
+    pub retry: bool,
+    /// `ma=` of the `Alt-Svc` header TCP responses carry; zero sends none.
+    pub alt_svc_max_age: Duration,
+    /// Concurrent request streams per connection (QUIC MAX_STREAMS).
+    pub max_concurrent_streams: u32,
 }
 
 /// Per-listener protection against oversized or slow clients.

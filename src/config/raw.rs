@@ -71,6 +71,20 @@ pub struct RawListener {
     pub h2_max_pending_accept_reset_streams: Option<Spanned<i64>>,
     pub h2_max_local_error_reset_streams: Option<Spanned<i64>>,
     pub proxy_protocol: Option<bool>,
+    /// QUIC + HTTP/3 on the same port number over UDP (TLS listeners only).
+    pub http3: Option<Spanned<bool>>,
+    /// HTTP/3 tuning; only with `http3 = true`.
+    pub quic: Option<Spanned<RawQuic>>,
+}
+
+/// `quic = { zero_rtt = false, retry = false, alt_svc_max_age = "24h", max_concurrent_streams = 100 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuic {
+    pub zero_rtt: Option<bool>,
+    pub retry: Option<bool>,
+    pub alt_svc_max_age: Option<Spanned<String>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
 }
 
 /// `tls = { cert = "...", key = "..." }` or `tls = { certs = [ { cert, key }, ... ] }`.

@@ -328,6 +328,7 @@ impl Validator<'_> {
                 return self.err(v.span(), key(name), "must be longer than 0");
             }
         }
+        let http3 = self.http3(raw, tls.is_some(), &limits, &key)?;
         Ok(ListenerConfig {
             name,
             bind,
@@ -335,7 +336,51 @@ impl Validator<'_> {
             limits,
             policies: policy_names,
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            http3,
         })
+    }
+
+    /// `http3 = true` (+ `quic = {...}`): needs TLS, and cannot sit behind a
+    /// PROXY protocol sender (that header is a TCP thing).
+    fn http3(
+        &self,
+        raw: &RawListener,
+        has_tls: bool,
+        limits: &ListenerLimits,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<super::Http3Config>> {
+        let enabled = raw.http3.as_ref().is_some_and(|v| *v.get_ref());
+        if !enabled {
+            if let Some(quic) = &raw.quic {
+                return self.err(quic.span(), key("quic"), "needs `http3 = true` on the listener");
+            }
+            return Ok(None);
+        }
+        let span = raw.http3.as_ref().map_or(0..0, |v| v.span());
+        if !has_tls {
+            return self.err(span, key("http3"), "HTTP/3 needs TLS: add `tls = { cert = ..., key = ... }`");
+        }
+        if raw.proxy_protocol == Some(true) {
+            return self.err(span, key("http3"), "cannot be combined with `proxy_protocol` (a TCP-only header)");
+        }
+        let quic = raw.quic.as_ref().map(|q| q.get_ref());
+        let none_string = None;
+        let none_int = None;
+        Ok(Some(super::Http3Config {
+            zero_rtt: quic.and_then(|q| q.zero_rtt).unwrap_or(false),
+            retry: quic.and_then(|q| q.retry).unwrap_or(false),
+            alt_svc_max_age: self.duration(
+                quic.map_or(&none_string, |q| &q.alt_svc_max_age),
+                &key("quic.alt_svc_max_age"),
+                Duration::from_secs(24 * 3600),
+            )?,
+            max_concurrent_streams: self.positive(
+                quic.map_or(&none_int, |q| &q.max_concurrent_streams),
+                &key("quic.max_concurrent_streams"),
+                u64::from(limits.h2_max_concurrent_streams),
+                1 << 20,
+            )? as u32,
+        }))
     }
 
     fn tls(&self, raw: &RawTls, key: &str) -> Result<TlsConfig> {

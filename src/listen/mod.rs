@@ -8,6 +8,7 @@
 pub mod client_cert;
 pub mod limits;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::ClientBody;
 use crate::config::ListenerConfig;
 use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
 use crate::pipeline::Gateway;
@@ -38,6 +40,10 @@ pub struct Listener {
     http: Arc<auto::Builder<TokioExecutor>>,
     info: Arc<ListenerInfo>,
     connections: Option<Arc<Semaphore>>,
+    /// The HTTP/3 twin on the same port over UDP (`http3 = true`).
+    quic: Option<quic::QuicListener>,
+    /// `Alt-Svc` added to TCP responses when the HTTP/3 twin runs.
+    alt_svc: Option<http::HeaderValue>,
 }
 
 /// Why a listener could not start.
@@ -68,22 +74,37 @@ impl Listener {
             addr: config.bind,
             source,
         })?;
-        let tls = match &config.tls {
+        let tls_config = match &config.tls {
             None => None,
-            Some(t) => Some(TlsAcceptor::from(
+            Some(t) => Some(
                 tls::server_config(t).map_err(|source| ListenError::Tls { listener: config.name.clone(), source })?,
-            )),
+            ),
+        };
+        let info = Arc::new(ListenerInfo {
+            name: Arc::from(config.name.as_str()),
+            max_body_bytes: config.limits.max_body_bytes,
+            limits: limits::ClientLimits::new(&config.name, &config.limits),
+        });
+        let connections = config.limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let (quic, alt_svc) = match (&config.http3, &tls_config) {
+            (Some(http3), Some(tls_config)) => {
+                // Same port number as the TCP socket actually bound (the config may say port 0).
+                let mut config = config.clone();
+                config.bind = tcp.local_addr().unwrap_or(config.bind);
+                let quic = quic::QuicListener::bind(&config, http3, tls_config, Arc::clone(&info), connections.clone())
+                    .map_err(|source| ListenError::Bind { listener: config.name.clone(), addr: config.bind, source })?;
+                (Some(quic), quic::alt_svc(config.bind.port(), http3))
+            }
+            _ => (None, None),
         };
         Ok(Self {
             tcp,
-            tls,
+            tls: tls_config.map(TlsAcceptor::from),
             http: Arc::new(http_builder(config)),
-            info: Arc::new(ListenerInfo {
-                name: Arc::from(config.name.as_str()),
-                max_body_bytes: config.limits.max_body_bytes,
-                limits: limits::ClientLimits::new(&config.name, &config.limits),
-            }),
-            connections: config.limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            info,
+            connections,
+            quic,
+            alt_svc,
             config: config.clone(),
         })
     }
@@ -95,11 +116,12 @@ impl Listener {
 
     /// Accepts connections until `stop` flips, registering each with `drain`.
     pub async fn run(
-        self,
+        mut self,
         gateway: Arc<ArcSwap<Gateway>>,
         mut stop: watch::Receiver<bool>,
         drain: Arc<GracefulShutdown>,
     ) {
+        let quic = self.quic.take().map(|q| tokio::spawn(q.run(Arc::clone(&gateway), stop.clone())));
         tracing::info!(listener = %self.config.name, bind = %self.config.bind, tls = self.tls.is_some(), "listening");
         loop {
             let accepted = tokio::select! {
@@ -133,12 +155,16 @@ impl Listener {
                 handshake_timeout: self.config.limits.header_read_timeout,
                 proxy_protocol: self.config.proxy_protocol,
                 stop: stop.clone(),
+                alt_svc: self.alt_svc.clone(),
             };
             let watcher = drain.watcher();
             tokio::spawn(async move {
                 let _permit = permit;
                 connection.serve(stream, peer, watcher).await;
             });
+        }
+        if let Some(quic) = quic {
+            let _ = quic.await;
         }
         tracing::info!(listener = %self.config.name, "stopped accepting");
     }
@@ -155,6 +181,8 @@ struct Connection {
     proxy_protocol: bool,
     /// Flips when the server stops: connections then shut down gracefully.
     stop: watch::Receiver<bool>,
+    /// Advertises the listener's HTTP/3 twin (RFC 7838), if it has one.
+    alt_svc: Option<http::HeaderValue>,
 }
 
 impl Connection {
@@ -251,13 +279,18 @@ impl Connection {
         let gateway = Arc::clone(&self.gateway);
         let activity = Arc::new(limits::Activity::default());
         let requests = Arc::clone(&activity);
+        let alt_svc = self.alt_svc.clone();
         let service = service_fn(move |req| {
             let gateway = gateway.load_full();
             let info = Arc::clone(&info);
             let in_progress = requests.request();
+            let alt_svc = alt_svc.clone();
             async move {
-                let response = gateway.handle(info, req).await;
+                let mut response = gateway.handle(info, req.map(ClientBody::Hyper)).await;
                 drop(in_progress);
+                if let Some(alt_svc) = alt_svc {
+                    response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+                }
                 Ok::<_, Infallible>(response)
             }
         });

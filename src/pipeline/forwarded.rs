@@ -34,6 +34,7 @@ fn via(protocol: DownstreamProtocol) -> HeaderValue {
     match protocol {
         DownstreamProtocol::Http1 => HeaderValue::from_static("1.1 tollgate"),
         DownstreamProtocol::Http2 => HeaderValue::from_static("2 tollgate"),
+        DownstreamProtocol::Http3 => HeaderValue::from_static("3 tollgate"),
     }
 }
 
@@ -81,7 +82,8 @@ pub fn prepare_request(
     remove_hop_by_hop(headers);
     // We answered `Expect: 100-continue` ourselves when we started reading the body.
     headers.remove(header::EXPECT);
-    if ctx.protocol == DownstreamProtocol::Http2 {
+    // HTTP/2 and HTTP/3 may split `cookie` into several fields (RFC 9113 §8.2.3, RFC 9114 §4.2.1).
+    if ctx.protocol != DownstreamProtocol::Http1 {
         join_cookies(headers);
     }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body, Limited};
+use crate::body::{self, Body, ClientBody, Limited};
 use crate::config::{Config, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
@@ -166,7 +166,7 @@ impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
         connection: Arc<ConnectionInfo>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
     ) -> Response<Body> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let active = ActiveRequest::new(&self.stats);
@@ -253,7 +253,7 @@ impl Gateway {
         route: Option<&CompiledRoute>,
         chain: Option<&PolicyChain>,
         ctx: &mut RequestContext,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<Outcome, ProxyError> {
         // The listener's per-IP request cap: one hash lookup, before any policy.
         ctx.connection.listener.limits.admit_request(ctx.connection.peer.ip())?;
@@ -352,7 +352,7 @@ const DISCARD_LIMIT: usize = 64 * 1024;
 /// §8.1 allows but some clients (curl 7.88) report as an error, and HTTP/1.1
 /// loses the keep-alive connection. Bounded to 64 KiB and 250 ms; never done
 /// with `Expect: 100-continue`, whose client has not sent the body yet.
-async fn discard_small_body(mut body: Incoming, headers: &http::HeaderMap) {
+async fn discard_small_body(mut body: ClientBody, headers: &http::HeaderMap) {
     use http_body_util::BodyExt;
     if http_body::Body::is_end_stream(&body)
         || headers.contains_key(header::EXPECT)

@@ -1,0 +1,74 @@
+//! One HTTP/3 connection: SETTINGS, the control streams, and request streams
+//! handed out one by one.
+
+use bytes::Bytes;
+use h3::server::RequestResolver;
+use http::{Request, Version, header};
+
+use crate::body::RequestBody;
+use crate::error::H3Error;
+use crate::respond::Responder;
+
+/// HTTP/3 settings the core chooses per listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// SETTINGS_MAX_FIELD_SECTION_SIZE: a larger request header block gets 431
+    /// (RFC 9114 §4.2.2), answered by h3 before the request reaches us.
+    pub max_field_section_size: u64,
+}
+
+/// A QUIC connection speaking HTTP/3. Its owner must keep calling
+/// [`Connection::accept`]: that also drives the control stream (SETTINGS, GOAWAY).
+pub struct Connection {
+    inner: h3::server::Connection<h3_quinn::Connection, Bytes>,
+}
+
+impl Connection {
+    /// Exchanges SETTINGS on a freshly accepted QUIC connection.
+    pub async fn new(quic: quinn::Connection, settings: &Settings) -> Result<Self, H3Error> {
+        let inner = h3::server::builder()
+            .max_field_section_size(settings.max_field_section_size)
+            .build(h3_quinn::Connection::new(quic))
+            .await
+            .map_err(H3Error::Connection)?;
+        Ok(Self { inner })
+    }
+
+    /// The next request stream, or `None` once the client has said GOAWAY and
+    /// its requests are done. Headers are not read yet: see [`Incoming::resolve`].
+    pub async fn accept(&mut self) -> Result<Option<Incoming>, H3Error> {
+        Ok(self.inner.accept().await.map_err(H3Error::Connection)?.map(Incoming))
+    }
+
+    /// Sends GOAWAY (RFC 9114 §5.2): requests already accepted go on, new
+    /// ones are refused with H3_REQUEST_REJECTED so the client may retry elsewhere.
+    pub async fn goaway(&mut self) -> Result<(), H3Error> {
+        self.inner.shutdown(0).await.map_err(H3Error::Connection)
+    }
+}
+
+/// A request stream whose headers have not been read yet.
+pub struct Incoming(RequestResolver<h3_quinn::Connection, Bytes>);
+
+impl Incoming {
+    /// Reads the request headers (QPACK) and splits the stream into the
+    /// request (with its streaming body) and the half that sends the response.
+    ///
+    /// A request that may have a body of unknown length is held until its
+    /// first DATA frame or FIN, except gRPC and CONNECT streams, whose
+    /// clients may wait for the server before sending anything.
+    pub async fn resolve(self) -> Result<(Request<RequestBody>, Responder), H3Error> {
+        let (head, stream) = self.0.resolve_request().await.map_err(H3Error::Stream)?;
+        let (send, recv) = stream.split();
+        let (mut parts, ()) = head.into_parts();
+        parts.version = Version::HTTP_3;
+        let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let mut body = RequestBody::new(recv, length);
+        let waits_for_server = parts.method == http::Method::CONNECT
+            || parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if length.is_none() && !waits_for_server {
+            body.settle().await.map_err(|e| H3Error::Stream(e.0))?;
+        }
+        Ok((Request::from_parts(parts, body), Responder::new(send)))
+    }
+}

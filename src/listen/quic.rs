@@ -1,0 +1,413 @@
+//! The HTTP/3 side of a TLS listener (`http3 = true`): QUIC on the same port
+//! number over UDP, same certificates (SNI), ALPN `h3`. Requests become the
+//! same `http::Request` + `ConnectionInfo` as on TCP and go to
+//! [`Gateway::handle`]; the framing is `tollgate_h3`'s.
+//!
+//! Per connection: one task accepts request streams (and so drives the
+//! control stream), each request runs in a task of its own. When the
+//! connection dies (client gone, idle timeout) the request tasks are aborted,
+//! which drops their upstream requests. On shutdown: GOAWAY, the requests in
+//! flight finish, then CONNECTION_CLOSE with H3_NO_ERROR.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Method, StatusCode, header};
+use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::body::ClientBody;
+use crate::config::{Http3Config, ListenerConfig};
+use crate::error::ProxyError;
+use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
+use crate::pipeline::Gateway;
+use crate::policy::Rejection;
+
+/// QUIC connections open now, across listeners (admin status, shutdown wait, leak tests).
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// HTTP/3 request streams being served now.
+static LIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// QUIC connections currently open.
+pub fn live_connections() -> usize {
+    LIVE_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+/// HTTP/3 requests currently being served.
+pub fn live_streams() -> usize {
+    LIVE_STREAMS.load(Ordering::Relaxed)
+}
+
+/// Counts one live thing in a static counter until dropped.
+struct Live(&'static AtomicUsize);
+
+impl Live {
+    fn new(counter: &'static AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bytes a connection may have in flight towards us, unread, across streams:
+/// bounds the memory one client can make us buffer (flow control does the rest).
+const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// The same per stream.
+const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Unidirectional streams a client may open: HTTP/3 needs three (control,
+/// QPACK encoder and decoder); a little slack for GREASE.
+const MAX_UNI_STREAMS: u32 = 8;
+
+/// The `Alt-Svc` value a TCP listener advertises its HTTP/3 twin with
+/// (RFC 7838), or `None` when `alt_svc_max_age` is zero.
+pub fn alt_svc(port: u16, http3: &Http3Config) -> Option<HeaderValue> {
+    let max_age = http3.alt_svc_max_age.as_secs();
+    (max_age > 0).then(|| {
+        HeaderValue::from_str(&format!("h3=\":{port}\"; ma={max_age}")).expect("digits and quotes are a valid header")
+    })
+}
+
+/// A bound QUIC endpoint serving HTTP/3 for one listener.
+pub struct QuicListener {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    /// The listener's `max_connections`, shared with its TCP side.
+    connections: Option<Arc<Semaphore>>,
+}
+
+/// What every connection task of a listener reads.
+struct Shared {
+    config: ListenerConfig,
+    http3: Http3Config,
+    info: Arc<ListenerInfo>,
+    settings: tollgate_h3::Settings,
+}
+
+impl QuicListener {
+    /// Binds UDP on the listener's address with a QUIC server config made
+    /// from the listener's rustls config (ALPN switched to `h3`).
+    pub fn bind(
+        config: &ListenerConfig,
+        http3: &Http3Config,
+        tls: &rustls::ServerConfig,
+        info: Arc<ListenerInfo>,
+        connections: Option<Arc<Semaphore>>,
+    ) -> std::io::Result<Self> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![tollgate_h3::ALPN.to_vec()];
+        // 0 or u32::MAX are the values QUIC allows (RFC 9001 §4.6.1).
+        tls.max_early_data_size = if http3.zero_rtt { u32::MAX } else { 0 };
+        let crypto = QuicServerConfig::try_from(Arc::new(tls)).map_err(std::io::Error::other)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport(config, http3)?));
+
+        let socket = bind_udp(config.bind)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let settings = tollgate_h3::Settings { max_field_section_size: config.limits.max_header_bytes as u64 };
+        Ok(Self {
+            endpoint,
+            shared: Arc::new(Shared { config: config.clone(), http3: http3.clone(), info, settings }),
+            connections,
+        })
+    }
+
+    /// Accepts QUIC connections until `stop` flips; then tells every
+    /// connection to GOAWAY and returns (connections finish on their own).
+    pub async fn run(self, gateway: Arc<ArcSwap<Gateway>>, mut stop: watch::Receiver<bool>) {
+        let name = &self.shared.config.name;
+        tracing::info!(listener = %name, bind = %self.shared.config.bind, "listening for HTTP/3 (QUIC)");
+        loop {
+            let incoming = tokio::select! {
+                _ = stop.changed() => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let peer = incoming.remote_address();
+            // Address validation first (RFC 9000 §8.1), so a spoofed source costs one stateless packet.
+            if self.shared.http3.retry && !incoming.remote_address_validated() {
+                let _ = incoming.retry();
+                continue;
+            }
+            if !gateway.load().admits_connection(name, peer.ip()) {
+                tracing::debug!(listener = %name, %peer, "QUIC connection refused: denied by ip_filter");
+                incoming.refuse();
+                continue;
+            }
+            let permit = match &self.connections {
+                None => None,
+                Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::debug!(listener = %name, %peer, "QUIC connection refused: max_connections reached");
+                        incoming.refuse();
+                        continue;
+                    }
+                },
+            };
+            let Some(per_ip) = self.shared.info.limits.admit_connection(peer.ip()) else {
+                tracing::debug!(listener = %name, %peer, "QUIC connection refused: max_connections_per_ip reached");
+                incoming.refuse();
+                continue;
+            };
+            let shared = Arc::clone(&self.shared);
+            let gateway = Arc::clone(&gateway);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _held = (permit, per_ip, Live::new(&LIVE_CONNECTIONS));
+                serve_connection(incoming, shared, gateway, stop).await;
+            });
+        }
+        tracing::info!(listener = %name, "stopped accepting HTTP/3");
+    }
+}
+
+/// Transport limits from the listener's config.
+fn transport(config: &ListenerConfig, http3: &Http3Config) -> std::io::Result<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.limits.idle_timeout).map_err(std::io::Error::other)?;
+    transport
+        .max_concurrent_bidi_streams(http3.max_concurrent_streams.into())
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .max_idle_timeout(Some(idle))
+        .receive_window(CONNECTION_RECEIVE_WINDOW.into())
+        .stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    Ok(transport)
+}
+
+/// A UDP socket on `addr` (IPv6 sockets take IPv6 only, as on TCP).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// One QUIC connection: handshake, HTTP/3 SETTINGS, then its requests.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    let Some((quic, handshake_done)) = handshake(incoming, &shared).await else { return };
+    let local = SocketAddr::new(quic.local_ip().unwrap_or(shared.config.bind.ip()), shared.config.bind.port());
+    let info = Arc::new(ConnectionInfo::new(Arc::clone(&shared.info), peer, local, Some(tls_info(&quic))));
+    let mut h3 = match tokio::time::timeout(
+        shared.config.limits.header_read_timeout,
+        tollgate_h3::Connection::new(quic.clone(), &shared.settings),
+    )
+    .await
+    {
+        Ok(Ok(h3)) => h3,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP/3 connection setup timed out");
+            quic.close(H3_NO_ERROR, b"setup timeout");
+            return;
+        }
+    };
+
+    let mut requests = JoinSet::new();
+    let mut stopping = *stop.borrow();
+    if stopping {
+        let _ = h3.goaway().await;
+    }
+    loop {
+        if stopping && requests.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                if let Err(e) = h3.goaway().await {
+                    tracing::debug!(%peer, error = %e, "HTTP/3 GOAWAY failed");
+                    break;
+                }
+            }
+            accepted = h3.accept() => match accepted {
+                Ok(Some(stream)) => {
+                    let request = StreamTask {
+                        shared: Arc::clone(&shared),
+                        info: Arc::clone(&info),
+                        gateway: Arc::clone(&gateway),
+                        handshake_done: Arc::clone(&handshake_done),
+                    };
+                    requests.spawn(request.serve(stream));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if e.is_graceful() {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection closed");
+                    } else {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection failed");
+                    }
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    // Whatever is still running has lost its client: abort it, which drops
+    // (and so cancels) its upstream request.
+    requests.shutdown().await;
+    quic.close(H3_NO_ERROR, b"");
+}
+
+/// H3_NO_ERROR (RFC 9114 §8.1), the code of a graceful close.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
+/// Completes the QUIC handshake within the header read timeout. With 0-RTT
+/// on, the connection is usable at once and the flag flips when the
+/// handshake confirms the client (until then, requests are early data).
+async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "QUIC connection rejected");
+            return None;
+        }
+    };
+    let connecting = if shared.http3.zero_rtt {
+        match connecting.into_0rtt() {
+            Ok((quic, accepted)) => {
+                let done = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&done);
+                tokio::spawn(async move {
+                    accepted.await;
+                    flag.store(true, Ordering::Release);
+                });
+                return Some((quic, done));
+            }
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    match tokio::time::timeout(shared.config.limits.header_read_timeout, connecting).await {
+        Ok(Ok(quic)) => Some((quic, Arc::new(AtomicBool::new(true)))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "QUIC handshake timed out");
+            None
+        }
+    }
+}
+
+/// SNI, ALPN and the verified client certificate, as for TCP TLS connections.
+fn tls_info(quic: &quinn::Connection) -> TlsInfo {
+    let handshake = quic.handshake_data().and_then(|d| d.downcast::<HandshakeData>().ok());
+    let client_cert = quic
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().and_then(super::client_cert::identity))
+        .map(Arc::new);
+    TlsInfo {
+        server_name: handshake.as_ref().and_then(|h| h.server_name.clone()),
+        alpn: handshake.and_then(|h| h.protocol),
+        version: Some("TLSv1_3"),
+        client_cert,
+    }
+}
+
+/// What one request task needs.
+struct StreamTask {
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    handshake_done: Arc<AtomicBool>,
+}
+
+impl StreamTask {
+    async fn serve(self, stream: tollgate_h3::Incoming) {
+        let _live = Live::new(&LIVE_STREAMS);
+        let peer = self.info.peer;
+        let limits = &self.shared.config.limits;
+        let (req, responder) = match tokio::time::timeout(limits.header_read_timeout, stream.resolve()).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "HTTP/3 request headers timed out");
+                return;
+            }
+        };
+        let response = match self.precheck(&req) {
+            Some(refusal) => {
+                let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
+                refusal.into_response_for("-", grpc)
+            }
+            None => self.gateway.load_full().handle(self.info, req.map(|body| ClientBody::H3(Box::new(body)))).await,
+        };
+        if let Err(e) = responder.send(response).await {
+            tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
+        }
+    }
+
+    /// What hyper checks for us on TCP: the header count, and the header
+    /// fields HTTP/3 forbids (RFC 9114 §4.2); plus the replay rule for
+    /// early data (RFC 8470 §5.2: 425 Too Early).
+    fn precheck<B>(&self, req: &http::Request<B>) -> Option<ProxyError> {
+        let refuse =
+            |status, code, message: &str| Some(ProxyError::Rejected(Box::new(Rejection::new(status, code, message))));
+        if req.headers().len() > self.shared.config.limits.max_headers {
+            return refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers", "too many header fields");
+        }
+        let connection_specific = [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE]
+            .iter()
+            .any(|name| req.headers().contains_key(name))
+            || req.headers().contains_key("keep-alive")
+            || req.headers().contains_key("proxy-connection")
+            || req.headers().get(header::TE).is_some_and(|te| te != "trailers");
+        if connection_specific {
+            return Some(ProxyError::BadRequest("connection-specific header field in an HTTP/3 request"));
+        }
+        if !self.handshake_done.load(Ordering::Acquire) && !is_safe(req.method()) {
+            return refuse(
+                StatusCode::from_u16(425).expect("425 is a status"),
+                "too_early",
+                "retry after the handshake",
+            );
+        }
+        None
+    }
+}
+
+/// Methods that may be served from replayable early data (RFC 9110 §9.2.1).
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Waits (bounded by the caller) until the QUIC connections have closed.
+pub async fn connections_closed() {
+    while live_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
