@@ -17,6 +17,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 { command -v python3 >/dev/null && python3 -c 'import ensurepip' 2>/dev/null; } || need_apt+=(python3 python3-venv)
 # Node test peers: gRPC-Web clients (connect-web, connect-node), the WebSocket `ws` client.
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+# Headless browser for the gRPC-Web-from-a-page test (driven by playwright-core; never `npx playwright install`).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Keep apt from starting daemons it installs.
@@ -34,8 +36,14 @@ PIP_PACKAGES=(grpcio websockets)
 # Node test peer (WebSocket `ws` client), pinned by its lockfile.
 [ -d tests/websocket_peers/node_modules/ws ] || npm ci --prefix tests/websocket_peers --no-audit --no-fund
 
-# Node test peers (connect-web / connect-node gRPC-Web clients), pinned by their lockfile.
-[ -d tests/peers/node/node_modules/@connectrpc/connect-node ] || npm ci --prefix tests/peers/node --no-audit --no-fund
+# Node test peers (connect-web / connect-node gRPC-Web clients; playwright-core
+# and esbuild for the browser test), pinned by their lockfile. Reinstalls when
+# any of them is missing, e.g. after a package was added to the lockfile.
+# playwright-core stays on 1.61, the last release that runs on Node 18 (Debian 12's nodejs).
+node_peers=tests/peers/node/node_modules
+{ [ -d $node_peers/@connectrpc/connect-node ] && [ -d $node_peers/@connectrpc/connect-web ] \
+  && [ -d $node_peers/playwright-core ] && [ -d $node_peers/esbuild ]; } \
+  || npm ci --prefix tests/peers/node --include=dev --no-audit --no-fund
 
 cargo fmt --all -- --check
 # One build for unit and integration tests (bridges included); integration tests start the real binary.
