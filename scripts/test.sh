@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v kill >/dev/null || need_apt+=(procps)
 # Shared rate-limit counters: tests start their own redis-server on a free port.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# HTTP/3 download client (ngtcp2's gtlsclient); aioquic (pip, below) is the other HTTP/3 peer.
+command -v gtlsclient >/dev/null || need_apt+=(ngtcp2-client)
 # Python test peers (grpcio client and server) run from a venv, which needs python3-venv.
 { command -v python3 >/dev/null && python3 -c 'import ensurepip' 2>/dev/null; } || need_apt+=(python3 python3-venv)
 # Node test peers: gRPC-Web clients (connect-web, connect-node), the WebSocket `ws` client.
@@ -30,7 +32,7 @@ fi
 
 # Python test peers: one pip line for every package the tests need (append
 # yours here); pip leaves installed ones alone, so reruns are quick and offline.
-PIP_PACKAGES=(grpcio websockets)
+PIP_PACKAGES=(grpcio websockets aioquic)
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 # Node test peer (WebSocket `ws` client), pinned by its lockfile.

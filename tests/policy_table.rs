@@ -1,7 +1,8 @@
 //! The shared policy table: each case is written once and run for every
-//! downstream protocol (HTTP/1.1, h2c, HTTP/2 over TLS); a policy must give
-//! the same answer whatever protocol the client spoke. Later bridges
-//! (WebSocket, gRPC, gRPC-Web, HTTP/3) add their protocols to `PROTOCOLS`.
+//! downstream protocol (HTTP/1.1, h2c, HTTP/2 over TLS, HTTP/3 over QUIC
+//! with aioquic's client); a policy must give the same answer whatever
+//! protocol the client spoke. The WebSocket and gRPC bridges run the same
+//! kinds of cases in websocket_policies.rs and grpc_policy.rs.
 
 mod common;
 
@@ -16,9 +17,10 @@ enum Protocol {
     Http1,
     H2c,
     H2Tls,
+    H3,
 }
 
-const PROTOCOLS: [Protocol; 3] = [Protocol::Http1, Protocol::H2c, Protocol::H2Tls];
+const PROTOCOLS: [Protocol; 4] = [Protocol::Http1, Protocol::H2c, Protocol::H2Tls, Protocol::H3];
 
 /// What a case expects of one response header.
 #[allow(dead_code)] // variants are used by rows added per policy kind
@@ -64,7 +66,7 @@ impl Rig {
         let attach: Vec<String> = case.attach.iter().map(|p| format!("\"{p}\"")).collect();
         let config = format!(
             "[[listener]]\nname = \"plain\"\nbind = \"{plain}\"\n\n\
-             [[listener]]\nname = \"tls\"\nbind = \"{tls_addr}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+             [[listener]]\nname = \"tls\"\nbind = \"{tls_addr}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nhttp3 = true\n\n\
              [[upstream]]\nname = \"echo\"\ntargets = [\"{}\"]\n\n\
              [[route]]\nname = \"guarded\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"echo\"\npolicies = [{}]\n\n{}\n",
             cert.cert.display(),
@@ -82,12 +84,14 @@ impl Rig {
         let url = match protocol {
             Protocol::Http1 | Protocol::H2c => self.tollgate.url(case.path),
             Protocol::H2Tls => format!("https://localhost:{}{}", self.tls_addr.port(), case.path),
+            Protocol::H3 => return self.request_h3(case),
         };
         let resolve = format!("localhost:{}:127.0.0.1", self.tls_addr.port());
         let mut args: Vec<String> = match protocol {
             Protocol::Http1 => vec!["--http1.1".into()],
             Protocol::H2c => vec!["--http2-prior-knowledge".into()],
             Protocol::H2Tls => vec!["--http2".into(), "-k".into(), "--resolve".into(), resolve],
+            Protocol::H3 => unreachable!("sent by request_h3"),
         };
         args.extend(["-X".into(), case.method.into()]);
         for (name, value) in case.request_headers {
@@ -96,6 +100,17 @@ impl Rig {
         args.push(url);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         curl_full(&refs)
+    }
+
+    /// The case's request over HTTP/3, answered in curl's shape.
+    fn request_h3(&self, case: &Case) -> (u16, String, Vec<u8>) {
+        let headers: Vec<[&str; 2]> = case.request_headers.iter().map(|(n, v)| [*n, *v]).collect();
+        let result = h3_kit::h3_request(
+            self.tls_addr,
+            serde_json::json!({ "method": case.method, "path": case.path, "headers": headers }),
+        );
+        let status = result["status"].as_u64().unwrap_or(0) as u16;
+        (status, h3_kit::as_header_dump(&result), result["body_text"].as_str().unwrap_or("").as_bytes().to_vec())
     }
 }
 

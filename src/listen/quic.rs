@@ -68,6 +68,12 @@ const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// QPACK encoder and decoder); a little slack for GREASE.
 const MAX_UNI_STREAMS: u32 = 8;
 
+/// Largest UDP payload we accept (an Ethernet MTU less IP and UDP headers;
+/// browsers and QUIC stacks send no more). quinn sizes its receive buffer as
+/// this × 64 GRO segments × its batch size: ~130 MB of address space at the
+/// default of 65527, ~3 MB at this.
+const MAX_UDP_PAYLOAD: u16 = 1472;
+
 /// The `Alt-Svc` value a TCP listener advertises its HTTP/3 twin with
 /// (RFC 7838), or `None` when `alt_svc_max_age` is zero.
 pub fn alt_svc(port: u16, http3: &Http3Config) -> Option<HeaderValue> {
@@ -112,12 +118,9 @@ impl QuicListener {
         server.transport_config(Arc::new(transport(config, http3)?));
 
         let socket = bind_udp(config.bind)?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         let settings = tollgate_h3::Settings { max_field_section_size: config.limits.max_header_bytes as u64 };
         Ok(Self {
             endpoint,
@@ -234,16 +237,16 @@ async fn serve_connection(
     if stopping {
         let _ = h3.goaway().await;
     }
-    loop {
+    let graceful = loop {
         if stopping && requests.is_empty() {
-            break;
+            break true;
         }
         tokio::select! {
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 if let Err(e) = h3.goaway().await {
                     tracing::debug!(%peer, error = %e, "HTTP/3 GOAWAY failed");
-                    break;
+                    break false;
                 }
             }
             accepted = h3.accept() => match accepted {
@@ -256,23 +259,45 @@ async fn serve_connection(
                     };
                     requests.spawn(request.serve(stream));
                 }
-                Ok(None) => break,
+                // The client said GOAWAY and its requests are done.
+                Ok(None) => break true,
                 Err(e) => {
                     if e.is_graceful() {
                         tracing::debug!(%peer, error = %e, "HTTP/3 connection closed");
                     } else {
                         tracing::debug!(%peer, error = %e, "HTTP/3 connection failed");
                     }
-                    break;
+                    break false;
                 }
             },
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
-    }
+    };
     // Whatever is still running has lost its client: abort it, which drops
     // (and so cancels) its upstream request.
     requests.shutdown().await;
+    if graceful {
+        let _ = settled(&quic).await;
+    }
     quic.close(H3_NO_ERROR, b"");
+}
+
+/// Waits until the connection has sent nothing for a few round trips (so
+/// responses already finished have been delivered and acknowledged), or
+/// until the client closes it. A finished response may still sit in
+/// quinn's send buffer; closing at once would cut its tail off.
+async fn settled(quic: &quinn::Connection) -> Option<quinn::ConnectionError> {
+    loop {
+        let sent = quic.stats().udp_tx.bytes;
+        let quiet = quic.rtt() * 4 + Duration::from_millis(50);
+        tokio::select! {
+            reason = quic.closed() => return Some(reason),
+            _ = tokio::time::sleep(quiet) => {}
+        }
+        if quic.stats().udp_tx.bytes == sent {
+            return None;
+        }
+    }
 }
 
 /// H3_NO_ERROR (RFC 9114 §8.1), the code of a graceful close.

@@ -845,3 +845,75 @@ pub mod rate_kit {
 // ============================================================================
 // END rate-limit and DDoS helpers
 // ============================================================================
+
+// ============================================================================
+// HTTP/3 helpers: aioquic's HTTP/3 client (tests/peers/h3_client.py)
+// ============================================================================
+pub mod h3_kit {
+    use std::net::SocketAddr;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::transport::run_with_timeout;
+
+    /// Runs the requests in `specs` concurrently on one HTTP/3 connection to
+    /// `addr` and returns the client's report (`alpn`, `results[]`; see the
+    /// script's docstring for the spec and result fields).
+    pub fn h3_exchange(addr: SocketAddr, specs: &Value) -> Value {
+        let out = run_with_timeout(
+            Command::new(".venv/bin/python").args([
+                "tests/peers/h3_client.py",
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+                &specs.to_string(),
+            ]),
+            Duration::from_secs(90),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("h3 client gave no report ({e}): stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    /// One request; its result (`status`, `headers`, `body_text`, ...).
+    pub fn h3_request(addr: SocketAddr, spec: Value) -> Value {
+        let report = h3_exchange(addr, &json!([spec]));
+        assert_eq!(report["alpn"], "h3", "{report}");
+        report["results"][0].clone()
+    }
+
+    /// A result's response headers as a curl-style dump (`HTTP/3 200` then
+    /// `name: value` lines), so curl-based checks read it unchanged.
+    pub fn as_header_dump(result: &Value) -> String {
+        let mut dump = format!("HTTP/3 {}\r\n", result["status"]);
+        for pair in result["headers"].as_array().into_iter().flatten() {
+            dump.push_str(&format!("{}: {}\r\n", pair[0].as_str().unwrap_or(""), pair[1].as_str().unwrap_or("")));
+        }
+        dump
+    }
+
+    /// The first value of response header `name` in a result.
+    pub fn header<'a>(result: &'a Value, name: &str) -> Option<&'a str> {
+        result["headers"].as_array()?.iter().find(|p| p[0] == name).and_then(|p| p[1].as_str())
+    }
+
+    /// A TLS listener table with HTTP/3 on, for `start`-style configs.
+    pub fn h3_listener(
+        name: &str,
+        addr: SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &str,
+    ) -> String {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nbind = \"{addr}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nhttp3 = true\n{extra}\n",
+            cert.display(),
+            key.display()
+        )
+    }
+}
+// ============================================================================
+// END HTTP/3 helpers
+// ============================================================================

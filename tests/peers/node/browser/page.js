@@ -2,32 +2,16 @@
 // (fetch) calls test.Echo on tests/peers/grpc_backend.py through Tollgate.
 // grpc_web_browser.mjs bundles this file with esbuild and calls
 // window.runCalls(API_BASE_URL); the result goes back as JSON.
-import { createPromiseClient, ConnectError } from "@connectrpc/connect";
+import { createPromiseClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { proto3, MethodKind } from "@bufbuild/protobuf";
+import { MethodKind } from "@bufbuild/protobuf";
+import { Echo, Msg, asObject, failure } from "./echo.js";
 
-// No generated code: message and services described with protobuf-es v1.
-const Msg = proto3.makeMessageType("test.Msg", [{ no: 1, name: "text", kind: "scalar", T: 9 }]);
-const Echo = {
-  typeName: "test.Echo",
-  methods: {
-    proto: { name: "Proto", I: Msg, O: Msg, kind: MethodKind.Unary },
-    protoStream: { name: "ProtoStream", I: Msg, O: Msg, kind: MethodKind.ServerStreaming },
-    fail: { name: "Fail", I: Msg, O: Msg, kind: MethodKind.Unary },
-  },
-};
 // Routed by Tollgate to a backend that is not listening: the error is Tollgate's own.
 const Down = {
   typeName: "down.Svc",
   methods: { call: { name: "Call", I: Msg, O: Msg, kind: MethodKind.Unary } },
 };
-
-const asObject = (headers) => Object.fromEntries(headers.entries());
-
-function failure(e) {
-  const err = ConnectError.from(e);
-  return { code: err.code, message: err.rawMessage, metadata: asObject(err.metadata) };
-}
 
 // Each call bounded (also sends grpc-timeout, which the CORS policy must allow).
 const call = { timeoutMs: 10000 };
