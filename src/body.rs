@@ -40,6 +40,8 @@ where
 pub enum ClientBody {
     Hyper(hyper::body::Incoming),
     H3(Box<tollgate_h3::RequestBody>),
+    /// No body (a WebTransport CONNECT, whose stream becomes the session).
+    Empty,
 }
 
 impl From<hyper::body::Incoming> for ClientBody {
@@ -56,6 +58,7 @@ impl http_body::Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::H3(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -63,6 +66,7 @@ impl http_body::Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::H3(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
         }
     }
 
@@ -70,6 +74,7 @@ impl http_body::Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::H3(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -114,6 +114,8 @@ pub struct Http3Config {
     pub alt_svc_max_age: Duration,
     /// Concurrent request streams per connection (QUIC MAX_STREAMS).
     pub max_concurrent_streams: u32,
+    /// Accept WebTransport sessions (on WebSocket routes); on by default.
+    pub webtransport: bool,
 }
 
 /// Per-listener protection against oversized or slow clients.

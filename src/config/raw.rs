@@ -85,6 +85,7 @@ pub struct RawQuic {
     pub retry: Option<bool>,
     pub alt_svc_max_age: Option<Spanned<String>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub webtransport: Option<bool>,
 }
 
 /// `tls = { cert = "...", key = "..." }` or `tls = { certs = [ { cert, key }, ... ] }`.

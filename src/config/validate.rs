@@ -369,6 +369,7 @@ impl Validator<'_> {
         Ok(Some(super::Http3Config {
             zero_rtt: quic.and_then(|q| q.zero_rtt).unwrap_or(false),
             retry: quic.and_then(|q| q.retry).unwrap_or(false),
+            webtransport: quic.and_then(|q| q.webtransport).unwrap_or(true),
             alt_svc_max_age: self.duration(
                 quic.map_or(&none_string, |q| &q.alt_svc_max_age),
                 &key("quic.alt_svc_max_age"),

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, StatusCode, header};
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::body::ClientBody;
@@ -27,6 +27,8 @@ use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
 use crate::pipeline::Gateway;
 use crate::policy::Rejection;
+use crate::websocket::client::{MaxMessageBytes, WebTransportUpgrade};
+use tollgate_h3::Resolved;
 
 /// QUIC connections open now, across listeners (admin status, shutdown wait, leak tests).
 static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -65,8 +67,8 @@ const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
 /// The same per stream.
 const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Unidirectional streams a client may open: HTTP/3 needs three (control,
-/// QPACK encoder and decoder); a little slack for GREASE.
-const MAX_UNI_STREAMS: u32 = 8;
+/// QPACK encoder and decoder); WebTransport messages take one each.
+const MAX_UNI_STREAMS: u32 = 32;
 
 /// Largest UDP payload we accept (an Ethernet MTU less IP and UDP headers;
 /// browsers and QUIC stacks send no more). quinn sizes its receive buffer as
@@ -121,7 +123,10 @@ impl QuicListener {
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
-        let settings = tollgate_h3::Settings { max_field_section_size: config.limits.max_header_bytes as u64 };
+        let settings = tollgate_h3::Settings {
+            max_field_section_size: config.limits.max_header_bytes as u64,
+            webtransport: http3.webtransport,
+        };
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared { config: config.clone(), http3: http3.clone(), info, settings }),
@@ -214,7 +219,7 @@ async fn serve_connection(
     let Some((quic, handshake_done)) = handshake(incoming, &shared).await else { return };
     let local = SocketAddr::new(quic.local_ip().unwrap_or(shared.config.bind.ip()), shared.config.bind.port());
     let info = Arc::new(ConnectionInfo::new(Arc::clone(&shared.info), peer, local, Some(tls_info(&quic))));
-    let mut h3 = match tokio::time::timeout(
+    let h3 = match tokio::time::timeout(
         shared.config.limits.header_read_timeout,
         tollgate_h3::Connection::new(quic.clone(), &shared.settings),
     )
@@ -232,10 +237,14 @@ async fn serve_connection(
         }
     };
 
+    let mut conn = Http3Conn::Plain(h3);
+    // Set once a WebTransport session opens; changes when its message pipe is dropped.
+    let mut session_ended: Option<watch::Receiver<()>> = None;
+    let (sessions_tx, mut sessions) = mpsc::channel::<SessionOpen>(1);
     let mut requests = JoinSet::new();
     let mut stopping = *stop.borrow();
     if stopping {
-        let _ = h3.goaway().await;
+        let _ = conn.goaway().await;
     }
     let graceful = loop {
         if stopping && requests.is_empty() {
@@ -244,18 +253,19 @@ async fn serve_connection(
         tokio::select! {
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                if let Err(e) = h3.goaway().await {
+                if let Err(e) = conn.goaway().await {
                     tracing::debug!(%peer, error = %e, "HTTP/3 GOAWAY failed");
                     break false;
                 }
             }
-            accepted = h3.accept() => match accepted {
+            accepted = conn.accept() => match accepted {
                 Ok(Some(stream)) => {
                     let request = StreamTask {
                         shared: Arc::clone(&shared),
                         info: Arc::clone(&info),
                         gateway: Arc::clone(&gateway),
                         handshake_done: Arc::clone(&handshake_done),
+                        sessions: sessions_tx.clone(),
                     };
                     requests.spawn(request.serve(stream));
                 }
@@ -270,6 +280,17 @@ async fn serve_connection(
                     break false;
                 }
             },
+            Some(open) = sessions.recv() => {
+                match conn.open_session(open).await {
+                    Ok(ended) => session_ended = ended.or(session_ended),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "WebTransport session failed to open");
+                        break false;
+                    }
+                }
+            }
+            // The route's relay or message session is over: closing the connection tells the client.
+            _ = changed(&mut session_ended) => break true,
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
     };
@@ -280,6 +301,74 @@ async fn serve_connection(
         let _ = settled(&quic).await;
     }
     quic.close(H3_NO_ERROR, b"");
+}
+
+/// A connection's HTTP/3 state: plain, or (once a WebTransport CONNECT was
+/// accepted) owned by the session, which hands ordinary requests back.
+/// One per connection, never moved after creation: size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Http3Conn {
+    Plain(tollgate_h3::Connection),
+    Session(tollgate_h3::webtransport::SessionConnection),
+    /// Only while switching.
+    Switching,
+}
+
+impl Http3Conn {
+    async fn accept(&mut self) -> Result<Option<tollgate_h3::Incoming>, tollgate_h3::H3Error> {
+        match self {
+            Http3Conn::Plain(h3) => h3.accept().await,
+            Http3Conn::Session(session) => session.accept().await,
+            Http3Conn::Switching => std::future::pending().await,
+        }
+    }
+
+    /// GOAWAY on a plain connection; a session connection ends with its
+    /// session (the WebSocket bridge closes sessions on shutdown).
+    async fn goaway(&mut self) -> Result<(), tollgate_h3::H3Error> {
+        match self {
+            Http3Conn::Plain(h3) => h3.goaway().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens the session the route accepted and hands its messages over;
+    /// returns the signal of the session's end.
+    async fn open_session(&mut self, open: SessionOpen) -> Result<Option<watch::Receiver<()>>, tollgate_h3::H3Error> {
+        let h3 = match std::mem::replace(self, Http3Conn::Switching) {
+            Http3Conn::Plain(h3) => h3,
+            other => {
+                // One session per connection (SETTINGS_WEBTRANSPORT_MAX_SESSIONS = 1).
+                *self = other;
+                let refusal =
+                    http::Response::builder().status(StatusCode::TOO_MANY_REQUESTS).body(crate::body::empty());
+                let _ = open.request.refuse(refusal.expect("a status and an empty body")).await;
+                return Ok(None);
+            }
+        };
+        let mut session = h3.into_session(open.request).await?;
+        let ended = session.ended_signal();
+        let _ = open.fulfil.send(session.messages(open.max_message_bytes));
+        *self = Http3Conn::Session(session);
+        Ok(Some(ended))
+    }
+}
+
+/// Resolves when the watched sender is gone; never, when there is none.
+async fn changed(signal: &mut Option<watch::Receiver<()>>) {
+    match signal {
+        Some(rx) => {
+            let _ = rx.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A WebTransport CONNECT a route accepted, on its way to the connection task.
+struct SessionOpen {
+    request: tollgate_h3::webtransport::SessionRequest,
+    max_message_bytes: usize,
+    fulfil: tokio::sync::oneshot::Sender<tollgate_h3::webtransport::MessagePipe>,
 }
 
 /// Waits until the connection has sent nothing for a few round trips (so
@@ -366,6 +455,8 @@ struct StreamTask {
     info: Arc<ConnectionInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     handshake_done: Arc<AtomicBool>,
+    /// Where an accepted WebTransport CONNECT goes to take over the connection.
+    sessions: mpsc::Sender<SessionOpen>,
 }
 
 impl StreamTask {
@@ -374,7 +465,8 @@ impl StreamTask {
         let peer = self.info.peer;
         let limits = &self.shared.config.limits;
         let (req, responder) = match tokio::time::timeout(limits.header_read_timeout, stream.resolve()).await {
-            Ok(Ok(resolved)) => resolved,
+            Ok(Ok(Resolved::Request(req, responder))) => (req, responder),
+            Ok(Ok(Resolved::WebTransport(session))) => return self.serve_session(session).await,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
                 return;
@@ -393,6 +485,36 @@ impl StreamTask {
         };
         if let Err(e) = responder.send(response).await {
             tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
+        }
+    }
+
+    /// A WebTransport CONNECT goes through routing and the policy chain like
+    /// any request; a WebSocket route answers it (see `websocket::client`),
+    /// and on its yes the connection task opens the session.
+    async fn serve_session(self, session: tollgate_h3::webtransport::SessionRequest) {
+        let head = session.head();
+        let mut req = http::Request::new(ClientBody::Empty);
+        *req.method_mut() = head.method().clone();
+        *req.uri_mut() = head.uri().clone();
+        *req.version_mut() = http::Version::HTTP_3;
+        *req.headers_mut() = head.headers().clone();
+        let (upgrade, fulfil) = WebTransportUpgrade::new();
+        req.extensions_mut().insert(upgrade);
+        let response = match self.precheck(&req) {
+            Some(refusal) => refusal.into_response_for("-", None),
+            None => self.gateway.load_full().handle(Arc::clone(&self.info), req).await,
+        };
+        let accepted = response.extensions().get::<MaxMessageBytes>().copied();
+        match accepted {
+            Some(MaxMessageBytes(max_message_bytes)) if response.status() == StatusCode::OK => {
+                let open = SessionOpen { request: session, max_message_bytes, fulfil };
+                let _ = self.sessions.send(open).await;
+            }
+            _ => {
+                if let Err(e) = session.refuse(response).await {
+                    tracing::debug!(peer = %self.info.peer, error = %e, "WebTransport refusal not delivered");
+                }
+            }
         }
     }
 

@@ -13,13 +13,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tollgate_websocket::handshake::{
-    self, ClientHandshake, Negotiated, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-};
+use tollgate_websocket::handshake::{Negotiated, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
 use tollgate_websocket::message::{self, CONNECTION_ID, MessageSettings, PRINCIPAL, RequestTemplate, SEQUENCE};
 
+use super::client::ClientSide;
 use super::session::Session;
 use super::{Accepted, limits, switched};
 use crate::body::{self, Body};
@@ -32,15 +29,13 @@ use crate::upstream::Upstream;
 
 /// Answers the client at once (there is no backend handshake) and starts
 /// the message loop in its own task.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn open(
     ws: &WebSocketRoute,
     upstream: &Arc<Upstream>,
     route: &RouteConfig,
     ctx: &mut RequestContext,
     parts: Parts,
-    client: ClientHandshake,
-    on_upgrade: OnUpgrade,
+    client: ClientSide,
     mut session: Session,
 ) -> Result<Accepted, ProxyError> {
     let (head, _) = forwarded::prepare_request(parts, body::empty(), ctx, route)?.into_parts();
@@ -85,15 +80,9 @@ pub(super) fn open(
     let limits = limits(ws);
     let upstream = Arc::clone(upstream);
     let client_ip = ctx.client_ip;
+    let answer = client.response(&Negotiated::default(), &limits);
     tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::debug!(error = %e, "client upgrade failed");
-                return;
-            }
-        };
-        let stream = tollgate_websocket::server_stream(TokioIo::new(io), &limits).await;
+        let Some(stream) = client.open(&limits).await else { return };
         session.opened();
         let call = |request: Request<Body>| send(Arc::clone(&upstream), request, client_ip);
         let push = push.map(&call);
@@ -108,7 +97,7 @@ pub(super) fn open(
         .await;
         session.closed(&report);
     });
-    Ok(switched(handshake::client_response(&client, &Negotiated::default())))
+    Ok(switched(answer))
 }
 
 /// One request through the upstream's pool; the connection goes back to

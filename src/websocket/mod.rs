@@ -14,6 +14,7 @@
 //! connection (or the HTTP/2 stream) through `OnUpgrade` once our 101/200
 //! response has been written.
 
+pub mod client;
 mod message;
 mod session;
 pub mod shutdown;
@@ -47,9 +48,11 @@ fn protocol(parts: &Parts) -> Option<&str> {
     parts.extensions.get::<hyper::ext::Protocol>().map(hyper::ext::Protocol::as_str)
 }
 
-/// True when the request asks for a WebSocket, in either shape.
+/// True when the request asks for a WebSocket, in either shape, or is a
+/// WebTransport CONNECT the HTTP/3 listener marked for a WebSocket route.
 pub fn is_websocket(parts: &Parts) -> bool {
-    handshake::is_websocket_request(&parts.method, &parts.headers, protocol(parts))
+    parts.extensions.get::<client::WebTransportUpgrade>().is_some()
+        || handshake::is_websocket_request(&parts.method, &parts.headers, protocol(parts))
 }
 
 /// True for an RFC 8441 extended CONNECT: only WebSocket routes can answer
@@ -68,10 +71,18 @@ pub async fn accept(
     mut parts: Parts,
     access_log: bool,
 ) -> Result<Accepted, ProxyError> {
-    let client =
-        handshake::validate_client(&parts.method, parts.version, &parts.headers, protocol(&parts)).map_err(refusal)?;
-    let on_upgrade =
-        parts.extensions.remove::<OnUpgrade>().ok_or(ProxyError::BadRequest("this connection cannot be upgraded"))?;
+    let client = match parts.extensions.remove::<client::WebTransportUpgrade>() {
+        Some(upgrade) => client::ClientSide::WebTransport(upgrade),
+        None => {
+            let handshake = handshake::validate_client(&parts.method, parts.version, &parts.headers, protocol(&parts))
+                .map_err(refusal)?;
+            let upgrade = parts
+                .extensions
+                .remove::<OnUpgrade>()
+                .ok_or(ProxyError::BadRequest("this connection cannot be upgraded"))?;
+            client::ClientSide::WebSocket { handshake, upgrade }
+        }
+    };
     let mut session = session::Session::new(ctx, ws.mode, access_log);
     if ctx.protocol == DownstreamProtocol::Http1 {
         // The HTTP/1.1 connection task ends once hyper hands the socket over; the
@@ -80,8 +91,8 @@ pub async fn accept(
         session.held = Some(ctx.connection.listener.limits.hold_upgraded(peer));
     }
     match ws.mode {
-        WebSocketMode::Tunnel => tunnel::open(ws, upstream, route, ctx, parts, client, on_upgrade, session).await,
-        WebSocketMode::Http => message::open(ws, upstream, route, ctx, parts, client, on_upgrade, session),
+        WebSocketMode::Tunnel => tunnel::open(ws, upstream, route, ctx, parts, client, session).await,
+        WebSocketMode::Http => message::open(ws, upstream, route, ctx, parts, client, session),
     }
 }
 

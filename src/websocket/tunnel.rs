@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
+use futures_util::SinkExt;
 use http::request::Parts;
 use http::{Request, header};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tollgate_websocket::close;
-use tollgate_websocket::handshake::{self, BackendHandshakeError, ClientHandshake, SEC_WEBSOCKET_PROTOCOL};
+use tollgate_websocket::handshake::{self, BackendHandshakeError, SEC_WEBSOCKET_PROTOCOL};
 use tollgate_websocket::relay::{self, RelaySettings};
 
+use super::client::ClientSide;
 use super::session::Session;
 use super::{Accepted, limits, switched};
 use crate::body;
@@ -23,15 +24,13 @@ use crate::upstream::Upstream;
 
 /// Opens the backend WebSocket and, if it agrees, answers the client and
 /// starts relaying.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn open(
     ws: &WebSocketRoute,
     upstream: &Arc<Upstream>,
     route: &RouteConfig,
     ctx: &mut RequestContext,
     parts: Parts,
-    client: ClientHandshake,
-    on_upgrade: OnUpgrade,
+    client: ClientSide,
     mut session: Session,
 ) -> Result<Accepted, ProxyError> {
     let offered = parts.headers.get(&SEC_WEBSOCKET_PROTOCOL).cloned();
@@ -61,26 +60,21 @@ pub(super) async fn open(
     let settings =
         RelaySettings { idle_timeout: ws.idle_timeout, ping_interval: ws.ping_interval, ..Default::default() };
     let guard = sent.guard;
+    // End-to-end fields of the backend's 101 (Set-Cookie...) reach the client too;
+    // the handshake fields are ours to set for the client's hop.
+    let mut answer = client.response(&negotiated, &limits);
     tokio::spawn(async move {
         // Holds the target's slot (least_request, max_connections_per_target) while the tunnel lives.
         let _guard = guard;
-        let (client_io, backend_io) = tokio::join!(on_upgrade, backend_upgrade);
-        let client_io = match client_io {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::debug!(error = %e, "client upgrade failed");
-                return;
-            }
-        };
-        let client = tollgate_websocket::server_stream(TokioIo::new(client_io), &limits).await;
+        let (client, backend_io) = tokio::join!(client.open(&limits), backend_upgrade);
+        let Some(mut client) = client else { return };
         let backend_io = match backend_io {
             Ok(io) => io,
             Err(e) => {
                 tracing::warn!(error = %e, "backend upgrade failed after 101");
                 // RFC 6455 §7.4.1: 1011, the server hit a condition it cannot recover from.
-                let mut client = client;
                 let frame = close::frame(close::CloseCode::Error, "backend upgrade failed");
-                let _ = client.close(Some(frame)).await;
+                let _ = client.send(tungstenite::Message::Close(Some(frame))).await;
                 return;
             }
         };
@@ -89,9 +83,6 @@ pub(super) async fn open(
         let report = relay::relay(client, backend, &settings, super::shutdown::stopping()).await;
         session.closed(&report);
     });
-    // End-to-end fields of the backend's 101 (Set-Cookie...) reach the client too;
-    // the handshake fields are ours to set for the client's hop.
-    let mut answer = handshake::client_response(&client, &negotiated);
     let mut extra = response.headers().clone();
     forwarded::remove_hop_by_hop(&mut extra);
     for (name, value) in &extra {

@@ -2,12 +2,13 @@
 //! handed out one by one.
 
 use bytes::Bytes;
-use h3::server::RequestResolver;
+use h3::server::{RequestResolver, RequestStream};
 use http::{Request, Version, header};
 
 use crate::body::RequestBody;
 use crate::error::H3Error;
 use crate::respond::Responder;
+use crate::webtransport::{SessionConnection, SessionRequest};
 
 /// HTTP/3 settings the core chooses per listener.
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +16,9 @@ pub struct Settings {
     /// SETTINGS_MAX_FIELD_SECTION_SIZE: a larger request header block gets 431
     /// (RFC 9114 §4.2.2), answered by h3 before the request reaches us.
     pub max_field_section_size: u64,
+    /// Offer WebTransport (SETTINGS_ENABLE_WEBTRANSPORT, extended CONNECT,
+    /// datagrams), one session per connection.
+    pub webtransport: bool,
 }
 
 /// A QUIC connection speaking HTTP/3. Its owner must keep calling
@@ -26,18 +30,31 @@ pub struct Connection {
 impl Connection {
     /// Exchanges SETTINGS on a freshly accepted QUIC connection.
     pub async fn new(quic: quinn::Connection, settings: &Settings) -> Result<Self, H3Error> {
-        let inner = h3::server::builder()
-            .max_field_section_size(settings.max_field_section_size)
-            .build(h3_quinn::Connection::new(quic))
-            .await
-            .map_err(H3Error::Connection)?;
+        let mut builder = h3::server::builder();
+        builder.max_field_section_size(settings.max_field_section_size);
+        if settings.webtransport {
+            builder
+                .enable_webtransport(true)
+                .enable_extended_connect(true)
+                .enable_datagram(true)
+                .max_webtransport_sessions(1)
+                .send_grease(true);
+        }
+        let inner = builder.build(h3_quinn::Connection::new(quic)).await.map_err(H3Error::Connection)?;
         Ok(Self { inner })
     }
 
     /// The next request stream, or `None` once the client has said GOAWAY and
     /// its requests are done. Headers are not read yet: see [`Incoming::resolve`].
     pub async fn accept(&mut self) -> Result<Option<Incoming>, H3Error> {
-        Ok(self.inner.accept().await.map_err(H3Error::Connection)?.map(Incoming))
+        Ok(self.inner.accept().await.map_err(H3Error::Connection)?.map(|r| Incoming(Pending::Unread(r))))
+    }
+
+    /// Turns this connection into the home of a WebTransport session
+    /// (h3-webtransport takes the whole connection); later requests on it
+    /// come from [`SessionConnection::accept`].
+    pub async fn into_session(self, request: SessionRequest) -> Result<SessionConnection, H3Error> {
+        SessionConnection::open(request, self.inner).await
     }
 
     /// Sends GOAWAY (RFC 9114 §5.2): requests already accepted go on, new
@@ -47,8 +64,26 @@ impl Connection {
     }
 }
 
-/// A request stream whose headers have not been read yet.
-pub struct Incoming(RequestResolver<h3_quinn::Connection, Bytes>);
+/// A request stream whose headers may not have been read yet.
+pub struct Incoming(Pending);
+
+// Moved once per request; boxing either variant would cost every request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Unread(RequestResolver<h3_quinn::Connection, Bytes>),
+    /// Read by h3-webtransport while it looked for its own streams.
+    Read(Request<()>, RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>),
+}
+
+/// What a request stream turned out to carry.
+#[allow(clippy::large_enum_variant)] // moved once per request, see `Pending`
+pub enum Resolved {
+    /// An HTTP request, with its streaming body and the response half.
+    Request(Request<RequestBody>, Responder),
+    /// An extended CONNECT with `:protocol = webtransport`: answer it with
+    /// [`Connection::into_session`] or [`SessionRequest::refuse`].
+    WebTransport(SessionRequest),
+}
 
 impl Incoming {
     /// Reads the request headers (QPACK) and splits the stream into the
@@ -57,8 +92,14 @@ impl Incoming {
     /// A request that may have a body of unknown length is held until its
     /// first DATA frame or FIN, except gRPC and CONNECT streams, whose
     /// clients may wait for the server before sending anything.
-    pub async fn resolve(self) -> Result<(Request<RequestBody>, Responder), H3Error> {
-        let (head, stream) = self.0.resolve_request().await.map_err(H3Error::Stream)?;
+    pub async fn resolve(self) -> Result<Resolved, H3Error> {
+        let (head, stream) = match self.0 {
+            Pending::Unread(resolver) => resolver.resolve_request().await.map_err(H3Error::Stream)?,
+            Pending::Read(head, stream) => (head, stream),
+        };
+        if crate::webtransport::is_session_request(&head) {
+            return Ok(Resolved::WebTransport(SessionRequest::new(head, stream)));
+        }
         let (send, recv) = stream.split();
         let (mut parts, ()) = head.into_parts();
         parts.version = Version::HTTP_3;
@@ -69,6 +110,10 @@ impl Incoming {
         if length.is_none() && !waits_for_server {
             body.settle().await.map_err(|e| H3Error::Stream(e.0))?;
         }
-        Ok((Request::from_parts(parts, body), Responder::new(send)))
+        Ok(Resolved::Request(Request::from_parts(parts, body), Responder::new(send)))
+    }
+
+    pub(crate) fn read(head: Request<()>, stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>) -> Self {
+        Incoming(Pending::Read(head, stream))
     }
 }

@@ -14,9 +14,10 @@ mod body;
 mod connection;
 mod error;
 mod respond;
+pub mod webtransport;
 
 pub use body::RequestBody;
-pub use connection::{Connection, Incoming, Settings};
+pub use connection::{Connection, Incoming, Resolved, Settings};
 pub use error::{BodyError, H3Error, SendError};
 pub use respond::Responder;
 

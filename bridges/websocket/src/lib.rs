@@ -73,3 +73,20 @@ where
 {
     WebSocketStream::from_raw_socket(io, Role::Client, Some(limits.config())).await
 }
+
+/// A two-way channel of WebSocket messages: what the relay and the message
+/// mode serve on the client's side. A `WebSocketStream` is one; the core
+/// adapts WebTransport sessions into one, so both modes serve them unchanged.
+pub trait MessageChannel:
+    futures_util::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+    + futures_util::Sink<tungstenite::Message, Error = tungstenite::Error>
+    + Unpin
+{
+}
+
+impl<T> MessageChannel for T where
+    T: futures_util::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+        + futures_util::Sink<tungstenite::Message, Error = tungstenite::Error>
+        + Unpin
+{
+}

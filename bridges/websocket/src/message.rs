@@ -19,12 +19,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tungstenite::Message;
 
-use crate::WebSocketStream;
 use crate::close::{self, BAD_GATEWAY, CloseCode, CloseFrame, ReadFault};
 use crate::relay::{End, Report, Traffic};
 use crate::sse;
@@ -193,7 +191,7 @@ where
 /// request whose events are pushed to the client; when `shutdown`
 /// resolves the client gets 1001.
 pub async fn serve<S, F, Fut, B, E>(
-    ws: WebSocketStream<S>,
+    ws: S,
     template: RequestTemplate,
     settings: MessageSettings,
     call: F,
@@ -201,7 +199,7 @@ pub async fn serve<S, F, Fut, B, E>(
     shutdown: impl Future<Output = ()>,
 ) -> Report
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::MessageChannel,
     F: Fn(Request<Bytes>) -> Fut,
     Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,

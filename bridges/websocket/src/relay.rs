@@ -131,14 +131,17 @@ enum Stop {
 /// or fails, or `shutdown` resolves, then finishes the close handshake on
 /// both (bounded by `close_timeout`). Never panics; every task it needs
 /// lives in this future.
+///
+/// The client side is any channel of WebSocket messages: a WebSocket
+/// connection, or a WebTransport session carried as messages by the core.
 pub async fn relay<C, B>(
-    client: WebSocketStream<C>,
+    client: C,
     backend: WebSocketStream<B>,
     settings: &RelaySettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Report
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: crate::MessageChannel,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_tx, mut client_rx) = client.split();

@@ -1,0 +1,252 @@
+//! The client's side of a WebSocket route, whatever carried it: a WebSocket
+//! upgrade (HTTP/1.1 `Upgrade`, RFC 8441 extended CONNECT) or a WebTransport
+//! session over HTTP/3. Tunnel and message mode run on a [`ClientChannel`]
+//! and never learn which.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use http::{Response, StatusCode};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_h3::webtransport::{self as wt, MessageError, MessagePipe};
+use tollgate_websocket::handshake::{ClientHandshake, Negotiated};
+use tollgate_websocket::{Limits, WebSocketStream};
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::{Message, Utf8Bytes};
+
+/// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
+/// counterpart of hyper's `OnUpgrade`): resolves to the session's messages
+/// once the route has said yes and the listener has opened the session.
+#[derive(Clone)]
+pub struct WebTransportUpgrade(Arc<Mutex<Option<oneshot::Receiver<MessagePipe>>>>);
+
+impl WebTransportUpgrade {
+    /// A pending upgrade and the sender the listener fulfils it with.
+    pub fn new() -> (Self, oneshot::Sender<MessagePipe>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(rx)))), tx)
+    }
+
+    fn take(&self) -> Option<oneshot::Receiver<MessagePipe>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Set on a route's answer to a WebTransport CONNECT: the largest message
+/// the listener may read from the client.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxMessageBytes(pub usize);
+
+/// How the client reached the route.
+pub enum ClientSide {
+    WebSocket { handshake: ClientHandshake, upgrade: OnUpgrade },
+    WebTransport(WebTransportUpgrade),
+}
+
+impl ClientSide {
+    /// Our answer that switches protocols (101 or 200), given what the
+    /// backend agreed to.
+    pub fn response(&self, negotiated: &Negotiated, limits: &Limits) -> Response<()> {
+        match self {
+            ClientSide::WebSocket { handshake, .. } => {
+                tollgate_websocket::handshake::client_response(handshake, negotiated)
+            }
+            ClientSide::WebTransport(_) => {
+                let mut response = Response::new(());
+                *response.status_mut() = StatusCode::OK;
+                response.extensions_mut().insert(MaxMessageBytes(limits.max_message_bytes));
+                response
+            }
+        }
+    }
+
+    /// Waits for the switch to happen and frames the client's side.
+    pub async fn open(self, limits: &Limits) -> Option<ClientChannel> {
+        match self {
+            ClientSide::WebSocket { upgrade, .. } => match upgrade.await {
+                Ok(io) => {
+                    Some(ClientChannel::WebSocket(tollgate_websocket::server_stream(TokioIo::new(io), limits).await))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client upgrade failed");
+                    None
+                }
+            },
+            ClientSide::WebTransport(upgrade) => {
+                let pipe = upgrade.take()?.await.ok()?;
+                Some(ClientChannel::WebTransport(WebTransportChannel::new(pipe)))
+            }
+        }
+    }
+}
+
+/// The client's messages, from either carrier (one per session, made once).
+#[allow(clippy::large_enum_variant)]
+pub enum ClientChannel {
+    WebSocket(WebSocketStream<TokioIo<Upgraded>>),
+    WebTransport(WebTransportChannel),
+}
+
+impl Stream for ClientChannel {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            ClientChannel::WebSocket(ws) => Pin::new(ws).poll_next(cx),
+            ClientChannel::WebTransport(wt) => Pin::new(wt).poll_next(cx),
+        }
+    }
+}
+
+impl Sink<Message> for ClientChannel {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            ClientChannel::WebSocket(ws) => Pin::new(ws).poll_ready(cx),
+            ClientChannel::WebTransport(wt) => Pin::new(wt).poll_ready(cx),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        match self.get_mut() {
+            ClientChannel::WebSocket(ws) => Pin::new(ws).start_send(item),
+            ClientChannel::WebTransport(wt) => Pin::new(wt).start_send(item),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            ClientChannel::WebSocket(ws) => Pin::new(ws).poll_flush(cx),
+            ClientChannel::WebTransport(wt) => Pin::new(wt).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            ClientChannel::WebSocket(ws) => Pin::new(ws).poll_close(cx),
+            ClientChannel::WebTransport(wt) => Pin::new(wt).poll_close(cx),
+        }
+    }
+}
+
+/// Waiting for room in the outgoing channel.
+type Reserving = Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<wt::Message>, ()>> + Send>>;
+
+/// A WebTransport session's messages as WebSocket messages. Control frames
+/// have no WebTransport counterpart: pings and pongs are dropped (QUIC keeps
+/// the connection alive), and a close ends the session's connection.
+pub struct WebTransportChannel {
+    incoming: mpsc::Receiver<Result<wt::Message, MessageError>>,
+    outgoing: Option<mpsc::Sender<wt::Message>>,
+    /// A permit being waited for, so `poll_ready` can pend.
+    reserving: Option<Reserving>,
+    permit: Option<mpsc::OwnedPermit<wt::Message>>,
+    /// Closes the session's connection when dropped (the client hears the end).
+    _pipe_tasks: MessagePipe,
+    ended: bool,
+}
+
+impl WebTransportChannel {
+    fn new(mut pipe: MessagePipe) -> Self {
+        let (_, dead) = mpsc::channel(1);
+        let incoming = std::mem::replace(&mut pipe.incoming, dead);
+        let outgoing = Some(pipe.outgoing.clone());
+        Self { incoming, outgoing, reserving: None, permit: None, _pipe_tasks: pipe, ended: false }
+    }
+}
+
+impl Stream for WebTransportChannel {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let next = match self.incoming.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(next) => next,
+        };
+        Poll::Ready(Some(match next {
+            Some(Ok(wt::Message { text: true, payload })) => match Utf8Bytes::try_from(payload) {
+                Ok(text) => Ok(Message::Text(text)),
+                Err(e) => Err(WsError::Utf8(e.to_string())),
+            },
+            Some(Ok(wt::Message { text: false, payload })) => Ok(Message::Binary(payload)),
+            Some(Err(MessageError::TooLarge { limit })) => {
+                self.ended = true;
+                Err(WsError::Capacity(CapacityError::MessageTooLong { size: limit + 1, max_size: limit }))
+            }
+            Some(Err(MessageError::Malformed(_))) => {
+                self.ended = true;
+                Err(WsError::Protocol(ProtocolError::InvalidOpcode(0)))
+            }
+            // The session ended: to the relay, a client gone without a close frame.
+            Some(Err(MessageError::Closed(_))) | None => {
+                self.ended = true;
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+            }
+        }))
+    }
+}
+
+impl Sink<Message> for WebTransportChannel {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.reserving.is_none() {
+            let Some(tx) = self.outgoing.clone() else { return Poll::Ready(Err(WsError::AlreadyClosed)) };
+            self.reserving = Some(Box::pin(async move { tx.reserve_owned().await.map_err(|_| ()) }));
+        }
+        let reserving = self.reserving.as_mut().expect("set above");
+        match reserving.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(permit)) => {
+                self.reserving = None;
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(())) => {
+                self.reserving = None;
+                Poll::Ready(Err(WsError::ConnectionClosed))
+            }
+        }
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        let message = match item {
+            Message::Text(text) => wt::Message { text: true, payload: text.into() },
+            Message::Binary(payload) => wt::Message { text: false, payload },
+            Message::Close(_) => {
+                self.outgoing = None;
+                self.permit = None;
+                return Ok(());
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+        };
+        match self.permit.take() {
+            Some(permit) => {
+                permit.send(message);
+                Ok(())
+            }
+            None => Err(WsError::ConnectionClosed),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.outgoing = None;
+        self.permit = None;
+        Poll::Ready(Ok(()))
+    }
+}
