@@ -16,7 +16,7 @@ use hyper::Response;
 use serde_json::json;
 
 use common::core_kit::{echo_backend, streaming_echo_backend};
-use common::h3_kit::{h3_exchange, h3_listener, h3_request, header};
+use common::h3_kit::{h3_exchange, h3_exchange_with, h3_listener, h3_request, header};
 use common::transport::{admin_status, channel_body, generated_body, write_cert};
 use common::*;
 
@@ -413,6 +413,44 @@ fn http3_without_tls_is_a_config_error_naming_file_line_and_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{path}:4: listener.plain.quic: needs `http3 = true`")), "{stderr}");
+}
+
+#[test]
+fn zero_rtt_when_enabled_serves_only_safe_methods_from_early_data() {
+    let backend = Backend::fixed("ok");
+    let specs = json!([
+        { "path": "/safe" },
+        { "method": "POST", "path": "/unsafe", "body": "x", "headers": [["content-length", "1"]] },
+    ]);
+    let rig = Rig::http1(backend.addr, "quic = { zero_rtt = true }");
+    // Whether a stream counts as early is read when Tollgate accepts it, which races
+    // with the client's Finished on a busy machine: one attempt in a few may see the
+    // handshake done already (and then rightly serves the POST). Require the rule to
+    // show within five attempts, and a refused POST never to reach the backend.
+    let mut refused = false;
+    for _ in 0..5 {
+        let posts_before = backend.requests().iter().filter(|r| r.method == "POST").count();
+        let report = h3_exchange_with(rig.addr, &specs, &json!({ "zero_rtt": true }));
+        assert_eq!(report["early_data_accepted"], true, "{report}");
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results[0]["status"], 200, "{report}");
+        if results[1]["status"] == 425 {
+            let posts_after = backend.requests().iter().filter(|r| r.method == "POST").count();
+            assert_eq!(posts_before, posts_after, "an early POST answered 425 reached the backend");
+            refused = true;
+            break;
+        }
+        assert_eq!(results[1]["status"], 200, "{report}");
+    }
+    assert!(refused, "an unsafe request sent as early data was never refused with 425");
+    drop(rig);
+
+    // Off by default: early data is declined and both requests are served after the handshake.
+    let rig = Rig::http1(backend.addr, "");
+    let report = h3_exchange_with(rig.addr, &specs, &json!({ "zero_rtt": true }));
+    assert_eq!(report["early_data_accepted"], false, "{report}");
+    let statuses: Vec<_> = report["results"].as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, vec![json!(200), json!(200)], "{report}");
 }
 
 #[test]

@@ -264,7 +264,9 @@ async fn serve_connection(
                         shared: Arc::clone(&shared),
                         info: Arc::clone(&info),
                         gateway: Arc::clone(&gateway),
-                        handshake_done: Arc::clone(&handshake_done),
+                        // Read when the stream is accepted, not when its headers are:
+                        // a stream that arrived as early data stays early.
+                        early: !handshake_done.load(Ordering::Acquire),
                         sessions: sessions_tx.clone(),
                     };
                     requests.spawn(request.serve(stream));
@@ -454,7 +456,9 @@ struct StreamTask {
     shared: Arc<Shared>,
     info: Arc<ConnectionInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
-    handshake_done: Arc<AtomicBool>,
+    /// The stream was accepted before the handshake confirmed the client
+    /// (0-RTT): its request may be a replay.
+    early: bool,
     /// Where an accepted WebTransport CONNECT goes to take over the connection.
     sessions: mpsc::Sender<SessionOpen>,
 }
@@ -536,7 +540,7 @@ impl StreamTask {
         if connection_specific {
             return Some(ProxyError::BadRequest("connection-specific header field in an HTTP/3 request"));
         }
-        if !self.handshake_done.load(Ordering::Acquire) && !is_safe(req.method()) {
+        if self.early && !is_safe(req.method()) {
             return refuse(
                 StatusCode::from_u16(425).expect("425 is a status"),
                 "too_early",

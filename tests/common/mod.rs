@@ -862,12 +862,18 @@ pub mod h3_kit {
     /// `addr` and returns the client's report (`alpn`, `results[]`; see the
     /// script's docstring for the spec and result fields).
     pub fn h3_exchange(addr: SocketAddr, specs: &Value) -> Value {
+        h3_exchange_with(addr, specs, &json!({}))
+    }
+
+    /// Like [`h3_exchange`] with client options (`{"zero_rtt": true}`).
+    pub fn h3_exchange_with(addr: SocketAddr, specs: &Value, options: &Value) -> Value {
         let out = run_with_timeout(
             Command::new(".venv/bin/python").args([
                 "tests/peers/h3_client.py",
                 &addr.ip().to_string(),
                 &addr.port().to_string(),
                 &specs.to_string(),
+                &options.to_string(),
             ]),
             Duration::from_secs(90),
         );

@@ -1,6 +1,10 @@
 """HTTP/3 test client built on aioquic's H3Connection (a peer we did not write).
 
-Usage: h3_client.py HOST PORT SPEC_JSON
+Usage: h3_client.py HOST PORT SPEC_JSON [OPTIONS_JSON]
+
+OPTIONS_JSON: {"zero_rtt": true} first connects once to get a session ticket,
+then sends SPEC_JSON's requests as 0-RTT early data on a resumed connection;
+the report then has "early_data_accepted".
 
 SPEC_JSON is a list of requests sent concurrently on one QUIC connection:
   {"method": "GET", "path": "/x", "authority": "localhost",
@@ -189,16 +193,43 @@ class Client(QuicConnectionProtocol):
         return ex.result()
 
 
-async def main():
-    host, port, specs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+def configuration():
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE)
     config.server_name = "localhost"
     config.max_stream_data = 1 << 20
     config.max_data = 4 << 20
-    async with connect(host, port, configuration=config, create_protocol=Client, wait_connected=True) as client:
-        alpn = client._quic.tls.alpn_negotiated
+    return config
+
+
+async def ticket(host, port):
+    tickets = []
+    config = configuration()
+    async with connect(host, port, configuration=config, create_protocol=Client,
+                       session_ticket_handler=tickets.append) as client:
+        await client.request(host, port, {"path": "/"})
+        for _ in range(100):
+            if tickets:
+                break
+            await asyncio.sleep(0.01)
+    return tickets[-1] if tickets else None
+
+
+async def main():
+    host, port, specs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    config = configuration()
+    early = bool(options.get("zero_rtt"))
+    if early:
+        config.session_ticket = await ticket(host, port)
+        if config.session_ticket is None:
+            print(json.dumps({"error": "no session ticket"}))
+            return
+    async with connect(host, port, configuration=config, create_protocol=Client, wait_connected=not early) as client:
         results = await asyncio.gather(*(client.request(host, port, s) for s in specs))
-        print(json.dumps({"alpn": alpn, "results": results, "closed": client.closed}))
+        report = {"alpn": client._quic.tls.alpn_negotiated, "results": results, "closed": client.closed}
+        if early:
+            report["early_data_accepted"] = client._quic.tls.early_data_accepted
+        print(json.dumps(report))
         sys.stdout.flush()
         for s in specs:
             if s.get("linger"):
