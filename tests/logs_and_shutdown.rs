@@ -242,3 +242,22 @@ fn shutdown_grace_cuts_requests_that_outlast_it() {
     assert_ne!(code, 200, "the request outlived the grace period");
     assert!(body.is_empty() || body != b"too late");
 }
+
+#[test]
+fn a_static_file_served_whole_is_logged_completed_on_every_protocol() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("page.bin"), vec![b'x'; 100_000]).unwrap();
+    let tollgate = Tollgate::start_with(&format!(
+        "[[route]]\nname = \"site\"\nmatch = {{ path_prefix = \"/\" }}\nstatic_dir = \"{}\"\n",
+        site.path().display()
+    ));
+    for proto in Proto::ALL {
+        let (code, _, body) = curl_proto(proto, &[&tollgate.url("/page.bin")]);
+        assert_eq!((code, body.len()), (200, 100_000), "{proto:?}");
+    }
+    let lines = wait_for_access_lines(&tollgate, 2, |l| l.contains("path=/page.bin"));
+    for line in &lines {
+        // The file's body never says it ended; its declared length does.
+        assert!(line.contains("bytes=100000") && line.contains("completed=true"), "{line}");
+    }
+}

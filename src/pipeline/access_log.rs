@@ -55,6 +55,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         bytes: u64,
+        // The body's exact length, when it declared one up front.
+        expected: Option<u64>,
         done: bool,
         record: Option<Box<AccessRecord>>,
         guard: Option<TargetGuard>,
@@ -80,7 +82,15 @@ pin_project_lite::pin_project! {
 
 impl<B: http_body::Body> Tracked<B> {
     pub fn new(inner: B, record: Option<Box<AccessRecord>>, guard: Option<TargetGuard>) -> Self {
-        Self { inner, bytes: 0, done: false, record, guard, active: None }
+        let expected = inner.size_hint().exact();
+        Self { inner, bytes: 0, expected, done: false, record, guard, active: None }
+    }
+
+    /// The length the response head declared (`Content-Length`), for bodies
+    /// that do not know their own size: reaching it completes the exchange.
+    pub fn expecting(mut self, length: Option<u64>) -> Self {
+        self.expected = self.expected.or(length);
+        self
     }
 
     /// Keeps the request counted as active until this body is dropped.
@@ -105,8 +115,9 @@ where
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
                 }
-                if this.inner.is_end_stream() {
-                    // hyper stops polling once the size hint is met; finish here.
+                if this.inner.is_end_stream() || this.expected.is_some_and(|n| *this.bytes >= n) {
+                    // hyper stops polling once the size hint is met (some bodies, such
+                    // as static files, never say they ended); finish here.
                     *this.done = true;
                     if let Some(guard) = this.guard.take() {
                         guard.complete();

@@ -237,11 +237,13 @@ impl Gateway {
         }
         self.stats.count(parts.status);
         parts.headers.insert(&X_REQUEST_ID, id);
+        // A HEAD (or 204/304) response declares a length it does not send.
+        let declared = (method != http::Method::HEAD).then(|| content_length(&parts.headers)).flatten();
         let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
         let body = match body {
             Err(incoming) => body::boxed(Tracked::new(incoming, record, guard).with_active(active)),
             Ok(local) if record.is_some() || guard.is_some() => {
-                body::boxed(Tracked::new(local, record, guard).with_active(active))
+                body::boxed(Tracked::new(local, record, guard).expecting(declared).with_active(active))
             }
             Ok(local) => local,
         };
