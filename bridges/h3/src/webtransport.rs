@@ -9,6 +9,7 @@
 //! messages keep the order in which the client opened their streams; ours
 //! are opened one after another in the order the messages come.
 
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 
@@ -103,6 +104,8 @@ pub struct SessionConnection {
     /// Flips when the [`MessagePipe`] is dropped: the session is over.
     pipe_done: tokio::sync::watch::Receiver<()>,
     pipe_done_tx: Option<tokio::sync::watch::Sender<()>>,
+    /// Poked after every poll of [`SessionConnection::accept`]: see there.
+    uni_polled: Arc<tokio::sync::Notify>,
 }
 
 impl SessionConnection {
@@ -113,7 +116,12 @@ impl SessionConnection {
     ) -> Result<Self, H3Error> {
         let session = WebTransportSession::accept(request.head, request.stream, conn).await.map_err(H3Error::Stream)?;
         let (pipe_done_tx, pipe_done) = tokio::sync::watch::channel(());
-        Ok(Self { session: Arc::new(session), pipe_done, pipe_done_tx: Some(pipe_done_tx) })
+        Ok(Self {
+            session: Arc::new(session),
+            pipe_done,
+            pipe_done_tx: Some(pipe_done_tx),
+            uni_polled: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     /// The next HTTP request on this connection; client-opened
@@ -121,7 +129,18 @@ impl SessionConnection {
     /// are refused (STOP_SENDING, by dropping them).
     pub async fn accept(&self) -> Result<Option<Incoming>, H3Error> {
         loop {
-            match self.session.accept_bi().await.map_err(H3Error::Stream)? {
+            // h3 accepts unidirectional streams while it looks for requests
+            // (for its control stream) and files ours where the message
+            // reader takes them, waking only this task: the reader has to be
+            // told to look, or a message can sit there unread.
+            let mut accept_bi = std::pin::pin!(self.session.accept_bi());
+            let accepted = poll_fn(|cx| {
+                let poll = accept_bi.as_mut().poll(cx);
+                self.uni_polled.notify_one();
+                poll
+            })
+            .await;
+            match accepted.map_err(H3Error::Stream)? {
                 Some(AcceptedBi::Request(head, stream)) => return Ok(Some(Incoming::read(head, stream))),
                 Some(AcceptedBi::BidiStream(_, stream)) => drop(stream),
                 None => return Ok(None),
@@ -140,12 +159,30 @@ impl SessionConnection {
         let (outgoing, mut outgoing_rx) = mpsc::channel::<Message>(8);
         let mut tasks = JoinSet::new();
         let session = Arc::clone(&self.session);
+        let uni_polled = Arc::clone(&self.uni_polled);
         tasks.spawn(async move {
+            // Accepted streams not read yet, by stream ID: h3-webtransport hands
+            // back the streams that arrived together last-first (it pops a Vec),
+            // so every stream already there is taken and the lowest ID read first.
+            let mut waiting = BTreeMap::new();
+            let mut end = None;
             loop {
-                let next = match session.accept_uni().await {
-                    Ok(Some((_, stream))) => read_message(stream, max_message_bytes).await,
-                    Ok(None) => Err(MessageError::Closed("connection closed".into())),
-                    Err(e) => Err(MessageError::Closed(e.to_string())),
+                if waiting.is_empty() && end.is_none() {
+                    let accepted = loop {
+                        tokio::select! {
+                            accepted = session.accept_uni() => break accepted,
+                            () = uni_polled.notified() => {}
+                        }
+                    };
+                    end = take_stream(accepted, &mut waiting);
+                }
+                while end.is_none() {
+                    let Some(ready) = now(session.accept_uni()).await else { break };
+                    end = take_stream(ready, &mut waiting);
+                }
+                let next = match waiting.pop_first() {
+                    Some((_, stream)) => read_message(stream, max_message_bytes).await,
+                    None => Err(end.take().unwrap_or_else(|| MessageError::Closed("connection closed".into()))),
                 };
                 let failed = next.is_err();
                 if incoming_tx.send(next).await.is_err() || failed {
@@ -188,11 +225,38 @@ pub struct MessagePipe {
     _done: Option<tokio::sync::watch::Sender<()>>,
 }
 
+/// A client's message stream, as h3-webtransport accepts it.
+type ClientStream = h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>;
+
+/// Files an accepted stream under its ID; returns why the session ended instead, if it did.
+fn take_stream(
+    accepted: Result<Option<(h3_webtransport::SessionId, ClientStream)>, h3::error::ConnectionError>,
+    waiting: &mut BTreeMap<u64, ClientStream>,
+) -> Option<MessageError> {
+    match accepted {
+        Ok(Some((_, stream))) => {
+            waiting.insert(stream.recv_id().into_inner(), stream);
+            None
+        }
+        Ok(None) => Some(MessageError::Closed("connection closed".into())),
+        Err(e) => Some(MessageError::Closed(e.to_string())),
+    }
+}
+
+/// Polls `future` once: its output if it is ready now.
+async fn now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// Reads one message stream to its end.
-async fn read_message(
-    mut stream: h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>,
-    limit: usize,
-) -> Result<Message, MessageError> {
+async fn read_message(mut stream: ClientStream, limit: usize) -> Result<Message, MessageError> {
     let mut buf = BytesMut::new();
     loop {
         match poll_fn(|cx| stream.poll_data(cx)).await {

@@ -1,0 +1,309 @@
+//! WebTransport from a real browser: headless Chromium opens
+//! `new WebTransport('https://127.0.0.1:PORT/...')` sessions to a TLS
+//! listener with `http3 = true`, trusting it by certificate hash
+//! (`serverCertificateHashes`: an ECDSA P-256 certificate valid for under
+//! 14 days, made here), and exchanges messages in Tollgate's framing (one
+//! unidirectional stream per message: type byte 0x01 text / 0x02 binary,
+//! payload, FIN). Routes: `websocket = "tunnel"` to a WebSocket echo
+//! backend, `websocket = "http"` to a plain HTTP/1.1 backend, and one whose
+//! `ip_filter` refuses the CONNECT. The driver is
+//! tests/peers/node/wt_browser.mjs.
+
+mod common;
+mod ws_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::transport::{free_addr, run_with_timeout};
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tollgate_websocket::Message;
+use ws_support::EchoBackend;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// KNOWN BUG (not fixed yet): Tollgate does not notice the client closing a
+/// WebTransport session. Seen: after `wt.close()` resolved in the page, and
+/// even after Chromium exited, no websocket_close line and no QUIC close for
+/// 10 s. Chromium keeps the QUIC connection open; per draft-02 the close
+/// travels on the CONNECT stream (CLOSE_WEBTRANSPORT_SESSION capsule, FIN),
+/// which h3-webtransport 0.1 keeps private and never reads. Until that is
+/// fixed, sessions here end by idle timeout so their close lines can be checked.
+const IDLE: &str = "websocket_idle_timeout = \"2s\"\nwebsocket_ping_interval = \"0s\"\n";
+
+/// A self-signed ECDSA P-256 certificate for 127.0.0.1, valid from a day ago
+/// for ten days (Chromium takes hash-pinned certificates of under 14 days);
+/// returns the PEM paths and the hex SHA-256 of the certificate's DER.
+fn short_lived_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let day = Duration::from_secs(86_400);
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + (now - day);
+    params.not_after = epoch + (now + day * 9);
+    let cert = params.self_signed(&key_pair).unwrap();
+    let digest = sha256_hex(cert.der());
+    let cert_path = dir.join("wt.crt");
+    let key_path = dir.join("wt.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path, digest)
+}
+
+/// Hex SHA-256 (openssl, a real tool we did not write).
+fn sha256_hex(der: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cert.der");
+    std::fs::write(&file, der).unwrap();
+    let out = Command::new("openssl").arg("dgst").arg("-sha256").arg("-r").arg(&file).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text.split_whitespace().next().unwrap().to_string();
+    assert_eq!(hex.len(), 64, "{text}");
+    hex
+}
+
+/// Runs the browser driver on `scenarios`; returns its JSON report.
+fn browser(hash: &str, scenarios: &Value) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run scripts/test.sh once (it npm-installs the Node peers)"
+    );
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run scripts/test.sh once (it apt-installs chromium)");
+    let mut command = Command::new("node");
+    command.arg(dir.join("wt_browser.mjs")).arg(hash).arg(scenarios.to_string());
+    let out = run_with_timeout(&mut command, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!("browser driver printed no JSON ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Access-log lines of listener `wt`.
+fn access_lines(tollgate: &Tollgate) -> Vec<String> {
+    tollgate
+        .log()
+        .lines()
+        .filter(|l| l.contains(" access: ") && l.contains("listener=wt "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `pred` holds on the access lines (they are written as sessions end).
+fn wait_access(tollgate: &Tollgate, pred: impl Fn(&[String]) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if pred(&access_lines(tollgate)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Bodies a message-mode backend received, with their `x-websocket-message-type`.
+type Bodies = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A message-mode backend: text "x" → text "reply:x"; binary → the bytes
+/// reversed. Records each body with its message type header.
+fn reply_backend(bodies: Bodies) -> Backend {
+    Backend::start(move |req| {
+        let bodies = Arc::clone(&bodies);
+        async move {
+            let kind =
+                req.headers().get("x-websocket-message-type").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+            bodies.lock().unwrap().push((kind.clone(), body.clone()));
+            let response = hyper::Response::builder();
+            if kind == "text" {
+                let reply = format!("reply:{}", String::from_utf8_lossy(&body));
+                response.header("content-type", "text/plain; charset=utf-8").body(full(reply)).unwrap()
+            } else {
+                let reply: Vec<u8> = body.iter().rev().copied().collect();
+                response.header("content-type", "application/octet-stream").body(full(reply)).unwrap()
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_policies_refuse() {
+    let echo = EchoBackend::start().await;
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let replies = reply_backend(Arc::clone(&bodies));
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key, hash) = short_lived_cert(keys.path());
+    let addr = free_addr();
+    let config = format!(
+        "[log]\nlevel = \"debug\"\n\n\
+         [[listener]]\nname = \"wt\"\nbind = \"{addr}\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\nhttp3 = true\n\n\
+         [[upstream]]\nname = \"echo\"\ntargets = [\"{echo}\"]\n\n\
+         [[upstream]]\nname = \"replies\"\nprotocol = \"http1\"\ntargets = [\"{replies}\"]\n\n\
+         [[route]]\nname = \"tunnel\"\nmatch = {{ path_prefix = \"/ws-tunnel\" }}\nupstream = \"echo\"\nwebsocket = \"tunnel\"\n{idle}\n\
+         [[route]]\nname = \"http\"\nmatch = {{ path_prefix = \"/ws-http\" }}\nupstream = \"replies\"\nwebsocket = \"http\"\n{idle}\n\
+         [[route]]\nname = \"denied\"\nmatch = {{ path_prefix = \"/denied\" }}\nupstream = \"echo\"\nwebsocket = \"tunnel\"\npolicies = [\"edge\"]\n\n\
+         [policy.edge]\nkind = \"ip_filter\"\ndeny = [\"127.0.0.1/32\"]\n",
+        cert = cert.display(),
+        key = key.display(),
+        echo = echo.addr,
+        replies = replies.addr,
+        idle = IDLE,
+    );
+    let tollgate = tokio::task::spawn_blocking(move || {
+        let tollgate = Tollgate::start(&config, addr);
+        assert!(tollgate.wait_for_log("listening for HTTP/3", Duration::from_secs(10)), "{}", tollgate.log());
+        tollgate
+    })
+    .await
+    .unwrap();
+
+    let port = addr.port();
+    let scenarios = json!([
+        {
+            "name": "tunnel",
+            "url": format!("https://127.0.0.1:{port}/ws-tunnel"),
+            "messages": [
+                { "type": "text", "data": "hello over webtransport" },
+                { "type": "binary", "data": [0, 1, 2, 254, 255] },
+                { "type": "text", "data": "ünïcødé ✓" },
+            ],
+        },
+        {
+            "name": "http",
+            "url": format!("https://127.0.0.1:{port}/ws-http"),
+            "messages": [
+                { "type": "text", "data": "ping one" },
+                { "type": "binary", "data": [9, 8, 7, 0] },
+            ],
+        },
+        {
+            "name": "burst",
+            "url": format!("https://127.0.0.1:{port}/ws-tunnel/burst"),
+            "burst": true,
+            "messages": (0..8).map(|i| json!({ "type": "text", "data": format!("m{i}") })).collect::<Vec<_>>(),
+        },
+        {
+            "name": "denied",
+            "url": format!("https://127.0.0.1:{port}/denied"),
+            "messages": [{ "type": "text", "data": "never" }],
+        },
+    ]);
+    let out = tokio::task::spawn_blocking(move || browser(&hash, &scenarios)).await.unwrap();
+    let context = |t: &Tollgate| format!("{out:#}\n{}", t.log());
+    assert!(out["error"].is_null(), "{}", context(&tollgate));
+    let results = &out["results"];
+
+    // Tunnel: every message echoed with its type, in order, then a clean close.
+    let tunnel = &results["tunnel"];
+    assert_eq!(tunnel["secure"], true, "{}", context(&tollgate));
+    assert_eq!(tunnel["opened"], true, "{}", context(&tollgate));
+    assert!(tunnel["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(
+        tunnel["replies"],
+        json!([
+            { "type": "text", "data": "hello over webtransport" },
+            { "type": "binary", "data": [0, 1, 2, 254, 255] },
+            { "type": "text", "data": "ünïcødé ✓" },
+        ]),
+        "{}",
+        context(&tollgate)
+    );
+    let seen = echo.seen.lock().unwrap().messages.clone();
+    assert_eq!(
+        seen[..3],
+        [
+            Message::Text("hello over webtransport".into()),
+            Message::Binary(vec![0u8, 1, 2, 254, 255].into()),
+            Message::Text("ünïcødé ✓".into()),
+        ],
+        "{}",
+        context(&tollgate)
+    );
+
+    // A burst: eight streams opened back to back before any reply is read
+    // reach the backend, and come back, in the order the page opened them.
+    let burst = &results["burst"];
+    let expected: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    assert!(burst["error"].is_null(), "{}", context(&tollgate));
+    let backend_order: Vec<String> = seen[3..].iter().map(|m| m.to_text().unwrap_or("?").to_string()).collect();
+    assert_eq!(backend_order, expected, "{}", context(&tollgate));
+    let echoed: Vec<&str> = burst["replies"].as_array().unwrap().iter().filter_map(|r| r["data"].as_str()).collect();
+    assert_eq!(echoed, expected, "{}", context(&tollgate));
+
+    // Message mode: one POST per message, replies derived from the bodies.
+    let http = &results["http"];
+    assert_eq!(http["opened"], true, "{}", context(&tollgate));
+    assert!(http["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(
+        http["replies"],
+        json!([
+            { "type": "text", "data": "reply:ping one" },
+            { "type": "binary", "data": [0, 7, 8, 9] },
+        ]),
+        "{}",
+        context(&tollgate)
+    );
+    assert_eq!(
+        *bodies.lock().unwrap(),
+        vec![("text".to_string(), b"ping one".to_vec()), ("binary".to_string(), vec![9, 8, 7, 0])],
+        "{}",
+        context(&tollgate)
+    );
+    let requests = replies.requests();
+    assert_eq!(requests.len(), 2, "{}", context(&tollgate));
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(request.method, "POST", "{}", context(&tollgate));
+        assert_eq!(request.uri, "/ws-http", "{}", context(&tollgate));
+        let sequence = request.headers.get("x-websocket-sequence").and_then(|v| v.to_str().ok());
+        assert_eq!(sequence, Some((i + 1).to_string().as_str()), "{}", context(&tollgate));
+    }
+
+    // Policy: the CONNECT is refused (403), so the session never opens and
+    // the backend never hears of it.
+    let denied = &results["denied"];
+    assert_eq!(denied["opened"], false, "{}", context(&tollgate));
+    assert!(denied["error"].as_str().is_some_and(|e| e.contains("WebTransportError")), "{}", context(&tollgate));
+    let heads = echo.seen.lock().unwrap().heads.clone();
+    assert_eq!(heads.len(), 2, "only the tunnel sessions reached the echo backend: {heads:?}");
+    assert!(heads[0].starts_with("GET /ws-tunnel ") && heads[1].starts_with("GET /ws-tunnel/burst "), "{heads:?}");
+
+    // Tollgate's side: the CONNECT access lines (200 / 403) and, for both
+    // sessions, websocket_open and websocket_close with the message counts.
+    let logged = tokio::task::spawn_blocking(move || {
+        let done = wait_access(&tollgate, |lines| lines.iter().filter(|l| l.contains("websocket_close")).count() >= 3);
+        (done, access_lines(&tollgate), tollgate)
+    })
+    .await
+    .unwrap();
+    let (done, lines, tollgate) = logged;
+    assert!(done, "no websocket_close lines: {}", context(&tollgate));
+    let find = |needles: &[&str]| lines.iter().find(|l| needles.iter().all(|n| l.contains(n))).cloned();
+    for route in ["tunnel", "http"] {
+        let mode = format!("mode=\"{route}\"");
+        let quoted = format!("route=\"{route}\"");
+        let route = format!("route={route} ");
+        assert!(
+            find(&["method=CONNECT", &route, "status=200"]).is_some(),
+            "CONNECT line for {route}: {}",
+            context(&tollgate)
+        );
+        assert!(
+            find(&["websocket_open", "protocol=\"HTTP/3\"", &mode, &quoted]).is_some(),
+            "open line for {route}: {}",
+            context(&tollgate)
+        );
+    }
+    let tunnel_close = find(&["websocket_close", "route=\"tunnel\"", "messages_in=3 "]);
+    assert!(tunnel_close.is_some_and(|l| l.contains("messages_out=3 ")), "{}", context(&tollgate));
+    let burst_close = find(&["websocket_close", "route=\"tunnel\"", "messages_in=8 "]);
+    assert!(burst_close.is_some_and(|l| l.contains("messages_out=8 ")), "{}", context(&tollgate));
+    let http_close = find(&["websocket_close", "route=\"http\"", "messages_in=2 "]);
+    assert!(http_close.is_some_and(|l| l.contains("messages_out=2 ")), "{}", context(&tollgate));
+    assert!(find(&["method=CONNECT", "route=denied", "status=403"]).is_some(), "{}", context(&tollgate));
+    assert!(find(&["websocket_open", "route=\"denied\""]).is_none(), "{}", context(&tollgate));
+}
