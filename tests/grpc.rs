@@ -151,29 +151,47 @@ fn grpc_timeout_is_enforced_by_the_gateway_before_and_after_the_response_head() 
 
 #[test]
 fn concurrent_calls_share_a_few_multiplexed_connections() {
-    let backend = StallingBackend::start();
-    let tollgate = gateway(&[backend.addr]);
-    // 20 concurrent calls, each its own client connection.
-    let start = Instant::now();
-    let calls: Vec<_> = (0..20)
-        .map(|_| {
-            let url = tollgate.url("/stall.Svc/Hold");
-            let dir = tempfile::tempdir().unwrap();
-            std::thread::spawn(move || {
-                let body = write_file(dir.path(), "req", &frame(b"x"));
-                let data = format!("@{}", body.display());
-                let args = ["--http2-prior-knowledge", "-H", "content-type: application/grpc", "--data-binary", &data];
-                let (code, headers, _) = curl_full(&[&args[..], &[&url]].concat());
-                (code, header_value(&headers, "grpc-status"))
+    // Default: two connections per target; `grpc_connections_per_target` changes it.
+    for (extra, expected) in [("", 2), ("grpc_connections_per_target = 4", 4)] {
+        let backend = StallingBackend::start();
+        let config = grpc_config(&[backend.addr], "", "")
+            .replace("connect_timeout = \"1s\"", &format!("connect_timeout = \"1s\"\n{extra}"));
+        let tollgate = Tollgate::start_with(&config);
+        // 20 concurrent calls, each its own client connection.
+        let start = Instant::now();
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let url = tollgate.url("/stall.Svc/Hold");
+                let dir = tempfile::tempdir().unwrap();
+                std::thread::spawn(move || {
+                    let body = write_file(dir.path(), "req", &frame(b"x"));
+                    let data = format!("@{}", body.display());
+                    let args =
+                        ["--http2-prior-knowledge", "-H", "content-type: application/grpc", "--data-binary", &data];
+                    let (code, headers, _) = curl_full(&[&args[..], &[&url]].concat());
+                    (code, header_value(&headers, "grpc-status"))
+                })
             })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.join().unwrap(), (200, Some("0".to_string())));
+            .collect();
+        for call in calls {
+            assert_eq!(call.join().unwrap(), (200, Some("0".to_string())));
+        }
+        assert!(start.elapsed() < Duration::from_secs(4), "calls ran one after another: {:?}", start.elapsed());
+        // Calls go round robin over the slots, so 20 calls open every one of them and no more.
+        let connections = backend.connections.load(Ordering::SeqCst);
+        assert_eq!(connections, expected, "{extra:?}: upstream connections for 20 calls");
     }
-    assert!(start.elapsed() < Duration::from_secs(4), "calls ran one after another: {:?}", start.elapsed());
-    let connections = backend.connections.load(Ordering::SeqCst);
-    assert!((1..=2).contains(&connections), "{connections} upstream connections for 20 calls");
+}
+
+#[test]
+fn grpc_connections_per_target_is_only_for_grpc_upstreams() {
+    let (out, path) = common::core_kit::run_check(
+        "[[upstream]]\nname = \"web\"\ntargets = [\"127.0.0.1:9\"]\ngrpc_connections_per_target = 3\n",
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{path}:4: upstream.web.grpc_connections_per_target: only for")), "{stderr}");
 }
 
 #[test]

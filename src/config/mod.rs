@@ -245,6 +245,8 @@ pub struct UpstreamConfig {
     pub eject_for: Duration,
     /// TLS to the targets (gRPC upstreams only); `None` is cleartext.
     pub tls: Option<UpstreamTls>,
+    /// HTTP/2 connections per target a gRPC upstream spreads its calls over.
+    pub grpc_connections_per_target: usize,
 }
 
 /// `tls = { ca, server_name }` of a gRPC upstream: backends are verified

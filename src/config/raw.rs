@@ -132,6 +132,8 @@ pub struct RawUpstream {
     pub eject_for: Option<Spanned<String>>,
     /// gRPC upstreams: `tls = { ca = "ca.pem", server_name = "api.internal" }`.
     pub tls: Option<RawUpstreamTls>,
+    /// gRPC upstreams: multiplexed HTTP/2 connections per target.
+    pub grpc_connections_per_target: Option<Spanned<i64>>,
 }
 
 /// TLS towards a gRPC upstream's targets.

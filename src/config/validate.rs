@@ -568,7 +568,24 @@ impl Validator<'_> {
             eject_after: self.positive(&raw.eject_after, &key("eject_after"), 3, 1000)? as u32,
             eject_for: self.duration(&raw.eject_for, &key("eject_for"), Duration::from_secs(10))?,
             tls: self.upstream_tls(raw, protocol, &key)?,
+            grpc_connections_per_target: self.grpc_connections(raw, protocol, &key)?,
         })
+    }
+
+    /// `grpc_connections_per_target`: 1–64, gRPC upstreams only.
+    fn grpc_connections(
+        &self,
+        raw: &RawUpstream,
+        protocol: UpstreamProtocol,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<usize> {
+        let name = "grpc_connections_per_target";
+        if let Some(value) = &raw.grpc_connections_per_target
+            && protocol != UpstreamProtocol::Grpc
+        {
+            return self.err(value.span(), key(name), "only for protocol = \"grpc\" upstreams");
+        }
+        Ok(self.positive(&raw.grpc_connections_per_target, &key(name), 2, 64)? as usize)
     }
 
     fn upstream_tls(

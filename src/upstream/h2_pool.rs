@@ -20,11 +20,6 @@ use super::ConnectError;
 use super::tls::Transport;
 use crate::body::Body;
 
-/// Connections opened per gRPC target: calls spread over them round robin.
-/// Two keep one connection's flow-control windows or its I/O task from
-/// serialising every call, while keeping the backend's connection count low.
-pub const CONNECTIONS_PER_TARGET: usize = 2;
-
 /// HTTP/2 PINGs keep NAT and load-balancer state alive on quiet connections
 /// and detect a dead peer (RFC 9113 §6.7).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -47,14 +42,17 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
-    /// Connections are opened lazily, on the first call placed on each slot.
-    pub fn new(authority: &Authority, connect_timeout: Duration, transport: Transport) -> Self {
+    /// Connections are opened lazily, on the first call placed on each
+    /// slot; calls spread over `connections` slots round robin (the default
+    /// two keep one connection's flow-control windows or I/O task from
+    /// serialising every call, while keeping the backend's connection count low).
+    pub fn new(authority: &Authority, connect_timeout: Duration, transport: Transport, connections: usize) -> Self {
         Self {
             transport,
             socket_addr: authority.as_str().parse().ok(),
             authority: authority.clone(),
             connect_timeout,
-            slots: (0..CONNECTIONS_PER_TARGET).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            slots: (0..connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
     }

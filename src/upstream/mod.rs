@@ -77,7 +77,17 @@ impl Upstream {
             UpstreamProtocol::Http1 => Vec::new(),
             UpstreamProtocol::Grpc => {
                 let transport = tls::Transport::new(&config.name, config.tls.as_ref());
-                targets.iter().map(|t| H2Pool::new(&t.authority, config.connect_timeout, transport.clone())).collect()
+                targets
+                    .iter()
+                    .map(|t| {
+                        H2Pool::new(
+                            &t.authority,
+                            config.connect_timeout,
+                            transport.clone(),
+                            config.grpc_connections_per_target,
+                        )
+                    })
+                    .collect()
             }
         };
         Self {
