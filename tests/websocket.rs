@@ -722,3 +722,45 @@ async fn sigterm_closes_open_websockets_with_1001_and_exits() {
     assert_eq!(backend.seen.lock().unwrap().closes.iter().filter(|c| c.0 == 1001).count(), 2);
     assert_eq!(rate_kit::count(&rig.tollgate.log(), "end=shutdown"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_mode_pings_a_silent_client_and_closes_it_as_idle_only_when_it_stops_answering() {
+    let (backend, _) = http_backend();
+    let keys = "websocket = \"http\"\nwebsocket_path = \"/rpc\"\nwebsocket_idle_timeout = \"1s\"\nwebsocket_ping_interval = \"300ms\"\n";
+    let rig = Rig::start(backend.addr, keys, "");
+    // A client that answers pings (tungstenite does so on its own) outlives the idle timeout.
+    let (_, mut ws) = connect_h1(rig.addr(), "/live", &[]).await;
+    let silent_until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut pings = 0;
+    while std::time::Instant::now() < silent_until {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(other) => panic!("unexpected while silent: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert!(pings >= 2, "pinged while silent: {pings}");
+    ws.send(Message::Text("still here".into())).await.unwrap();
+    let reply = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a reply").unwrap().unwrap() {
+            Message::Text(t) => break t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(reply.ends_with("body=still here"), "{reply}");
+
+    // A client that never answers (raw socket) is closed with 1001 after the idle timeout.
+    let (_, mut tcp) = upgrade_raw(rig.addr(), "/silent", &[]).await;
+    let mut raw_pings = 0;
+    let code = loop {
+        let (_, opcode, payload) = read_frame(&mut tcp).await.expect("frames until close");
+        match opcode {
+            0x9 => raw_pings += 1,
+            0x8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            other => panic!("opcode {other}"),
+        }
+    };
+    assert!(raw_pings >= 1);
+    assert_eq!(code, 1001);
+}

@@ -75,6 +75,7 @@ pub(super) fn open(
     let settings = MessageSettings {
         in_flight: ws.in_flight,
         idle_timeout: ws.idle_timeout,
+        ping_interval: ws.ping_interval,
         max_reply_bytes: ws.max_message_bytes,
     };
     let limits = limits(ws);

@@ -76,6 +76,9 @@ pub struct MessageSettings {
     pub in_flight: usize,
     /// No message either way for this long closes the connection with 1001.
     pub idle_timeout: Duration,
+    /// Ping the client after this much silence (its pong counts as activity,
+    /// so only a dead client reaches `idle_timeout`); `None` sends no pings.
+    pub ping_interval: Option<Duration>,
     /// Largest reply message (a whole body, a chunk or an event).
     pub max_reply_bytes: usize,
 }
@@ -280,6 +283,10 @@ where
         };
         let writer = async {
             let mut current: Option<mpsc::Receiver<Outgoing>> = None;
+            let period = settings.ping_interval.unwrap_or(Duration::from_secs(3600)).max(Duration::from_millis(10));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
             loop {
                 let out = tokio::select! {
                     out = next_reply(&mut current, &mut order_rx) => match out {
@@ -287,6 +294,14 @@ where
                         None => return Stop::ClientGone,
                     },
                     Some(out) = push_rx.recv() => out,
+                    _ = tick.tick(), if settings.ping_interval.is_some() => {
+                        if settings.ping_interval.is_some_and(|p| last_seen.quiet() >= p)
+                            && tx.send(Message::Ping(Bytes::from_static(crate::relay::GATEWAY_PING))).await.is_err()
+                        {
+                            return Stop::ClientGone;
+                        }
+                        continue;
+                    }
                 };
                 match out {
                     Outgoing::Message(m) => {
@@ -380,7 +395,12 @@ mod tests {
     }
 
     fn settings() -> MessageSettings {
-        MessageSettings { in_flight: 4, idle_timeout: Duration::from_secs(60), max_reply_bytes: 1024 }
+        MessageSettings {
+            in_flight: 4,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: None,
+            max_reply_bytes: 1024,
+        }
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use crate::close::{self, BAD_GATEWAY, CloseCode, CloseFrame, ReadFault};
 
 /// Payload of the pings the gateway itself sends, so the client's pongs to
 /// them are not relayed to the backend (which never pinged).
-const GATEWAY_PING: &[u8] = b"tollgate";
+pub(crate) const GATEWAY_PING: &[u8] = b"tollgate";
 
 /// Timing of a tunnel.
 #[derive(Debug, Clone, Copy)]
