@@ -245,3 +245,44 @@ fn upstream_tls_is_checked_at_load() {
     assert!(!ok);
     assert!(text.contains("upstream.g.tls.ca") && text.contains("no PEM certificate"), "{text}");
 }
+
+#[test]
+fn a_flood_of_small_messages_to_a_slow_reader_arrives_whole() {
+    // Many small DATA frames pile up in the upstream connection while the client
+    // does not read; h2 treats too many buffered small frames as abuse unless the
+    // windows are sized for it, and would reset every call on the connection.
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+    let addr = tollgate.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (bytes, status) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // This client itself must not take the pile-up for abuse: the test is about the gateway.
+        let (client, connection) =
+            h2::client::Builder::new().data_frame_budget(usize::MAX).handshake::<_, bytes::Bytes>(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/stall.Svc/Flood"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        upload.send_data(frame(b"go").into(), true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        // A slow reader: nothing read for a while, so the backend's frames back up.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut body = response.into_body();
+        let mut bytes = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("the stream was not reset");
+            bytes += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.expect("trailers arrive").expect("trailers are present");
+        (bytes, trailers.get("grpc-status").map(|v| v.to_str().unwrap().to_string()))
+    });
+    assert_eq!(bytes, FLOOD_MESSAGES * 69, "every message arrived");
+    assert_eq!(status.as_deref(), Some("0"));
+}

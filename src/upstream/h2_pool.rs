@@ -24,6 +24,13 @@ use crate::body::Body;
 /// and detect a dead peer (RFC 9113 §6.7).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Per-call receive window towards a gRPC backend: what one call may have
+/// buffered here unread (128 KiB × the backend's stream limit per connection).
+const STREAM_WINDOW: u32 = 128 * 1024;
+/// Connection receive window: large, so h2's small-frame budget (half of it)
+/// never trips before the stream windows stop the backend.
+const CONNECTION_WINDOW: u32 = 1 << 30;
+
 /// Multiplexed connections to one target.
 pub struct H2Pool {
     authority: Authority,
@@ -117,6 +124,13 @@ where
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        // h2 closes a connection holding too many small unread DATA frames
+        // (its budget is half the connection window): a fast backend streaming
+        // small messages to a slow client got every call on the connection
+        // reset with ENHANCE_YOUR_CALM. Bytes buffered are bounded by the
+        // stream window × streams; the connection window only sets the budget.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;

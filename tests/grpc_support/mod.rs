@@ -199,6 +199,38 @@ impl http_body::Body for StalledBody {
 
 type StallBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
 
+/// Messages `/stall.Svc/Flood` streams: 64-byte messages, one DATA frame
+/// each, as fast as the connection takes them, then `grpc-status: 0`.
+pub const FLOOD_MESSAGES: usize = 20_000;
+
+/// The body of `/stall.Svc/Flood`.
+struct FloodBody {
+    left: usize,
+    trailers_sent: bool,
+}
+
+impl http_body::Body for FloodBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left > 0 {
+            self.left -= 1;
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame(&[b'm'; 64]).into()))));
+        }
+        if self.trailers_sent {
+            return std::task::Poll::Ready(None);
+        }
+        self.trailers_sent = true;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+}
+
 impl StallingBackend {
     pub fn start() -> StallingBackend {
         use http_body_util::BodyExt;
@@ -234,6 +266,11 @@ impl StallingBackend {
                                             "/stall.Svc/Head" => {
                                                 tokio::time::sleep(Duration::from_secs(30)).await;
                                                 grpc(http_body_util::Empty::new().boxed_unsync())
+                                            }
+                                            "/stall.Svc/Flood" => {
+                                                guard.1 = true;
+                                                let body = FloodBody { left: FLOOD_MESSAGES, trailers_sent: false };
+                                                grpc(body.boxed_unsync())
                                             }
                                             "/stall.Svc/Body" => {
                                                 guard.1 = true;
