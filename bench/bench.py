@@ -756,7 +756,7 @@ def bench(args, tmp):
 
     target = Path(args.out) if args.out else (OUT / "RESULTS.quick.md" if QUICK else BENCH / "RESULTS.md")
     facts["discarded"] = len(discarded)
-    target.write_text(report(facts, runs, raw_dir))
+    write_report(target, report(facts, runs, raw_dir))
     log(f"wrote {target} (raw data and configs in {raw_dir})")
 
 
@@ -793,6 +793,17 @@ SETTINGS = ["QUICK", "ROUNDS", "DEFAULT_ROUNDS", "PROXY_CPU", "LOAD_CPU", "NICE"
             "QUIET_MAX_WAIT", "QUIET_BUDGET", "REDO_OTHER_PCT", "REDO_BUDGET", "CLK_TCK"]
 
 
+def write_report(target, text):
+    """Writes the report, keeping the sections other scripts put in the same file (bench/ws.py, bench/grpc.py,
+    the pipeline summary): every `<!-- begin NAME -->` ... `<!-- end NAME -->` block of the old file, in order."""
+    kept = []
+    if target.exists():
+        old = target.read_text()
+        for m in re.finditer(r"^<!-- begin (\S+) -->\n.*?^<!-- end \1 -->\n", old, re.S | re.M):
+            kept.append(m.group(0))
+    target.write_text(text.rstrip("\n") + "\n" + "".join("\n" + k for k in kept))
+
+
 def report_from(path, out):
     """Rewrites the Markdown report from a run's results.json (e.g. after improving the report code)."""
     path = Path(path)
@@ -803,7 +814,7 @@ def report_from(path, out):
     if "date" not in facts:  # older files: the directory is named after the time of the run
         facts["date"] = datetime.datetime.strptime(path.parent.name, "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
     target = Path(out) if out else (OUT / "RESULTS.quick.md" if QUICK else BENCH / "RESULTS.md")
-    target.write_text(report(facts, data["runs"], path.parent))
+    write_report(target, report(facts, data["runs"], path.parent))
     log(f"wrote {target} from {path}")
 
 
@@ -823,7 +834,9 @@ def report(facts, runs, raw_dir):
     L.append(f"`QUICK=1 bench/run.sh` is a ~3 s / 20k-request smoke run written to `bench/out/RESULTS.quick.md`; "
              f"`ROUNDS=N` changes the number of rounds; `bench/run.sh --profile` records a perf profile "
              f"(see `bench/PROFILE.md`). Raw per-run data and the exact configs of this run are written to "
-             f"`bench/out/<timestamp>/` (git-ignored).\n")
+             f"`bench/out/<timestamp>/` (git-ignored). WebSocket and gRPC have their own harnesses, "
+             f"`bench/run.sh ws` and `bench/run.sh grpc` (bench/ws.py, bench/grpc.py, peers in bench/loadgen), which "
+             f"write their sections at the end of this file; this script keeps them when it rewrites the file.\n")
 
     L.append("## Setup\n")
     L.append(f"- Machine: {facts['cpu']}, Linux {facts['kernel']}; load average at start "
