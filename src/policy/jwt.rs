@@ -771,6 +771,8 @@ fn claim_header(value: &Value) -> Option<HeaderValue> {
 pub struct JwtPolicy {
     spec: JwtSpec,
     remote: Option<Arc<RemoteJwks>>,
+    /// Tokens verified in the last minute (see `token_cache`).
+    verified: super::token_cache::TokenCache,
 }
 
 impl JwtPolicy {
@@ -790,7 +792,7 @@ impl JwtPolicy {
             let remote = Arc::clone(remote);
             runtime.spawn(async move { remote.refresh().await });
         }
-        Self { spec: spec.clone(), remote }
+        Self { spec: spec.clone(), remote, verified: Default::default() }
     }
 
     /// Verifies the bearer token, records principal and claims, forwards the chosen claims.
@@ -814,7 +816,7 @@ impl JwtPolicy {
                 ));
             }
         };
-        let claims = match self.verify(&token).await {
+        let claims = match self.verify_cached(&token).await {
             Ok(claims) => claims,
             Err(e) => {
                 tracing::debug!(request_id = ctx.id_str(), error = e.description(), "JWT refused");
@@ -836,8 +838,20 @@ impl JwtPolicy {
         if self.spec.strip_authorization {
             parts.headers.remove(header::AUTHORIZATION);
         }
-        ctx.claims = Some(Arc::new(claims));
+        ctx.claims = Some(claims);
         Verdict::Continue
+    }
+
+    /// [`JwtPolicy::verify`], remembering tokens that pass for a short while.
+    async fn verify_cached(&self, token: &str) -> Result<Arc<Value>, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify(token).await?);
+        let leeway = self.spec.validations.first().map_or(0, |(_, v)| v.leeway);
+        self.verified.put(token, Arc::clone(&claims), now, leeway);
+        Ok(claims)
     }
 
     /// Checks the token against the keys that may verify its `alg` (and `kid`).

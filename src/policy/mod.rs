@@ -30,6 +30,7 @@ pub mod ip_filter;
 pub mod jwt;
 pub mod mtls;
 pub mod rate_limit;
+pub mod token_cache;
 
 use std::ops::Range;
 use std::sync::Arc;
