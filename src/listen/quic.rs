@@ -485,7 +485,11 @@ impl StreamTask {
                 let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
                 refusal.into_response_for("-", grpc)
             }
-            None => self.gateway.load_full().handle(self.info, req.map(|body| ClientBody::H3(Box::new(body)))).await,
+            // Boxed so this task stays small (tokio copies a task's future whole; see listen::serve_http).
+            None => {
+                let body = req.map(|body| ClientBody::H3(Box::new(body)));
+                Box::pin(self.gateway.load_full().handle(self.info, body)).await
+            }
         };
         if let Err(e) = responder.send(response).await {
             tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
