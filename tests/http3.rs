@@ -453,6 +453,63 @@ fn zero_rtt_when_enabled_serves_only_safe_methods_from_early_data() {
     assert_eq!(statuses, vec![json!(200), json!(200)], "{report}");
 }
 
+/// Waits until admin `/status` says `http3.connections` is `count`.
+fn wait_for_connections(rig: &Rig, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_status(rig.admin)["http3"]["connections"] != count {
+        assert!(Instant::now() < deadline, "never {count} HTTP/3 connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn quic_connections_count_against_the_listeners_per_ip_limit_with_tcp() {
+    let backend = Backend::fixed("ok");
+    let rig = Rig::http1(backend.addr, "max_connections_per_ip = 1");
+    let addr = rig.addr;
+    let holder = std::thread::spawn(move || h3_exchange(addr, &json!([{ "path": "/first", "linger": 3 }])));
+    wait_for_connections(&rig, 1);
+    let refused = h3_exchange(addr, &json!([{ "path": "/second" }]));
+    assert!(refused["connect_error"].is_string(), "a second QUIC connection from the IP was let in: {refused}");
+    // The count is the listener's, TCP and QUIC alike.
+    let out = curl(&["-k", "--max-time", "3", &format!("https://127.0.0.1:{}/tcp", addr.port())]);
+    assert!(!out.status.success(), "a TCP connection from the IP was let in");
+    let held = holder.join().unwrap();
+    assert_eq!(held["results"][0]["status"], 200, "{held}");
+    wait_for_connections(&rig, 0);
+    assert_eq!(h3_request(addr, json!({ "path": "/again" }))["status"], 200);
+    assert!(backend.requests().iter().all(|r| r.uri != "/second" && r.uri != "/tcp"));
+}
+
+#[test]
+fn an_idle_quic_connection_is_closed_after_the_listeners_idle_timeout() {
+    let backend = Backend::fixed("ok");
+    let rig = Rig::http1(backend.addr, "idle_timeout = \"1s\"");
+    let addr = rig.addr;
+    // The client stays connected and silent for 6 s after its request.
+    let holder = std::thread::spawn(move || h3_exchange(addr, &json!([{ "path": "/", "linger": 6 }])));
+    wait_for_connections(&rig, 1);
+    let since = Instant::now();
+    wait_for_connections(&rig, 0);
+    assert!(since.elapsed() < Duration::from_secs(4), "closed only after {:?}", since.elapsed());
+    assert_eq!(holder.join().unwrap()["results"][0]["status"], 200);
+}
+
+#[test]
+fn quic_max_concurrent_streams_caps_requests_in_flight_per_connection() {
+    let (backend, counters) = common::transport::counting_backend(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Response::new(full("slow"))
+    });
+    let rig = Rig::http1(backend.addr, "quic = { max_concurrent_streams = 2 }");
+    let specs: Vec<_> = (0..6).map(|i| json!({ "path": format!("/s{i}") })).collect();
+    let report = h3_exchange(rig.addr, &json!(specs));
+    let results = report["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["status"] == 200), "{report}");
+    let max = counters.max_in_flight();
+    assert!((1..=2).contains(&max), "{max} requests in flight on one connection limited to 2 streams");
+}
+
 #[test]
 fn retry_validates_client_addresses_before_serving() {
     let backend = Backend::fixed("validated");

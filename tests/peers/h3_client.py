@@ -224,16 +224,24 @@ async def main():
         if config.session_ticket is None:
             print(json.dumps({"error": "no session ticket"}))
             return
-    async with connect(host, port, configuration=config, create_protocol=Client, wait_connected=not early) as client:
-        results = await asyncio.gather(*(client.request(host, port, s) for s in specs))
-        report = {"alpn": client._quic.tls.alpn_negotiated, "results": results, "closed": client.closed}
-        if early:
-            report["early_data_accepted"] = client._quic.tls.early_data_accepted
-        print(json.dumps(report))
-        sys.stdout.flush()
-        for s in specs:
-            if s.get("linger"):
-                await asyncio.sleep(s["linger"])
+    try:
+        async with connect(host, port, configuration=config, create_protocol=Client, wait_connected=not early) as client:
+            await run(client, host, port, specs, early)
+    except ConnectionError as e:
+        # Refused before any request (a connection limit, say): report it instead of a traceback.
+        print(json.dumps({"connect_error": str(e) or type(e).__name__}))
+
+
+async def run(client, host, port, specs, early):
+    results = await asyncio.gather(*(client.request(host, port, s) for s in specs))
+    report = {"alpn": client._quic.tls.alpn_negotiated, "results": results, "closed": client.closed}
+    if early:
+        report["early_data_accepted"] = client._quic.tls.early_data_accepted
+    print(json.dumps(report))
+    sys.stdout.flush()
+    for s in specs:
+        if s.get("linger"):
+            await asyncio.sleep(s["linger"])
 
 
 if __name__ == "__main__":
