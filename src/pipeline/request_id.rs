@@ -12,14 +12,23 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
 /// The client's id if it is short visible ASCII, else a fresh one.
+///
+/// Marked sensitive: a value unique to every request would only churn an
+/// HTTP/2 connection's HPACK table, so it is sent as a never-indexed literal
+/// (RFC 7541 §6.2.3) instead of being inserted (and evicting) each time.
 pub fn take_or_generate(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let bytes = v.as_bytes();
-        if !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
+    let mut id = match headers.get(&X_REQUEST_ID) {
+        Some(v)
+            if !v.as_bytes().is_empty()
+                && v.as_bytes().len() <= MAX_LEN
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            v.clone()
         }
-    }
-    generate()
+        _ => generate(),
+    };
+    id.set_sensitive(true);
+    id
 }
 
 /// 32 hex digits: a random per-process prefix and a counter, unique without
@@ -61,6 +70,14 @@ mod tests {
         assert_eq!(take_or_generate(&h).len(), 32);
         h.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
         assert_eq!(take_or_generate(&h).len(), 32);
+    }
+
+    #[test]
+    fn ids_are_kept_out_of_hpack_tables() {
+        let mut h = HeaderMap::new();
+        assert!(take_or_generate(&h).is_sensitive());
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert!(take_or_generate(&h).is_sensitive());
     }
 
     #[test]
