@@ -137,15 +137,9 @@ impl Listener {
                     continue;
                 }
             };
-            let permit = match &self.connections {
-                None => None,
-                Some(sem) => match Arc::clone(sem).try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        tracing::debug!(listener = %self.config.name, %peer, "connection refused: max_connections reached");
-                        continue;
-                    }
-                },
+            let Ok(permit) = connection_slot(self.connections.as_ref()) else {
+                tracing::debug!(listener = %self.config.name, %peer, "connection refused: max_connections reached");
+                continue;
             };
             let connection = Connection {
                 http: Arc::clone(&self.http),
@@ -306,6 +300,14 @@ impl Connection {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
+}
+
+/// A slot under the listener's `max_connections` (TCP and QUIC share it):
+/// `Ok(None)` when there is no limit, `Err` when every slot is taken.
+pub(crate) fn connection_slot(
+    limit: Option<&Arc<Semaphore>>,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, tokio::sync::TryAcquireError> {
+    limit.map(|sem| Arc::clone(sem).try_acquire_owned()).transpose()
 }
 
 /// hyper settings from the listener's limits.

@@ -156,16 +156,10 @@ impl QuicListener {
                 incoming.refuse();
                 continue;
             }
-            let permit = match &self.connections {
-                None => None,
-                Some(sem) => match Arc::clone(sem).try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        tracing::debug!(listener = %name, %peer, "QUIC connection refused: max_connections reached");
-                        incoming.refuse();
-                        continue;
-                    }
-                },
+            let Ok(permit) = super::connection_slot(self.connections.as_ref()) else {
+                tracing::debug!(listener = %name, %peer, "QUIC connection refused: max_connections reached");
+                incoming.refuse();
+                continue;
             };
             let Some(per_ip) = self.shared.info.limits.admit_connection(peer.ip()) else {
                 tracing::debug!(listener = %name, %peer, "QUIC connection refused: max_connections_per_ip reached");
