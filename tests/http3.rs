@@ -482,6 +482,23 @@ fn quic_connections_count_against_the_listeners_per_ip_limit_with_tcp() {
 }
 
 #[test]
+fn quic_and_tcp_connections_share_the_listeners_max_connections() {
+    let backend = Backend::fixed("ok");
+    let rig = Rig::http1(backend.addr, "max_connections = 1");
+    let addr = rig.addr;
+    let holder = std::thread::spawn(move || h3_exchange(addr, &json!([{ "path": "/first", "linger": 3 }])));
+    wait_for_connections(&rig, 1);
+    let refused = h3_exchange(addr, &json!([{ "path": "/second" }]));
+    assert!(refused["connect_error"].is_string(), "a second QUIC connection was let in: {refused}");
+    let out = curl(&["-k", "--max-time", "3", &format!("https://127.0.0.1:{}/tcp", addr.port())]);
+    assert!(!out.status.success(), "a TCP connection was let in past max_connections");
+    assert_eq!(holder.join().unwrap()["results"][0]["status"], 200);
+    wait_for_connections(&rig, 0);
+    let (code, _, _) = curl_full(&["-k", "--max-time", "3", &format!("https://127.0.0.1:{}/tcp-later", addr.port())]);
+    assert_eq!(code, 200, "the slot was not given back");
+}
+
+#[test]
 fn an_idle_quic_connection_is_closed_after_the_listeners_idle_timeout() {
     let backend = Backend::fixed("ok");
     let rig = Rig::http1(backend.addr, "idle_timeout = \"1s\"");
