@@ -238,11 +238,12 @@ impl Gateway {
         self.stats.count(parts.status);
         parts.headers.insert(&X_REQUEST_ID, id);
         // A HEAD (or 204/304) response declares a length it does not send.
-        let declared = (method != http::Method::HEAD).then(|| content_length(&parts.headers)).flatten();
+        let is_head = method == http::Method::HEAD;
         let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
         let body = match body {
             Err(incoming) => body::boxed(Tracked::new(incoming, record, guard).with_active(active)),
             Ok(local) if record.is_some() || guard.is_some() => {
+                let declared = if is_head { None } else { content_length(&parts.headers) };
                 body::boxed(Tracked::new(local, record, guard).expecting(declared).with_active(active))
             }
             Ok(local) => local,
