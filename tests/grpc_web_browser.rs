@@ -10,34 +10,23 @@
 mod common;
 mod grpc_support;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::transport::{free_addr, run_with_timeout};
+use common::browser_kit;
+use common::transport::free_addr;
 use common::*;
 use grpc_support::*;
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 /// Runs the browser driver: bundles the page into `site`, opens each of
 /// `pages` in Chromium and calls the API at `api` from it.
 fn browser_calls(site: &Path, api: &str, pages: &[String]) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && dir.join("node_modules/esbuild").exists(),
-        "run scripts/test.sh once (it npm-installs the Node peers)"
-    );
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run scripts/test.sh once (it apt-installs chromium)");
-    let mut command = Command::new("node");
-    command.arg(dir.join("grpc_web_browser.mjs")).arg(site).arg(api).args(pages);
-    let out = run_with_timeout(&mut command, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!("browser driver printed no JSON ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
-    })
+    let mut args = vec![site.as_os_str(), OsStr::new(api)];
+    args.extend(pages.iter().map(OsStr::new));
+    browser_kit::run_driver("grpc_web_browser.mjs", &args)
 }
 
 /// Access-log lines of listener `api` for `method` on `path`.

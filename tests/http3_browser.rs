@@ -10,17 +10,16 @@
 mod common;
 mod grpc_support;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::transport::{free_addr, run_with_timeout, write_cert};
+use common::browser_kit;
+use common::transport::{free_addr, write_cert};
 use common::*;
 use grpc_support::*;
 use serde_json::{Value, json};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// An HTTP/1.1 backend serving the files of `dir` (`/` is `index.html`).
 fn page_backend(dir: PathBuf) -> Backend {
@@ -51,19 +50,10 @@ fn page_backend(dir: PathBuf) -> Backend {
 /// Chromium forced onto QUIC for its origin, trusting `cert`, and runs the
 /// page's calls; Chromium's NetLog goes to `netlog`.
 fn browser_over_quic(site: &Path, cert: &Path, url: &str, netlog: &Path) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && dir.join("node_modules/esbuild").exists(),
-        "run scripts/test.sh once (it npm-installs the Node peers)"
-    );
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run scripts/test.sh once (it apt-installs chromium)");
-    let mut command = Command::new("node");
-    command.arg(dir.join("h3_browser.mjs")).arg(site).arg(cert).arg(url).arg(netlog);
-    let out = run_with_timeout(&mut command, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!("browser driver printed no JSON ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
-    })
+    browser_kit::run_driver(
+        "h3_browser.mjs",
+        &[site.as_os_str(), cert.as_os_str(), OsStr::new(url), netlog.as_os_str()],
+    )
 }
 
 /// Access-log lines (`target: access`) of listener `web`.

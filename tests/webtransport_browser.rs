@@ -12,19 +12,19 @@
 mod common;
 mod ws_support;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::transport::{free_addr, run_with_timeout};
+use common::browser_kit;
+use common::transport::free_addr;
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_websocket::Message;
 use ws_support::EchoBackend;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// KNOWN BUG (not fixed yet): Tollgate does not notice the client closing a
 /// WebTransport session. Seen: after `wt.close()` resolved in the page, and
@@ -69,19 +69,8 @@ fn sha256_hex(der: &[u8]) -> String {
 
 /// Runs the browser driver on `scenarios`; returns its JSON report.
 fn browser(hash: &str, scenarios: &Value) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run scripts/test.sh once (it npm-installs the Node peers)"
-    );
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run scripts/test.sh once (it apt-installs chromium)");
-    let mut command = Command::new("node");
-    command.arg(dir.join("wt_browser.mjs")).arg(hash).arg(scenarios.to_string());
-    let out = run_with_timeout(&mut command, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!("browser driver printed no JSON ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
-    })
+    let scenarios = scenarios.to_string();
+    browser_kit::run_driver("wt_browser.mjs", &[OsStr::new(hash), OsStr::new(&scenarios)])
 }
 
 /// Access-log lines of listener `wt`.

@@ -923,3 +923,46 @@ pub mod h3_kit {
 // ============================================================================
 // END HTTP/3 helpers
 // ============================================================================
+
+// ============================================================================
+// Headless Chromium helpers: the Node drivers in tests/peers/node
+// ============================================================================
+pub mod browser_kit {
+    use std::ffi::OsStr;
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use super::transport::run_with_timeout;
+
+    /// Debian's Chromium, which the drivers launch through playwright-core.
+    pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+    /// Runs the Node driver `script` (in tests/peers/node) with `args`; it
+    /// prints one JSON report, returned here. Killed after 120 s.
+    pub fn run_driver(script: &str, args: &[&OsStr]) -> serde_json::Value {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node");
+        assert!(
+            dir.join("node_modules/playwright-core").exists() && dir.join("node_modules/esbuild").exists(),
+            "run scripts/test.sh once (it npm-installs the Node peers)"
+        );
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: run scripts/test.sh once (it apt-installs chromium)"
+        );
+        let mut command = Command::new("node");
+        command.arg(dir.join(script)).args(args);
+        let out = run_with_timeout(&mut command, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "browser driver printed no JSON ({}): {stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+// ============================================================================
+// END headless Chromium helpers
+// ============================================================================
