@@ -141,22 +141,21 @@ type Reserving = Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<wt::Messag
 /// have no WebTransport counterpart: pings and pongs are dropped (QUIC keeps
 /// the connection alive), and a close ends the session's connection.
 pub struct WebTransportChannel {
-    incoming: mpsc::Receiver<Result<wt::Message, MessageError>>,
+    /// The session's messages; dropping it ends the session's connection
+    /// (the client hears the end).
+    pipe: MessagePipe,
+    /// Our handle on `pipe.outgoing`; `None` once we sent a close.
     outgoing: Option<mpsc::Sender<wt::Message>>,
     /// A permit being waited for, so `poll_ready` can pend.
     reserving: Option<Reserving>,
     permit: Option<mpsc::OwnedPermit<wt::Message>>,
-    /// Closes the session's connection when dropped (the client hears the end).
-    _pipe_tasks: MessagePipe,
     ended: bool,
 }
 
 impl WebTransportChannel {
-    fn new(mut pipe: MessagePipe) -> Self {
-        let (_, dead) = mpsc::channel(1);
-        let incoming = std::mem::replace(&mut pipe.incoming, dead);
+    fn new(pipe: MessagePipe) -> Self {
         let outgoing = Some(pipe.outgoing.clone());
-        Self { incoming, outgoing, reserving: None, permit: None, _pipe_tasks: pipe, ended: false }
+        Self { pipe, outgoing, reserving: None, permit: None, ended: false }
     }
 }
 
@@ -167,7 +166,7 @@ impl Stream for WebTransportChannel {
         if self.ended {
             return Poll::Ready(None);
         }
-        let next = match self.incoming.poll_recv(cx) {
+        let next = match self.pipe.incoming.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(next) => next,
         };
