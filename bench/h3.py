@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import bench as B
+import family
 
 QUICK = B.QUICK
 DEFAULT_ROUNDS = 3 if QUICK else 5
@@ -186,40 +187,26 @@ def caddy_config(port, origin_port, cert, key, data_dir):
     }
 
 
-class Proxy:
-    """One proxy under test; `start()` gives a fresh process for every measured run."""
+class Proxy(family.Server):
+    """One proxy under test; `start()` gives a fresh process for every measured run
+    (family.Server waits for the TCP port; UDP is bound in the same start-up)."""
 
     def __init__(self, name, tmp, origin_port, cert, key, tollgate_bin):
-        self.name, self.dir = name, tmp / name
-        self.dir.mkdir()
+        workdir = tmp / name
+        workdir.mkdir()
         self.port = free_port()
         if name == "tollgate":
-            conf = self.dir / "tollgate.toml"
+            conf = workdir / "tollgate.toml"
             conf.write_text(tollgate_config(self.port, origin_port, cert, key))
-            self.cmd = [str(tollgate_bin), "--config", str(conf), "run"]
+            cmd = [str(tollgate_bin), "--config", str(conf), "run"]
         else:
-            conf = self.dir / "caddy.json"
-            conf.write_text(json.dumps(caddy_config(self.port, origin_port, cert, key, self.dir / "data"), indent=1))
+            conf = workdir / "caddy.json"
+            conf.write_text(json.dumps(caddy_config(self.port, origin_port, cert, key, workdir / "data"), indent=1))
             # `env` execs, like taskset and nice, so the PID we hold is Caddy's own.
-            self.cmd = ["env", "GOMAXPROCS=1", f"HOME={self.dir}", f"XDG_DATA_HOME={self.dir}/xdg-data",
-                        f"XDG_CONFIG_HOME={self.dir}/xdg-config", CADDY, "run", "--config", str(conf)]
+            cmd = ["env", "GOMAXPROCS=1", f"HOME={workdir}", f"XDG_DATA_HOME={workdir}/xdg-data",
+                   f"XDG_CONFIG_HOME={workdir}/xdg-config", CADDY, "run", "--config", str(conf)]
+        super().__init__(name, workdir, cmd, [self.port])
         self.conf = conf
-        self.proc = None
-
-    def start(self):
-        self.proc = B.spawn(self.cmd, self.dir, self.dir / "output.log", B.PROXY_CPU)
-        B.wait_port(self.port, self.proc, self.name)  # TCP side up; UDP is bound in the same start-up
-        return self
-
-    def pids(self):
-        return B.descendants(self.proc.pid)
-
-    def stop(self):
-        if self.proc is not None:
-            if self.proc.poll() is not None:
-                die(f"{self.name} died during the run (status {self.proc.returncode}); see {self.dir}/output.log")
-            B.stop(self.proc)
-            self.proc = None
 
 
 # ---------------------------------------------------------------- measuring
