@@ -73,7 +73,7 @@ async fn http1_tunnel_relays_messages_subprotocol_pings_and_close_codes_and_logs
     )
     .await;
     assert_eq!(header_in(&head, "sec-websocket-protocol").as_deref(), Some("chat"), "{head}");
-    assert_eq!(header_in(&head, "sec-websocket-extensions"), None, "no extension crosses the gateway: {head}");
+    assert_eq!(header_in(&head, "sec-websocket-extensions"), None, "the backend declined the offer: {head}");
     assert_eq!(header_in(&head, "set-cookie").as_deref(), Some("session=echo"), "end-to-end fields of the 101: {head}");
 
     ws.send(Message::text("hello")).await.unwrap();
@@ -95,7 +95,11 @@ async fn http1_tunnel_relays_messages_subprotocol_pings_and_close_codes_and_logs
     let backend_head = &seen.heads[0];
     assert!(backend_head.starts_with("GET /chat?room=1 HTTP/1.1"), "{backend_head}");
     assert!(header_in(backend_head, "x-forwarded-for").is_some(), "{backend_head}");
-    assert_eq!(header_in(backend_head, "sec-websocket-extensions"), None, "{backend_head}");
+    assert_eq!(
+        header_in(backend_head, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate"),
+        "the offer goes to the backend: {backend_head}"
+    );
     assert_ne!(header_in(backend_head, "sec-websocket-key").as_deref(), Some(KEY), "a fresh key per hop");
     assert_eq!(seen.pings, vec![Bytes::from_static(b"ping-1")]);
     assert_eq!(seen.closes, vec![(4001, "client bye".to_string())]);
@@ -140,7 +144,7 @@ async fn rfc8441_clients_over_h2c_and_h2_tls_reach_the_http1_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_websockets_client_and_server_through_the_tunnel() {
+async fn python_websockets_client_and_server_negotiate_permessage_deflate_through_the_tunnel() {
     let mut server = Command::new(".venv/bin/python")
         .arg("tests/websocket_peers/echo_server.py")
         .stdout(Stdio::piped())
@@ -163,6 +167,9 @@ async fn python_websockets_client_and_server_through_the_tunnel() {
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), rig.tollgate.log());
     let result = core_kit::json(&output.stdout);
     assert_eq!(result["subprotocol"], "chat");
+    let extensions = result["extensions"].as_str().unwrap_or_default();
+    assert!(extensions.starts_with("permessage-deflate"), "both ends agreed on compression across us: {result}");
+    assert_eq!(result["big_text_ok"], true, "a compressed 180 KB text round-trips: {result}");
     assert_eq!(result["text"], "hello");
     assert_eq!(result["binary"], serde_json::json!([0, 1, 2]));
     assert_eq!(result["pong"], true);

@@ -1,7 +1,8 @@
 //! The client's side of a WebSocket route, whatever carried it: a WebSocket
 //! upgrade (HTTP/1.1 `Upgrade`, RFC 8441 extended CONNECT) or a WebTransport
-//! session over HTTP/3. Tunnel and message mode run on a [`ClientChannel`]
-//! and never learn which.
+//! session over HTTP/3. Message mode runs on a [`ClientChannel`] and never
+//! learns which; tunnel mode passes a WebSocket's frames unchanged
+//! ([`Switched::WebSocket`]) and re-frames a session's messages.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -64,13 +65,18 @@ impl ClientSide {
         }
     }
 
-    /// Waits for the switch to happen and frames the client's side.
-    pub async fn open(self, limits: &Limits) -> Option<ClientChannel> {
+    /// True when the client's frames can pass to a WebSocket backend
+    /// unchanged, extensions included (a WebTransport session's messages
+    /// are re-framed, so nothing may be negotiated across it).
+    pub fn carries_frames(&self) -> bool {
+        matches!(self, ClientSide::WebSocket { .. })
+    }
+
+    /// Waits for the switch to happen.
+    pub async fn switch(self) -> Option<Switched> {
         match self {
             ClientSide::WebSocket { upgrade, .. } => match upgrade.await {
-                Ok(io) => {
-                    Some(ClientChannel::WebSocket(tollgate_websocket::server_stream(TokioIo::new(io), limits).await))
-                }
+                Ok(io) => Some(Switched::WebSocket(TokioIo::new(io))),
                 Err(e) => {
                     tracing::debug!(error = %e, "client upgrade failed");
                     None
@@ -78,8 +84,31 @@ impl ClientSide {
             },
             ClientSide::WebTransport(upgrade) => {
                 let pipe = upgrade.take()?.await.ok()?;
-                Some(ClientChannel::WebTransport(WebTransportChannel::new(pipe)))
+                Some(Switched::WebTransport(WebTransportChannel::new(pipe)))
             }
+        }
+    }
+
+    /// Waits for the switch to happen and frames the client's side as messages.
+    pub async fn open(self, limits: &Limits) -> Option<ClientChannel> {
+        Some(self.switch().await?.into_channel(limits).await)
+    }
+}
+
+/// The client's side once switched.
+pub enum Switched {
+    /// The upgraded connection (HTTP/1.1) or stream (RFC 8441), carrying frames.
+    WebSocket(TokioIo<Upgraded>),
+    /// A WebTransport session's messages.
+    WebTransport(WebTransportChannel),
+}
+
+impl Switched {
+    /// The client's messages, parsed from frames if need be.
+    pub async fn into_channel(self, limits: &Limits) -> ClientChannel {
+        match self {
+            Switched::WebSocket(io) => ClientChannel::WebSocket(tollgate_websocket::server_stream(io, limits).await),
+            Switched::WebTransport(channel) => ClientChannel::WebTransport(channel),
         }
     }
 }

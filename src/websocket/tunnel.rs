@@ -1,6 +1,7 @@
 //! Tunnel mode: the upgrade goes to the backend as an HTTP/1.1 WebSocket
 //! handshake (whatever the client spoke), and once both sides switched, the
-//! bridge's relay runs in its own task for the life of the connection.
+//! bridge runs in its own task for the life of the connection: the frame
+//! tunnel for a WebSocket client, the message relay for a WebTransport one.
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use hyper_util::rt::TokioIo;
 use tollgate_websocket::close;
 use tollgate_websocket::handshake::{self, BackendHandshakeError, SEC_WEBSOCKET_PROTOCOL};
 use tollgate_websocket::relay::{self, RelaySettings};
+use tollgate_websocket::tunnel::{self as frames, TunnelOptions};
 
-use super::client::ClientSide;
+use super::client::{ClientSide, Switched};
 use super::session::Session;
 use super::{Accepted, limits, switched};
 use crate::body;
@@ -37,7 +39,7 @@ pub(super) async fn open(
     // Same head as any proxied request (path rewrite, forwarding headers,
     // policy edits); hop-by-hop headers are gone and put back by the bridge.
     let (mut head, body) = forwarded::prepare_request(parts, body::empty(), ctx, route)?.into_parts();
-    let key = handshake::to_backend_request(&mut head);
+    let key = handshake::to_backend_request(&mut head, client.carries_frames());
     ctx.upstream = Some(Arc::clone(&upstream.name));
     let sent = upstream.send_upgrade(Request::from_parts(head, body), ctx.client_ip).await?;
     ctx.target = Some(Arc::clone(&sent.target));
@@ -63,24 +65,31 @@ pub(super) async fn open(
     // End-to-end fields of the backend's 101 (Set-Cookie...) reach the client too;
     // the handshake fields are ours to set for the client's hop.
     let mut answer = client.response(&negotiated, &limits);
+    let options = TunnelOptions { limits, permessage_deflate: negotiated.permessage_deflate() };
     tokio::spawn(async move {
         // Holds the target's slot (least_request, max_connections_per_target) while the tunnel lives.
         let _guard = guard;
-        let (client, backend_io) = tokio::join!(client.open(&limits), backend_upgrade);
-        let Some(mut client) = client else { return };
+        let (client, backend_io) = tokio::join!(client.switch(), backend_upgrade);
+        let Some(client) = client else { return };
         let backend_io = match backend_io {
-            Ok(io) => io,
+            Ok(io) => TokioIo::new(io),
             Err(e) => {
                 tracing::warn!(error = %e, "backend upgrade failed after 101");
                 // RFC 6455 §7.4.1: 1011, the server hit a condition it cannot recover from.
                 let frame = close::frame(close::CloseCode::Error, "backend upgrade failed");
-                let _ = client.send(tungstenite::Message::Close(Some(frame))).await;
+                let _ = client.into_channel(&limits).await.send(tungstenite::Message::Close(Some(frame))).await;
                 return;
             }
         };
-        let backend = tollgate_websocket::client_stream(TokioIo::new(backend_io), &limits).await;
         session.opened();
-        let report = relay::relay(client, backend, &settings, super::shutdown::stopping()).await;
+        let stopping = super::shutdown::stopping();
+        let report = match client {
+            Switched::WebSocket(io) => frames::tunnel(io, backend_io, options, &settings, stopping).await,
+            Switched::WebTransport(channel) => {
+                let backend = tollgate_websocket::client_stream(backend_io, &limits).await;
+                relay::relay(channel, backend, &settings, stopping).await
+            }
+        };
         session.closed(&report);
     });
     let mut extra = response.headers().clone();

@@ -1,7 +1,8 @@
 """A WebSocket client on Python `websockets`, run by tests/websocket.rs.
 
 usage: client.py URL SCENARIO
-  tunnel: subprotocol chat; text, binary and ping round-trips; the backend
+  tunnel: subprotocol chat; text, binary, a 180 KB compressible text and
+          ping round-trips (permessage-deflate on by default); the backend
           closes with 4003 on "close-me"; prints one JSON line of results.
   message: sends three texts, prints the replies as JSON.
 """
@@ -17,10 +18,15 @@ async def tunnel(url):
     out = {}
     async with connect(url, subprotocols=["superchat", "chat"]) as ws:
         out["subprotocol"] = ws.subprotocol
+        out["extensions"] = ws.response.headers.get("Sec-WebSocket-Extensions")
         await ws.send("hello")
         out["text"] = await ws.recv()
         await ws.send(b"\x00\x01\x02")
         out["binary"] = list(await ws.recv())
+        # Compressible: with permessage-deflate, a few hundred bytes on the wire.
+        big = "tollgate " * 20000
+        await ws.send(big)
+        out["big_text_ok"] = (await ws.recv()) == big
         pong = await ws.ping(b"are you there")
         await asyncio.wait_for(pong, 5)
         out["pong"] = True

@@ -147,32 +147,70 @@ pub fn accept_key(key: &[u8]) -> HeaderValue {
     HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key)).expect("base64 is a valid header value")
 }
 
-/// The key we sent the backend, kept to check its accept value.
+/// What we sent the backend, kept to check its answer: our key and
+/// whether permessage-deflate was offered.
 #[derive(Debug, Clone)]
-pub struct BackendKey(HeaderValue);
+pub struct BackendKey {
+    key: HeaderValue,
+    offered_deflate: bool,
+}
 
 /// Re-shapes the client's request head (already cleaned of hop-by-hop
 /// headers by the core) into the HTTP/1.1 upgrade request a backend
 /// expects (RFC 6455 §4.1), whichever shape the client used.
 ///
 /// A fresh key is used on this hop: the client's key belongs to the client's
-/// connection (and an RFC 8441 client sent none). Extension offers are
-/// removed: the gateway parses and re-frames every message, and RFC 6455
-/// §9.1 lets a server accept only extensions its peer implements, so an
-/// extension (such as permessage-deflate, whose RSV1 bit we would reject)
-/// cannot be negotiated across us; both hops run without one.
-pub fn to_backend_request(parts: &mut http::request::Parts) -> BackendKey {
+/// connection (and an RFC 8441 client sent none).
+///
+/// Extension offers: RFC 6455 §9.1 lets a server accept only extensions its
+/// peer implements, and the gateway sits between the two. With
+/// `pass_deflate` (the byte-stream tunnel, which passes frames unchanged and
+/// understands RSV1) the client's permessage-deflate offers (RFC 7692) go to
+/// the backend and its choice comes back; every other extension is removed,
+/// since its frames could not be checked. Without it (messages re-framed by
+/// the gateway) no extension is offered and both hops run without one.
+pub fn to_backend_request(parts: &mut http::request::Parts, pass_deflate: bool) -> BackendKey {
     parts.method = Method::GET;
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
+    let deflate = if pass_deflate { deflate_offers(headers) } else { None };
     headers.remove(&SEC_WEBSOCKET_EXTENSIONS);
+    let offered_deflate = deflate.is_some();
+    if let Some(offers) = deflate {
+        headers.insert(&SEC_WEBSOCKET_EXTENSIONS, offers);
+    }
     headers.insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL_WEBSOCKET));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(&SEC_WEBSOCKET_VERSION, HeaderValue::from_static(VERSION_13));
     let key =
         HeaderValue::from_str(&tungstenite::handshake::client::generate_key()).expect("base64 is a valid header value");
     headers.insert(&SEC_WEBSOCKET_KEY, key.clone());
-    BackendKey(key)
+    BackendKey { key, offered_deflate }
+}
+
+/// The permessage-deflate name (RFC 7692 §7).
+const PERMESSAGE_DEFLATE: &str = "permessage-deflate";
+
+/// The elements of a comma-separated extension list (name and parameters).
+fn extension_elements(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(&SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+/// Whether an extension element names permessage-deflate.
+fn is_deflate(element: &str) -> bool {
+    element.split(';').next().is_some_and(|name| name.trim().eq_ignore_ascii_case(PERMESSAGE_DEFLATE))
+}
+
+/// The client's permessage-deflate offers, in its order of preference.
+fn deflate_offers(headers: &HeaderMap) -> Option<HeaderValue> {
+    let offers: Vec<&str> = extension_elements(headers).filter(|e| is_deflate(e)).collect();
+    if offers.is_empty() { None } else { HeaderValue::from_str(&offers.join(", ")).ok() }
 }
 
 /// What the backend agreed to, passed on to the client.
@@ -180,6 +218,15 @@ pub fn to_backend_request(parts: &mut http::request::Parts) -> BackendKey {
 pub struct Negotiated {
     /// The subprotocol the backend chose among the client's offers (RFC 6455 §1.9).
     pub protocol: Option<HeaderValue>,
+    /// The permessage-deflate parameters the backend accepted (RFC 7692 §5).
+    pub extensions: Option<HeaderValue>,
+}
+
+impl Negotiated {
+    /// Both ends compress messages: RSV1 marks compressed ones (RFC 7692 §6).
+    pub fn permessage_deflate(&self) -> bool {
+        self.extensions.is_some()
+    }
 }
 
 /// Why a backend's answer to the upgrade is not a valid WebSocket handshake.
@@ -193,7 +240,8 @@ pub enum BackendHandshakeError {
     MissingUpgrade,
     /// RFC 6455 §4.1, client item 4: the accept value does not match our key.
     BadAccept,
-    /// RFC 6455 §4.1, client item 5: an extension we did not offer.
+    /// RFC 6455 §4.1, client item 5: an extension we did not offer (or
+    /// more than one permessage-deflate, RFC 7692 §5).
     UnofferedExtension,
     /// RFC 6455 §4.1, client item 6: a subprotocol the client did not offer.
     UnofferedProtocol,
@@ -230,12 +278,15 @@ pub fn check_backend_response(
     {
         return Err(BackendHandshakeError::MissingUpgrade);
     }
-    if headers.get(&SEC_WEBSOCKET_ACCEPT) != Some(&accept_key(key.0.as_bytes())) {
+    if headers.get(&SEC_WEBSOCKET_ACCEPT) != Some(&accept_key(key.key.as_bytes())) {
         return Err(BackendHandshakeError::BadAccept);
     }
-    if headers.contains_key(&SEC_WEBSOCKET_EXTENSIONS) {
-        return Err(BackendHandshakeError::UnofferedExtension);
-    }
+    let accepted: Vec<&str> = extension_elements(headers).collect();
+    let extensions = match accepted.as_slice() {
+        [] => None,
+        [one] if key.offered_deflate && is_deflate(one) => HeaderValue::from_str(one).ok(),
+        _ => return Err(BackendHandshakeError::UnofferedExtension),
+    };
     let protocol = headers.get(&SEC_WEBSOCKET_PROTOCOL).cloned();
     if let Some(chosen) = &protocol {
         let chosen = chosen.to_str().unwrap_or("").trim();
@@ -244,7 +295,7 @@ pub fn check_backend_response(
             return Err(BackendHandshakeError::UnofferedProtocol);
         }
     }
-    Ok(Negotiated { protocol })
+    Ok(Negotiated { protocol, extensions })
 }
 
 /// The answer to the client once the backend agreed: 101 with the accept
@@ -264,6 +315,9 @@ pub fn client_response(handshake: &ClientHandshake, negotiated: &Negotiated) -> 
     }
     if let Some(p) = &negotiated.protocol {
         response.headers_mut().insert(&SEC_WEBSOCKET_PROTOCOL, p.clone());
+    }
+    if let Some(e) = &negotiated.extensions {
+        response.headers_mut().insert(&SEC_WEBSOCKET_EXTENSIONS, e.clone());
     }
     response
 }
@@ -350,7 +404,7 @@ mod tests {
             .into_parts()
             .0;
         parts.headers = h.clone();
-        let key = to_backend_request(&mut parts);
+        let key = to_backend_request(&mut parts, false);
         assert_eq!(parts.method, Method::GET);
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers[header::UPGRADE], "websocket");
@@ -362,7 +416,7 @@ mod tests {
         let mut answer = HeaderMap::new();
         answer.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         answer.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        answer.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.0.as_bytes()));
+        answer.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.key.as_bytes()));
         answer.insert(&SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("superchat"));
         let offered = h.get(&SEC_WEBSOCKET_PROTOCOL);
         let negotiated = check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &answer, &key, offered).unwrap();
@@ -375,11 +429,11 @@ mod tests {
     #[test]
     fn backend_answers_are_checked_like_a_client_would() {
         let mut parts = http::Request::new(()).into_parts().0;
-        let key = to_backend_request(&mut parts);
+        let key = to_backend_request(&mut parts, true);
         let mut ok = HeaderMap::new();
         ok.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         ok.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        ok.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.0.as_bytes()));
+        ok.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.key.as_bytes()));
         assert!(check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &ok, &key, None).is_ok());
         assert_eq!(
             check_backend_response(StatusCode::FORBIDDEN, &ok, &key, None),
@@ -402,6 +456,52 @@ mod tests {
         ext.insert(&SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate"));
         assert_eq!(
             check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &ext, &key, None),
+            Err(BackendHandshakeError::UnofferedExtension)
+        );
+    }
+
+    #[test]
+    fn permessage_deflate_offers_pass_to_the_backend_and_its_choice_back() {
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.headers.append(
+            &SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits"),
+        );
+        parts.headers.append(&SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate"));
+        let key = to_backend_request(&mut parts, true);
+        assert_eq!(
+            parts.headers[&SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate; client_max_window_bits, permessage-deflate",
+            "only the extension whose frames we can check is offered"
+        );
+        let mut answer = HeaderMap::new();
+        answer.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        answer.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        answer.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.key.as_bytes()));
+        answer.insert(
+            &SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; server_no_context_takeover"),
+        );
+        let negotiated = check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &answer, &key, None).unwrap();
+        assert!(negotiated.permessage_deflate());
+        let hs = ClientHandshake::Upgrade { key: HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==") };
+        let response = client_response(&hs, &negotiated);
+        assert_eq!(response.headers()[&SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate; server_no_context_takeover");
+
+        let mut twice = answer.clone();
+        twice.insert(&SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate, permessage-deflate"));
+        assert_eq!(
+            check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &twice, &key, None),
+            Err(BackendHandshakeError::UnofferedExtension)
+        );
+
+        // Re-framing hops offer nothing, so an acceptance is refused.
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.headers.insert(&SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate"));
+        let key = to_backend_request(&mut parts, false);
+        assert!(!parts.headers.contains_key(&SEC_WEBSOCKET_EXTENSIONS));
+        answer.insert(&SEC_WEBSOCKET_ACCEPT, accept_key(key.key.as_bytes()));
+        assert_eq!(
+            check_backend_response(StatusCode::SWITCHING_PROTOCOLS, &answer, &key, None),
             Err(BackendHandshakeError::UnofferedExtension)
         );
     }

@@ -5,8 +5,11 @@
 //! - [`handshake`]: the opening handshake, RFC 6455 §4 (HTTP/1.1 `Upgrade`)
 //!   and RFC 8441 §4–5 (HTTP/2 extended CONNECT), both mapped to the one
 //!   HTTP/1.1 upgrade request a WebSocket backend understands.
-//! - [`relay`]: tunnel mode, frames relayed between two WebSocket
-//!   connections with backpressure, close-code mapping and idle pings.
+//! - [`tunnel`]: tunnel mode between two WebSocket byte streams, frames
+//!   checked and passed on in place (extensions such as permessage-deflate
+//!   pass through), backpressure, close-code mapping and idle pings.
+//! - [`relay`]: tunnel mode when the client's side is a channel of messages
+//!   (a WebTransport session): messages re-framed for the backend.
 //! - [`message`]: message mode, each client message becomes an HTTP request
 //!   and each response (whole, per chunk or per SSE event) becomes messages.
 //! - [`sse`]: the server-sent-events parser message mode needs.
@@ -17,8 +20,10 @@ pub mod handshake;
 pub mod message;
 pub mod relay;
 pub mod sse;
+pub mod tunnel;
 
 mod activity;
+mod frame;
 
 pub use tokio_tungstenite::WebSocketStream;
 pub use tungstenite::Message;

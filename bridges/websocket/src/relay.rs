@@ -1,6 +1,9 @@
-//! Tunnel mode: messages relayed between the client's WebSocket and the
-//! backend's, each side parsed and re-framed (so every frame is checked:
-//! masking, opcodes, UTF-8, sizes), one message at a time.
+//! Tunnel mode when the client's side is a channel of messages (a
+//! WebTransport session; see [`crate::tunnel`] for WebSocket clients):
+//! messages relayed between it and the backend's WebSocket, the backend's
+//! side parsed and re-framed (so every frame is checked: masking, opcodes,
+//! UTF-8, sizes), one message at a time. The shared types of both tunnels
+//! ([`RelaySettings`], [`Report`], [`End`]) live here.
 //!
 //! Backpressure: each direction reads one message, then waits until the
 //! other side has taken it (`send` flushes; the write buffer is bounded by
