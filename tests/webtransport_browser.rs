@@ -6,8 +6,10 @@
 //! unidirectional stream per message: type byte 0x01 text / 0x02 binary,
 //! payload, FIN). Routes: `websocket = "tunnel"` to a WebSocket echo
 //! backend, `websocket = "http"` to a plain HTTP/1.1 backend, and one whose
-//! `ip_filter` refuses the CONNECT. The driver is
-//! tests/peers/node/wt_browser.mjs.
+//! `ip_filter` refuses the CONNECT. Every session ends with the page's
+//! `transport.close()`, which Tollgate must notice at once (issue 6): the
+//! backend gets a close frame with the page's code and reason. The driver
+//! is tests/peers/node/wt_browser.mjs.
 
 mod common;
 mod ws_support;
@@ -26,14 +28,16 @@ use serde_json::{Value, json};
 use tollgate_websocket::Message;
 use ws_support::EchoBackend;
 
-/// KNOWN BUG (not fixed yet): Tollgate does not notice the client closing a
-/// WebTransport session. Seen: after `wt.close()` resolved in the page, and
-/// even after Chromium exited, no websocket_close line and no QUIC close for
-/// 10 s. Chromium keeps the QUIC connection open; per draft-02 the close
-/// travels on the CONNECT stream (CLOSE_WEBTRANSPORT_SESSION capsule, FIN),
-/// which h3-webtransport 0.1 keeps private and never reads. Until that is
-/// fixed, sessions here end by idle timeout so their close lines can be checked.
-const IDLE: &str = "websocket_idle_timeout = \"2s\"\nwebsocket_ping_interval = \"0s\"\n";
+/// A long idle timeout, so no session here can end by it: each must end
+/// when the page closes it (draft-02 §5: a CLOSE_WEBTRANSPORT_SESSION capsule
+/// on the CONNECT stream, then FIN), which Tollgate reads. Issue 6 was that
+/// it did not, and sessions lingered until this timeout.
+const IDLE: &str = "websocket_idle_timeout = \"60s\"\nwebsocket_ping_interval = \"0s\"\n";
+
+/// `duration_ms` of an access-log line.
+fn duration_ms(line: &str) -> Option<f64> {
+    line.split_whitespace().find_map(|field| field.strip_prefix("duration_ms=")?.trim_matches('"').parse().ok())
+}
 
 /// A self-signed ECDSA P-256 certificate for 127.0.0.1, valid from a day ago
 /// for ten days (Chromium takes hash-pinned certificates of under 14 days);
@@ -154,6 +158,14 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     let port = addr.port();
     let scenarios = json!([
         {
+            // First, so Chromium is still running long after: only the close
+            // capsule can end this session in time (not Chromium exiting).
+            "name": "close",
+            "url": format!("https://127.0.0.1:{port}/ws-tunnel/close"),
+            "messages": [{ "type": "text", "data": "last words" }],
+            "close": { "closeCode": 4000, "reason": "bye" },
+        },
+        {
             "name": "tunnel",
             "url": format!("https://127.0.0.1:{port}/ws-tunnel"),
             "messages": [
@@ -187,6 +199,20 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     assert!(out["error"].is_null(), "{}", context(&tollgate));
     let results = &out["results"];
 
+    // The page's close reaches the backend as a close frame with its code
+    // and reason, within seconds (the idle timeout is a minute away).
+    let close = &results["close"];
+    assert_eq!(close["opened"], true, "{}", context(&tollgate));
+    assert!(close["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(close["replies"], json!([{ "type": "text", "data": "last words" }]), "{}", context(&tollgate));
+    assert_eq!(close["closed"]["ok"], true, "{}", context(&tollgate));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo.seen.lock().unwrap().closes.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closes = echo.seen.lock().unwrap().closes.clone();
+    assert!(closes.contains(&(4000, "bye".to_string())), "backend closes {closes:?}: {}", context(&tollgate));
+
     // Tunnel: every message echoed with its type, in order, then a clean close.
     let tunnel = &results["tunnel"];
     assert_eq!(tunnel["secure"], true, "{}", context(&tollgate));
@@ -203,8 +229,9 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
         context(&tollgate)
     );
     let seen = echo.seen.lock().unwrap().messages.clone();
+    assert_eq!(seen[0], Message::Text("last words".into()), "{}", context(&tollgate));
     assert_eq!(
-        seen[..3],
+        seen[1..4],
         [
             Message::Text("hello over webtransport".into()),
             Message::Binary(vec![0u8, 1, 2, 254, 255].into()),
@@ -219,7 +246,7 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     let burst = &results["burst"];
     let expected: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
     assert!(burst["error"].is_null(), "{}", context(&tollgate));
-    let backend_order: Vec<String> = seen[3..].iter().map(|m| m.to_text().unwrap_or("?").to_string()).collect();
+    let backend_order: Vec<String> = seen[4..].iter().map(|m| m.to_text().unwrap_or("?").to_string()).collect();
     assert_eq!(backend_order, expected, "{}", context(&tollgate));
     let echoed: Vec<&str> = burst["replies"].as_array().unwrap().iter().filter_map(|r| r["data"].as_str()).collect();
     assert_eq!(echoed, expected, "{}", context(&tollgate));
@@ -258,13 +285,24 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     assert_eq!(denied["opened"], false, "{}", context(&tollgate));
     assert!(denied["error"].as_str().is_some_and(|e| e.contains("WebTransportError")), "{}", context(&tollgate));
     let heads = echo.seen.lock().unwrap().heads.clone();
-    assert_eq!(heads.len(), 2, "only the tunnel sessions reached the echo backend: {heads:?}");
-    assert!(heads[0].starts_with("GET /ws-tunnel ") && heads[1].starts_with("GET /ws-tunnel/burst "), "{heads:?}");
+    assert_eq!(heads.len(), 3, "only the tunnel sessions reached the echo backend: {heads:?}");
+    assert!(heads[0].starts_with("GET /ws-tunnel/close "), "{heads:?}");
+    assert!(heads[1].starts_with("GET /ws-tunnel ") && heads[2].starts_with("GET /ws-tunnel/burst "), "{heads:?}");
+    // Every session's backend heard its client's close: the page's 4000, and
+    // 1000 for the others (their `closeCode: 0` has no WebSocket counterpart).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo.seen.lock().unwrap().closes.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closes = echo.seen.lock().unwrap().closes.clone();
+    let done = (1000, "done".to_string());
+    assert_eq!(closes, [(4000, "bye".to_string()), done.clone(), done], "{}", context(&tollgate));
 
-    // Tollgate's side: the CONNECT access lines (200 / 403) and, for both
-    // sessions, websocket_open and websocket_close with the message counts.
+    // Tollgate's side: the CONNECT access lines (200 / 403) and, for every
+    // session, websocket_open and websocket_close with the message counts
+    // and the client's close.
     let logged = tokio::task::spawn_blocking(move || {
-        let done = wait_access(&tollgate, |lines| lines.iter().filter(|l| l.contains("websocket_close")).count() >= 3);
+        let done = wait_access(&tollgate, |lines| lines.iter().filter(|l| l.contains("websocket_close")).count() >= 4);
         (done, access_lines(&tollgate), tollgate)
     })
     .await
@@ -287,12 +325,30 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
             context(&tollgate)
         );
     }
+    let closed = find(&["websocket_close", "route=\"tunnel\"", "messages_in=1 ", "messages_out=1 "]);
+    let closed = closed.unwrap_or_else(|| panic!("close line for the closed session: {}", context(&tollgate)));
+    assert!(closed.contains("end=client_close_4000"), "{closed}");
+    // Opened, one round trip, closed: well under a second or two, nowhere near 60 s.
+    assert!(duration_ms(&closed).is_some_and(|ms| ms < 10_000.0), "{closed}");
+    let client_close = "end=client_close_1000";
     let tunnel_close = find(&["websocket_close", "route=\"tunnel\"", "messages_in=3 "]);
-    assert!(tunnel_close.is_some_and(|l| l.contains("messages_out=3 ")), "{}", context(&tollgate));
+    assert!(
+        tunnel_close.is_some_and(|l| l.contains("messages_out=3 ") && l.contains(client_close)),
+        "{}",
+        context(&tollgate)
+    );
     let burst_close = find(&["websocket_close", "route=\"tunnel\"", "messages_in=8 "]);
-    assert!(burst_close.is_some_and(|l| l.contains("messages_out=8 ")), "{}", context(&tollgate));
+    assert!(
+        burst_close.is_some_and(|l| l.contains("messages_out=8 ") && l.contains(client_close)),
+        "{}",
+        context(&tollgate)
+    );
     let http_close = find(&["websocket_close", "route=\"http\"", "messages_in=2 "]);
-    assert!(http_close.is_some_and(|l| l.contains("messages_out=2 ")), "{}", context(&tollgate));
+    assert!(
+        http_close.is_some_and(|l| l.contains("messages_out=2 ") && l.contains(client_close)),
+        "{}",
+        context(&tollgate)
+    );
     assert!(find(&["method=CONNECT", "route=denied", "status=403"]).is_some(), "{}", context(&tollgate));
     assert!(find(&["websocket_open", "route=\"denied\""]).is_none(), "{}", context(&tollgate));
 }

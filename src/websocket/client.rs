@@ -17,6 +17,8 @@ use tollgate_h3::webtransport::{self as wt, MessageError, MessagePipe};
 use tollgate_websocket::handshake::{ClientHandshake, Negotiated};
 use tollgate_websocket::{Limits, WebSocketStream};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 
 /// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
@@ -168,7 +170,8 @@ type Reserving = Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<wt::Messag
 
 /// A WebTransport session's messages as WebSocket messages. Control frames
 /// have no WebTransport counterpart: pings and pongs are dropped (QUIC keeps
-/// the connection alive), and a close ends the session's connection.
+/// the connection alive), a close we send ends the session's connection,
+/// and the client's close of its session arrives as a close frame.
 pub struct WebTransportChannel {
     /// The session's messages; dropping it ends the session's connection
     /// (the client hears the end).
@@ -212,6 +215,12 @@ impl Stream for WebTransportChannel {
             Some(Err(MessageError::Malformed(_))) => {
                 self.ended = true;
                 Err(WsError::Protocol(ProtocolError::InvalidOpcode(0)))
+            }
+            // The client closed its session: to the relay and message mode,
+            // the client's close frame (so the backend gets the same code).
+            Some(Err(MessageError::ClosedByClient(close))) => {
+                self.ended = true;
+                Ok(Message::Close(close.as_ref().map(close_frame)))
             }
             // The session ended: to the relay, a client gone without a close frame.
             Some(Err(MessageError::Closed(_))) | None => {
@@ -276,5 +285,65 @@ impl Sink<Message> for WebTransportChannel {
         self.outgoing = None;
         self.permit = None;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The WebSocket close frame standing for a client's CLOSE_WEBTRANSPORT_SESSION
+/// capsule: its code if it is one a WebSocket close frame may carry, its
+/// message cut to what fits one (RFC 6455 §5.5: 123 bytes).
+fn close_frame(close: &wt::SessionClose) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(websocket_close_code(close.code)),
+        reason: Utf8Bytes::from(close_reason(&close.reason)),
+    }
+}
+
+/// Largest close reason a WebSocket close frame carries (125-byte control
+/// payload less the 2-byte code, RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A WebTransport application error code (32 bits) as a WebSocket close
+/// code: codes a close frame may carry (RFC 6455 §7.4: 1000–1003, 1007–1014
+/// as registered with IANA, 3000–4999 for libraries and applications) pass
+/// unchanged, so a page's `close({closeCode: 4000})` reaches the backend as
+/// 4000; anything else (0, the WebTransport default, reserved codes, codes
+/// past 4999) becomes 1000, a normal close.
+fn websocket_close_code(code: u32) -> u16 {
+    let sendable = |code: &u16| matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    u16::try_from(code).ok().filter(sendable).unwrap_or(1000)
+}
+
+/// `reason` cut at a character boundary to fit a close frame.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webtransport_close_codes_map_to_websocket_close_codes() {
+        for code in [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4000, 4999] {
+            assert_eq!(u32::from(websocket_close_code(code)), code);
+        }
+        for code in [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65_535, 65_536, u32::MAX] {
+            assert_eq!(websocket_close_code(code), 1000, "{code}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_a_close_frame_at_a_character_boundary() {
+        assert_eq!(close_reason("bye"), "bye");
+        let long = "é".repeat(100); // 200 bytes, 2 per character
+        let cut = close_reason(&long);
+        assert_eq!(cut.len(), 122);
+        assert!(long.starts_with(&cut));
+        let frame = close_frame(&wt::SessionClose { code: 4000, reason: "x".repeat(500) });
+        assert_eq!((u16::from(frame.code), frame.reason.len()), (4000, MAX_CLOSE_REASON));
     }
 }

@@ -1,8 +1,11 @@
 //! One HTTP/3 connection: SETTINGS, the control streams, and request streams
 //! handed out one by one.
 
+use std::future::poll_fn;
+
 use bytes::Bytes;
-use h3::server::{RequestResolver, RequestStream};
+use h3::proto::frame::Frame;
+use h3::server::RequestResolver;
 use http::{Request, Version, header};
 
 use crate::body::RequestBody;
@@ -25,6 +28,8 @@ pub struct Settings {
 /// [`Connection::accept`]: that also drives the control stream (SETTINGS, GOAWAY).
 pub struct Connection {
     inner: h3::server::Connection<h3_quinn::Connection, Bytes>,
+    /// Kept for a WebTransport session, whose streams we open ourselves.
+    quic: quinn::Connection,
 }
 
 impl Connection {
@@ -40,21 +45,22 @@ impl Connection {
                 .max_webtransport_sessions(1)
                 .send_grease(true);
         }
-        let inner = builder.build(h3_quinn::Connection::new(quic)).await.map_err(H3Error::Connection)?;
-        Ok(Self { inner })
+        let inner = builder.build(h3_quinn::Connection::new(quic.clone())).await.map_err(H3Error::Connection)?;
+        Ok(Self { inner, quic })
     }
 
     /// The next request stream, or `None` once the client has said GOAWAY and
     /// its requests are done. Headers are not read yet: see [`Incoming::resolve`].
     pub async fn accept(&mut self) -> Result<Option<Incoming>, H3Error> {
-        Ok(self.inner.accept().await.map_err(H3Error::Connection)?.map(|r| Incoming(Pending::Unread(r))))
+        Ok(self.inner.accept().await.map_err(H3Error::Connection)?.map(Incoming))
     }
 
     /// Turns this connection into the home of a WebTransport session
-    /// (h3-webtransport takes the whole connection); later requests on it
-    /// come from [`SessionConnection::accept`].
+    /// (the session needs the whole connection: its streams arrive where
+    /// h3 accepts requests); later requests on it come from
+    /// [`SessionConnection::accept`].
     pub async fn into_session(self, request: SessionRequest) -> Result<SessionConnection, H3Error> {
-        SessionConnection::open(request, self.inner).await
+        SessionConnection::open(request, self.inner, self.quic).await
     }
 
     /// Sends GOAWAY (RFC 9114 §5.2): requests already accepted go on, new
@@ -64,19 +70,11 @@ impl Connection {
     }
 }
 
-/// A request stream whose headers may not have been read yet.
-pub struct Incoming(Pending);
-
-// Moved once per request; boxing either variant would cost every request an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Pending {
-    Unread(RequestResolver<h3_quinn::Connection, Bytes>),
-    /// Read by h3-webtransport while it looked for its own streams.
-    Read(Request<()>, RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>),
-}
+/// A request stream whose headers have not been read yet.
+pub struct Incoming(RequestResolver<h3_quinn::Connection, Bytes>);
 
 /// What a request stream turned out to carry.
-#[allow(clippy::large_enum_variant)] // moved once per request, see `Pending`
+#[allow(clippy::large_enum_variant)] // moved once per request; boxing a variant would cost each an allocation
 pub enum Resolved {
     /// An HTTP request, with its streaming body and the response half.
     Request(Request<RequestBody>, Responder),
@@ -92,11 +90,20 @@ impl Incoming {
     /// A request that may have a body of unknown length is held until its
     /// first DATA frame or FIN, except gRPC and CONNECT streams, whose
     /// clients may wait for the server before sending anything.
+    ///
+    /// A bidirectional WebTransport stream (its first frame says so,
+    /// draft-02 §4.2) is not a request: it is refused, as our framing does
+    /// not use them.
     pub async fn resolve(self) -> Result<Resolved, H3Error> {
-        let (head, stream) = match self.0 {
-            Pending::Unread(resolver) => resolver.resolve_request().await.map_err(H3Error::Stream)?,
-            Pending::Read(head, stream) => (head, stream),
-        };
+        let mut resolver = self.0;
+        // What `resolve_request` does, with a look at the first frame in between.
+        let first = poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
+        if let Ok(Some(Frame::WebTransportStream(_))) = first {
+            // Dropping the stream stops it both ways.
+            return Err(H3Error::WebTransportStream);
+        }
+        let resolved = resolver.accept_with_frame(first).map_err(H3Error::Stream)?;
+        let (head, stream) = resolved.resolve().await.map_err(H3Error::Stream)?;
         if crate::webtransport::is_session_request(&head) {
             return Ok(Resolved::WebTransport(SessionRequest::new(head, stream)));
         }
@@ -113,7 +120,8 @@ impl Incoming {
         Ok(Resolved::Request(Request::from_parts(parts, body), Responder::new(send)))
     }
 
-    pub(crate) fn read(head: Request<()>, stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>) -> Self {
-        Incoming(Pending::Read(head, stream))
+    /// A stream accepted by a session's connection.
+    pub(crate) fn new(resolver: RequestResolver<h3_quinn::Connection, Bytes>) -> Self {
+        Incoming(resolver)
     }
 }

@@ -8,6 +8,10 @@ pub enum H3Error {
     Connection(h3::error::ConnectionError),
     /// One request stream failed (reset, malformed request, headers too large).
     Stream(h3::error::StreamError),
+    /// A bidirectional WebTransport stream where a request may come: our
+    /// framing does not use them, so it was refused (the client's mistake,
+    /// not the connection's).
+    WebTransportStream,
 }
 
 impl std::fmt::Display for H3Error {
@@ -15,6 +19,7 @@ impl std::fmt::Display for H3Error {
         match self {
             H3Error::Connection(e) => write!(f, "HTTP/3 connection: {e}"),
             H3Error::Stream(e) => write!(f, "HTTP/3 stream: {e}"),
+            H3Error::WebTransportStream => f.write_str("bidirectional WebTransport stream refused"),
         }
     }
 }
@@ -28,6 +33,7 @@ impl H3Error {
         match self {
             H3Error::Connection(e) => e.is_h3_no_error() || format!("{e}").contains("timeout"),
             H3Error::Stream(e) => e.is_h3_no_error(),
+            H3Error::WebTransportStream => false,
         }
     }
 }

@@ -14,8 +14,10 @@
 //
 // usage: node wt_browser.mjs CERT_SHA256_HEX SCENARIOS_JSON
 // SCENARIOS_JSON: [{ name, url, messages: [{ type: "text"|"binary", data }],
-//                    burst: bool }]
-//   (binary `data` is a list of byte values)
+//                    burst: bool, close: { closeCode, reason } }]
+//   (binary `data` is a list of byte values; `close` is what the page passes
+//   to `transport.close()` after the replies, { closeCode: 0, reason: "done" }
+//   when absent)
 // prints one JSON object: { results: { NAME: { opened, error, replies:
 //   [{ type, data }], closed } }, console, error }
 import { createServer } from "node:http";
@@ -120,7 +122,7 @@ async function runScenario({ scenario, hashHex, limitMs }) {
   } catch (e) {
     result.error = String(e);
   }
-  wt.close({ closeCode: 0, reason: "done" });
+  wt.close(scenario.close ?? { closeCode: 0, reason: "done" });
   result.closed = await bounded(wt.closed, "closed").then(
     (info) => ({ ok: true, info }),
     (e) => ({ ok: false, error: String(e) }),
