@@ -67,30 +67,38 @@ pub(super) async fn open(
     let mut answer = client.response(&negotiated, &limits);
     let options = TunnelOptions { limits, permessage_deflate: negotiated.permessage_deflate() };
     tokio::spawn(async move {
-        // Holds the target's slot (least_request, max_connections_per_target) while the tunnel lives.
-        let _guard = guard;
         let (client, backend_io) = tokio::join!(client.switch(), backend_upgrade);
         let Some(client) = client else { return };
         let backend_io = match backend_io {
             Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::warn!(error = %e, "backend upgrade failed after 101");
-                // RFC 6455 §7.4.1: 1011, the server hit a condition it cannot recover from.
-                let frame = close::frame(close::CloseCode::Error, "backend upgrade failed");
-                let _ = client.into_channel(&limits).await.send(tungstenite::Message::Close(Some(frame))).await;
-                return;
-            }
+            // Boxed: a rare path need not grow every tunnel's future.
+            Err(e) => return Box::pin(refuse_after_101(client, e, limits)).await,
         };
         session.opened();
         let stopping = super::shutdown::stopping();
-        let report = match client {
-            Switched::WebSocket(io) => frames::tunnel(io, backend_io, options, &settings, stopping).await,
-            Switched::WebTransport(channel) => {
-                let backend = tollgate_websocket::client_stream(backend_io, &limits).await;
-                relay::relay(channel, backend, &settings, stopping).await
+        match client {
+            Switched::WebSocket(io) => {
+                let tunnel = frames::tunnel(io, backend_io, options, settings, stopping);
+                // A task of its own that holds only the tunnel: this one also
+                // holds the handshake's state, and an idle tunnel should cost
+                // as little memory as possible.
+                tokio::spawn(async move {
+                    let report = tunnel.await;
+                    session.closed(&report);
+                    // The target's slot (least_request, max_connections_per_target) is held until now.
+                    drop(guard);
+                });
             }
-        };
-        session.closed(&report);
+            Switched::WebTransport(channel) => {
+                Box::pin(async move {
+                    let backend = tollgate_websocket::client_stream(backend_io, &limits).await;
+                    let report = relay::relay(channel, backend, &settings, stopping).await;
+                    session.closed(&report);
+                    drop(guard);
+                })
+                .await
+            }
+        }
     });
     let mut extra = response.headers().clone();
     forwarded::remove_hop_by_hop(&mut extra);
@@ -100,4 +108,13 @@ pub(super) async fn open(
         }
     }
     Ok(switched(answer))
+}
+
+/// The backend said 101 but its connection could not be taken over: the
+/// client, already switched, gets a close frame instead of a tunnel.
+async fn refuse_after_101(client: Switched, error: hyper::Error, limits: tollgate_websocket::Limits) {
+    tracing::warn!(error = %error, "backend upgrade failed after 101");
+    // RFC 6455 §7.4.1: 1011, the server hit a condition it cannot recover from.
+    let frame = close::frame(close::CloseCode::Error, "backend upgrade failed");
+    let _ = client.into_channel(&limits).await.send(tungstenite::Message::Close(Some(frame))).await;
 }

@@ -53,18 +53,22 @@ pub struct TunnelOptions {
 /// Relays frames between the client's upgraded stream and the backend's
 /// until either side closes or fails, or `shutdown` resolves, then finishes
 /// the close handshake on both (bounded by `close_timeout`) and shuts both
-/// streams down. Never panics; everything it needs lives in this future.
-pub async fn tunnel<C, B>(
+/// streams down. Never panics; everything it needs lives in this future,
+/// which is kept small (it lives as long as the connection, idle or not).
+pub fn tunnel<C, B>(
     client: C,
     backend: B,
     options: TunnelOptions,
-    settings: &RelaySettings,
+    settings: RelaySettings,
     shutdown: impl Future<Output = ()>,
-) -> Report
+) -> impl Future<Output = Report>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    // Built here and captured by an `async move` block rather than passed to
+    // an `async fn`, whose arguments are stored twice in its future (once as
+    // arguments, once as the locals they are moved into).
     let mut tunnel = Tunnel {
         client,
         backend,
@@ -74,28 +78,47 @@ where
         seen: Instant::now(),
         echo: None,
     };
-    let first = {
+    async move {
         let period = settings.ping_interval.unwrap_or(settings.idle_timeout).min(settings.idle_timeout / 2);
         let period = period.max(Duration::from_millis(10));
+        // One timer for the pings, the idle timeout and every closing deadline.
         let mut timer = pin!(tokio::time::sleep(period));
-        let mut shutdown = pin!(shutdown);
-        poll_fn(|cx| tunnel.poll_running(cx, settings, period, timer.as_mut(), shutdown.as_mut())).await
-    };
-    let end = tunnel.begin_close(first);
-    let wait = settings.close_timeout;
-    if tokio::time::timeout(wait, poll_fn(|cx| tunnel.poll_closing(cx))).await.is_err() {
-        // The other side never answered; a client that closed gets its own
-        // close frame back (RFC 6455 §5.5.1) before the connection ends.
-        if let Some(echo) = tunnel.echo.take() {
-            tunnel.down.stop_reading();
-            tunnel.down.inject(&echo);
-            let _ = tokio::time::timeout(wait, poll_fn(|cx| tunnel.poll_closing(cx))).await;
+        let first = {
+            let mut shutdown = pin!(shutdown);
+            poll_fn(|cx| tunnel.poll_running(cx, &settings, period, timer.as_mut(), shutdown.as_mut())).await
+        };
+        let end = tunnel.begin_close(first);
+        let wait = settings.close_timeout;
+        if !within(timer.as_mut(), wait, |cx| tunnel.poll_closing(cx)).await {
+            // The other side never answered; a client that closed gets its own
+            // close frame back (RFC 6455 §5.5.1) before the connection ends.
+            if let Some(echo) = tunnel.echo.take() {
+                tunnel.down.stop_reading();
+                tunnel.down.inject(&echo);
+                within(timer.as_mut(), wait, |cx| tunnel.poll_closing(cx)).await;
+            }
         }
+        // The server side closes the TCP connection first (RFC 6455 §7.1.1).
+        within(timer.as_mut(), wait, |cx| Pin::new(&mut tunnel.client).poll_shutdown(cx).map(drop)).await;
+        within(timer.as_mut(), wait, |cx| Pin::new(&mut tunnel.backend).poll_shutdown(cx).map(drop)).await;
+        Report { upstream: tunnel.up.traffic, downstream: tunnel.down.traffic, end }
     }
-    // The server side closes the TCP connection first (RFC 6455 §7.1.1).
-    let _ = tokio::time::timeout(wait, poll_fn(|cx| Pin::new(&mut tunnel.client).poll_shutdown(cx))).await;
-    let _ = tokio::time::timeout(wait, poll_fn(|cx| Pin::new(&mut tunnel.backend).poll_shutdown(cx))).await;
-    Report { upstream: tunnel.up.traffic, downstream: tunnel.down.traffic, end }
+}
+
+/// Polls `step` until it is ready (true) or `wait` has passed (false).
+async fn within(
+    mut timer: Pin<&mut Sleep>,
+    wait: Duration,
+    mut step: impl FnMut(&mut Context<'_>) -> Poll<()>,
+) -> bool {
+    timer.as_mut().reset(Instant::now() + wait);
+    poll_fn(|cx| {
+        if step(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        timer.as_mut().poll(cx).map(|()| false)
+    })
+    .await
 }
 
 /// Which way a pump moves frames, which decides the masking rules (§5.1).
@@ -726,8 +749,7 @@ mod tests {
     ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Report>) {
         let (client_end, gw_down) = duplex(4096);
         let (gw_up, backend_end) = duplex(4096);
-        let task =
-            tokio::spawn(async move { tunnel(gw_down, gw_up, options, &settings, std::future::pending()).await });
+        let task = tokio::spawn(tunnel(gw_down, gw_up, options, settings, std::future::pending()));
         (client_end, backend_end, task)
     }
 
