@@ -309,8 +309,8 @@ def report(facts, runs):
          "### Setup\n"]
     L += F.setup_lines(facts, [
         f"- **Backend**: `loadgen ws-echo` (tokio-tungstenite, echoes every text/binary message). **Proxies**: "
-        f"Tollgate route `websocket = \"tunnel\"` (every frame parsed, validated and re-framed; extensions not "
-        f"negotiated); nginx `proxy_http_version 1.1` + `Upgrade`/`Connection` headers; HAProxy `mode http` with "
+        f"Tollgate route `websocket = \"tunnel\"` (every frame parsed and validated, UTF-8 of text "
+        f"checked, re-masked toward the backend; the loadgen peers negotiate no extension); nginx `proxy_http_version 1.1` + `Upgrade`/`Connection` headers; HAProxy `mode http` with "
         f"`timeout tunnel` (both splice bytes after the 101). Logging off everywhere. Configs in "
         f"`bench/ws.py`.",
         f"- **Echo**: `loadgen ws-load echo`: {CONNS} connections, each doing sequential round-trips of a "
