@@ -36,6 +36,8 @@ pub(crate) const GATEWAY_PING: &[u8] = b"tollgate";
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
     /// No frame either way for this long closes both sides with 1001.
+    /// Silence is checked on a timer ticking every `ping_interval` (at most
+    /// half this), so the close comes up to one tick late.
     pub idle_timeout: Duration,
     /// Ping the client after this much silence, so dead clients are noticed
     /// and middleboxes keep the connection; `None` sends no pings.

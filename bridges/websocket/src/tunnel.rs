@@ -76,6 +76,7 @@ where
         down: Pump::new(Way::Down),
         options,
         seen: Instant::now(),
+        moved: false,
         echo: None,
     };
     async move {
@@ -264,7 +265,7 @@ impl Pump {
         src: &mut S,
         dst: &mut D,
         options: &TunnelOptions,
-        seen: &mut Instant,
+        moved: &mut bool,
     ) -> Poll<Event>
     where
         S: AsyncRead + Unpin,
@@ -278,9 +279,9 @@ impl Pump {
                 return Poll::Pending;
             }
             let event = if self.pending.is_empty() {
-                ready!(self.poll_read_stack(cx, src, dst, options, seen))
+                ready!(self.poll_read_stack(cx, src, dst, options, moved))
             } else {
-                ready!(self.poll_read_pending(cx, src, options, seen))
+                ready!(self.poll_read_pending(cx, src, options, moved))
             };
             if let Some(event) = event {
                 if let Event::Closed(_) = event {
@@ -329,7 +330,7 @@ impl Pump {
         src: &mut S,
         dst: &mut D,
         options: &TunnelOptions,
-        seen: &mut Instant,
+        moved: &mut bool,
     ) -> Poll<Option<Event>>
     where
         S: AsyncRead + Unpin,
@@ -341,7 +342,7 @@ impl Pump {
             Ok(()) if !read.filled().is_empty() => {}
             _ => return Poll::Ready(Some(Event::Gone)),
         }
-        *seen = Instant::now();
+        *moved = true;
         let buf = read.filled_mut();
         let scan = self.scan(buf, options);
         let frames = &buf[..scan.kept];
@@ -378,7 +379,7 @@ impl Pump {
         cx: &mut Context<'_>,
         src: &mut S,
         options: &TunnelOptions,
-        seen: &mut Instant,
+        moved: &mut bool,
     ) -> Poll<Option<Event>> {
         debug_assert_eq!(self.ready, 0);
         if self.pending.capacity() == self.pending.len() {
@@ -388,7 +389,7 @@ impl Pump {
             Ok(n) if n > 0 => {}
             _ => return Poll::Ready(Some(Event::Gone)),
         }
-        *seen = Instant::now();
+        *moved = true;
         let mut buf = std::mem::take(&mut self.pending);
         let scan = self.scan(&mut buf, options);
         self.pending = buf;
@@ -580,8 +581,12 @@ struct Tunnel<C, B> {
     /// Backend → client.
     down: Pump,
     options: TunnelOptions,
-    /// When a byte last arrived from either side.
+    /// When bytes were last seen to arrive, to the timer's resolution.
     seen: Instant,
+    /// Bytes arrived since the timer last looked: a flag rather than a
+    /// clock read per read (the idle timeout and pings are only checked on
+    /// the timer's ticks anyway).
+    moved: bool,
     /// The close frame to give back to a client whose close the backend
     /// never answered.
     echo: Option<Vec<u8>>,
@@ -606,6 +611,9 @@ where
             return Poll::Ready(First::Shutdown);
         }
         while timer.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut self.moved) {
+                self.seen = Instant::now();
+            }
             let quiet = self.seen.elapsed();
             if quiet >= settings.idle_timeout {
                 return Poll::Ready(First::Idle);
@@ -615,11 +623,11 @@ where
             }
             timer.as_mut().reset(Instant::now() + period);
         }
-        let Tunnel { client, backend, up, down, options, seen, .. } = self;
-        if let Poll::Ready(event) = up.poll(cx, client, backend, options, seen) {
+        let Tunnel { client, backend, up, down, options, moved, .. } = self;
+        if let Poll::Ready(event) = up.poll(cx, client, backend, options, moved) {
             return Poll::Ready(First::Up(event));
         }
-        if let Poll::Ready(event) = down.poll(cx, backend, client, options, seen) {
+        if let Poll::Ready(event) = down.poll(cx, backend, client, options, moved) {
             return Poll::Ready(First::Down(event));
         }
         Poll::Pending
@@ -694,14 +702,14 @@ where
     /// Runs both pumps until each has had its answer (or cannot get one)
     /// and has written everything out.
     fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Tunnel { client, backend, up, down, options, seen, .. } = self;
+        let Tunnel { client, backend, up, down, options, moved: arrived, .. } = self;
         loop {
             let mut moved = false;
             for (pump, from_client) in [(&mut *up, true), (&mut *down, false)] {
                 let event = if from_client {
-                    pump.poll(cx, client, backend, options, seen)
+                    pump.poll(cx, client, backend, options, arrived)
                 } else {
-                    pump.poll(cx, backend, client, options, seen)
+                    pump.poll(cx, backend, client, options, arrived)
                 };
                 if let Poll::Ready(event) = event {
                     moved = true;
