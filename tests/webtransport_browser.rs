@@ -6,15 +6,19 @@
 //! unidirectional stream per message: type byte 0x01 text / 0x02 binary,
 //! payload, FIN). Routes: `websocket = "tunnel"` to a WebSocket echo
 //! backend, `websocket = "http"` to a plain HTTP/1.1 backend, and one whose
-//! `ip_filter` refuses the CONNECT. Every session ends with the page's
+//! `ip_filter` refuses the CONNECT. Most sessions end with the page's
 //! `transport.close()`, which Tollgate must notice at once (issue 6): the
-//! backend gets a close frame with the page's code and reason. The driver
+//! backend gets a close frame with the page's code and reason. The others
+//! end with the backend's close, which Tollgate passes to the page as a
+//! CLOSE_WEBTRANSPORT_SESSION capsule: `transport.closed` resolves with the
+//! backend's code and reason, after the replies sent before it. The driver
 //! is tests/peers/node/wt_browser.mjs.
 
 mod common;
 mod ws_support;
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -23,9 +27,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::browser_kit;
 use common::transport::free_addr;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 use tollgate_websocket::Message;
+use tollgate_websocket::close::{CloseCode, CloseFrame};
 use ws_support::EchoBackend;
 
 /// A long idle timeout, so no session here can end by it: each must end
@@ -124,9 +131,59 @@ fn reply_backend(bodies: Bodies) -> Backend {
     })
 }
 
+/// A WebSocket backend that echoes every data message and, after echoing
+/// a text `close:CODE:REASON` (or `close:none`), closes with that code and
+/// reason (or with a close frame without a code): a backend close that
+/// follows replies still on their way to the page.
+async fn closing_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve_closing(tcp));
+        }
+    });
+    addr
+}
+
+async fn serve_closing(mut tcp: tokio::net::TcpStream) {
+    let head = ws_support::read_head(&mut tcp).await;
+    let key = ws_support::header_in(&head, "sec-websocket-key").unwrap_or_default();
+    let accept = tollgate_websocket::handshake::accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept.to_str().unwrap()
+    );
+    if tcp.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let limits = tollgate_websocket::Limits { max_message_bytes: 1 << 20, max_frame_bytes: 1 << 20 };
+    let mut ws = tollgate_websocket::server_stream(tcp, &limits).await;
+    while let Some(Ok(message)) = ws.next().await {
+        if message.is_close() {
+            break;
+        }
+        if !(message.is_text() || message.is_binary()) {
+            continue;
+        }
+        let close = message.to_text().ok().and_then(|t| t.strip_prefix("close:")).map(str::to_string);
+        if ws.send(message).await.is_err() {
+            return;
+        }
+        if let Some(close) = close {
+            let frame = close.split_once(':').map(|(code, reason)| CloseFrame {
+                code: CloseCode::from(code.parse::<u16>().unwrap()),
+                reason: reason.to_string().into(),
+            });
+            let _ = ws.send(Message::Close(frame)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_policies_refuse() {
     let echo = EchoBackend::start().await;
+    let closer = closing_backend().await;
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let replies = reply_backend(Arc::clone(&bodies));
     let keys = tempfile::tempdir().unwrap();
@@ -137,14 +194,18 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
          [[listener]]\nname = \"wt\"\nbind = \"{addr}\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\nhttp3 = true\n\n\
          [[upstream]]\nname = \"echo\"\ntargets = [\"{echo}\"]\n\n\
          [[upstream]]\nname = \"replies\"\nprotocol = \"http1\"\ntargets = [\"{replies}\"]\n\n\
+         [[upstream]]\nname = \"closer\"\ntargets = [\"{closer}\"]\n\n\
          [[route]]\nname = \"tunnel\"\nmatch = {{ path_prefix = \"/ws-tunnel\" }}\nupstream = \"echo\"\nwebsocket = \"tunnel\"\n{idle}\n\
          [[route]]\nname = \"http\"\nmatch = {{ path_prefix = \"/ws-http\" }}\nupstream = \"replies\"\nwebsocket = \"http\"\n{idle}\n\
+         [[route]]\nname = \"backend_close\"\nmatch = {{ path_prefix = \"/close4002\" }}\nupstream = \"echo\"\nwebsocket = \"tunnel\"\n{idle}\n\
+         [[route]]\nname = \"closer\"\nmatch = {{ path_prefix = \"/closer\" }}\nupstream = \"closer\"\nwebsocket = \"tunnel\"\n{idle}\n\
          [[route]]\nname = \"denied\"\nmatch = {{ path_prefix = \"/denied\" }}\nupstream = \"echo\"\nwebsocket = \"tunnel\"\npolicies = [\"edge\"]\n\n\
          [policy.edge]\nkind = \"ip_filter\"\ndeny = [\"127.0.0.1/32\"]\n",
         cert = cert.display(),
         key = key.display(),
         echo = echo.addr,
         replies = replies.addr,
+        closer = closer,
         idle = IDLE,
     );
     let tollgate = tokio::task::spawn_blocking(move || {
@@ -192,6 +253,33 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
             "name": "denied",
             "url": format!("https://127.0.0.1:{port}/denied"),
             "messages": [{ "type": "text", "data": "never" }],
+        },
+        {
+            // The echo backend closes with 4002 "backend done" on its first
+            // message, without a reply; the page never closes.
+            "name": "backend_close",
+            "url": format!("https://127.0.0.1:{port}/close4002"),
+            "messages": [{ "type": "text", "data": "x" }],
+            "replies": 0,
+            "serverCloses": true,
+        },
+        {
+            // Replies first, then the backend's close: the replies reach the page before the close.
+            "name": "echo_then_close",
+            "url": format!("https://127.0.0.1:{port}/closer"),
+            "messages": [
+                { "type": "text", "data": "one" },
+                { "type": "binary", "data": [1, 2, 3] },
+                { "type": "text", "data": "close:4003:after the replies" },
+            ],
+            "serverCloses": true,
+        },
+        {
+            // A backend close frame without a code.
+            "name": "close_without_code",
+            "url": format!("https://127.0.0.1:{port}/closer"),
+            "messages": [{ "type": "text", "data": "close:none" }],
+            "serverCloses": true,
         },
     ]);
     let out = tokio::task::spawn_blocking(move || browser(&hash, &scenarios)).await.unwrap();
@@ -246,8 +334,10 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     let burst = &results["burst"];
     let expected: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
     assert!(burst["error"].is_null(), "{}", context(&tollgate));
-    let backend_order: Vec<String> = seen[4..].iter().map(|m| m.to_text().unwrap_or("?").to_string()).collect();
+    let backend_order: Vec<String> = seen[4..12].iter().map(|m| m.to_text().unwrap_or("?").to_string()).collect();
     assert_eq!(backend_order, expected, "{}", context(&tollgate));
+    // Then the message that made the echo backend close (scenario backend_close).
+    assert_eq!(seen[12..], [Message::Text("x".into())], "{}", context(&tollgate));
     let echoed: Vec<&str> = burst["replies"].as_array().unwrap().iter().filter_map(|r| r["data"].as_str()).collect();
     assert_eq!(echoed, expected, "{}", context(&tollgate));
 
@@ -285,9 +375,10 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     assert_eq!(denied["opened"], false, "{}", context(&tollgate));
     assert!(denied["error"].as_str().is_some_and(|e| e.contains("WebTransportError")), "{}", context(&tollgate));
     let heads = echo.seen.lock().unwrap().heads.clone();
-    assert_eq!(heads.len(), 3, "only the tunnel sessions reached the echo backend: {heads:?}");
+    assert_eq!(heads.len(), 4, "only the tunnel sessions reached the echo backend: {heads:?}");
     assert!(heads[0].starts_with("GET /ws-tunnel/close "), "{heads:?}");
     assert!(heads[1].starts_with("GET /ws-tunnel ") && heads[2].starts_with("GET /ws-tunnel/burst "), "{heads:?}");
+    assert!(heads[3].starts_with("GET /close4002 "), "{heads:?}");
     // Every session's backend heard its client's close: the page's 4000, and
     // 1000 for the others (their `closeCode: 0` has no WebSocket counterpart).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -296,13 +387,55 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     }
     let closes = echo.seen.lock().unwrap().closes.clone();
     let done = (1000, "done".to_string());
-    assert_eq!(closes, [(4000, "bye".to_string()), done.clone(), done], "{}", context(&tollgate));
+    assert_eq!(closes[..3], [(4000, "bye".to_string()), done.clone(), done], "{}", context(&tollgate));
+
+    // The backend's close reaches the page as a CLOSE_WEBTRANSPORT_SESSION
+    // capsule: `transport.closed` resolves (a clean close, not an error) with
+    // the backend's code and reason, and the incoming streams end.
+    let backend_close = &results["backend_close"];
+    assert_eq!(backend_close["opened"], true, "{}", context(&tollgate));
+    assert!(backend_close["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(
+        backend_close["closed"],
+        json!({ "ok": true, "info": { "closeCode": 4002, "reason": "backend done" } }),
+        "{}",
+        context(&tollgate)
+    );
+    assert_eq!(backend_close["incomingDone"], true, "{}", context(&tollgate));
+    // Replies sent before the backend's close all arrive, then the close.
+    let echo_then_close = &results["echo_then_close"];
+    assert!(echo_then_close["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(
+        echo_then_close["replies"],
+        json!([
+            { "type": "text", "data": "one" },
+            { "type": "binary", "data": [1, 2, 3] },
+            { "type": "text", "data": "close:4003:after the replies" },
+        ]),
+        "{}",
+        context(&tollgate)
+    );
+    assert_eq!(
+        echo_then_close["closed"],
+        json!({ "ok": true, "info": { "closeCode": 4003, "reason": "after the replies" } }),
+        "{}",
+        context(&tollgate)
+    );
+    // A close frame without a code: code 0, no reason (WebTransport's default close).
+    let without_code = &results["close_without_code"];
+    assert!(without_code["error"].is_null(), "{}", context(&tollgate));
+    assert_eq!(
+        without_code["closed"],
+        json!({ "ok": true, "info": { "closeCode": 0, "reason": "" } }),
+        "{}",
+        context(&tollgate)
+    );
 
     // Tollgate's side: the CONNECT access lines (200 / 403) and, for every
     // session, websocket_open and websocket_close with the message counts
     // and the client's close.
     let logged = tokio::task::spawn_blocking(move || {
-        let done = wait_access(&tollgate, |lines| lines.iter().filter(|l| l.contains("websocket_close")).count() >= 4);
+        let done = wait_access(&tollgate, |lines| lines.iter().filter(|l| l.contains("websocket_close")).count() >= 7);
         (done, access_lines(&tollgate), tollgate)
     })
     .await
@@ -351,4 +484,14 @@ async fn chromium_webtransport_sessions_reach_tunnel_and_message_routes_and_poli
     );
     assert!(find(&["method=CONNECT", "route=denied", "status=403"]).is_some(), "{}", context(&tollgate));
     assert!(find(&["websocket_open", "route=\"denied\""]).is_none(), "{}", context(&tollgate));
+    // The backend's close, as Tollgate logs it.
+    let backend_closed = find(&["websocket_close", "route=\"backend_close\""]);
+    let backend_closed =
+        backend_closed.unwrap_or_else(|| panic!("close line for backend_close: {}", context(&tollgate)));
+    assert!(backend_closed.contains("end=backend_close_4002"), "{backend_closed}");
+    assert!(duration_ms(&backend_closed).is_some_and(|ms| ms < 10_000.0), "{backend_closed}");
+    let closer_lines: Vec<&String> =
+        lines.iter().filter(|l| l.contains("websocket_close") && l.contains("route=\"closer\"")).collect();
+    assert!(closer_lines.iter().any(|l| l.contains("end=backend_close_4003")), "{}", context(&tollgate));
+    assert!(closer_lines.iter().any(|l| l.contains("end=backend_close_1005")), "{}", context(&tollgate));
 }

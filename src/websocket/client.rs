@@ -170,11 +170,13 @@ type Reserving = Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<wt::Messag
 
 /// A WebTransport session's messages as WebSocket messages. Control frames
 /// have no WebTransport counterpart: pings and pongs are dropped (QUIC keeps
-/// the connection alive), a close we send ends the session's connection,
-/// and the client's close of its session arrives as a close frame.
+/// the connection alive); a close frame we send closes the session with a
+/// CLOSE_WEBTRANSPORT_SESSION capsule carrying its code and reason (see
+/// `session_close`), after the messages sent before it; and the client's
+/// close of its session arrives as a close frame.
 pub struct WebTransportChannel {
-    /// The session's messages; dropping it ends the session's connection
-    /// (the client hears the end).
+    /// The session's messages; dropping it without a close ends the
+    /// session's connection (the client hears the end, without a code).
     pipe: MessagePipe,
     /// Our handle on `pipe.outgoing`; `None` once we sent a close.
     outgoing: Option<mpsc::Sender<wt::Message>>,
@@ -261,9 +263,8 @@ impl Sink<Message> for WebTransportChannel {
         let message = match item {
             Message::Text(text) => wt::Message { text: true, payload: text.into() },
             Message::Binary(payload) => wt::Message { text: false, payload },
-            Message::Close(_) => {
-                self.outgoing = None;
-                self.permit = None;
+            Message::Close(frame) => {
+                self.close(frame.as_ref());
                 return Ok(());
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
@@ -281,10 +282,42 @@ impl Sink<Message> for WebTransportChannel {
         Poll::Ready(Ok(()))
     }
 
+    /// Closes the session as a `Message::Close(None)` would, if no close
+    /// was sent yet (as closing a WebSocket sink sends a close frame).
     fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing = None;
-        self.permit = None;
+        self.close(None);
         Poll::Ready(Ok(()))
+    }
+}
+
+impl WebTransportChannel {
+    /// Our close of the session: the pipe sends the capsule once the
+    /// messages already sent are through; nothing is sent after it.
+    fn close(&mut self, frame: Option<&CloseFrame>) {
+        if self.outgoing.take().is_some() {
+            self.reserving = None;
+            self.permit = None;
+            self.pipe.close(session_close(frame));
+        }
+    }
+}
+
+/// The CLOSE_WEBTRANSPORT_SESSION standing for a close frame we send the
+/// client (the backend's close, or ours: 1011, 1014, 1001...): its code as
+/// the 32-bit application error code and its reason as the message, so a
+/// page's `transport.closed` resolves with `{closeCode: 4002, reason:
+/// 'backend done'}` when the backend closed with 4002 "backend done".
+///
+/// A close frame without a code (`Message::Close(None)`, a backend's empty
+/// close) becomes a capsule with code 0 and an empty message: what a
+/// WebTransport close carries by default (`transport.close()` sends the
+/// same), and what Chromium reports for it, `{closeCode: 0, reason: ''}`.
+/// A capsule rather than a bare FIN, which Chromium reports the same way,
+/// so every close we send takes one path and one form.
+fn session_close(frame: Option<&CloseFrame>) -> wt::SessionClose {
+    match frame {
+        Some(frame) => wt::SessionClose { code: u32::from(u16::from(frame.code)), reason: frame.reason.to_string() },
+        None => wt::SessionClose { code: 0, reason: String::new() },
     }
 }
 
@@ -334,6 +367,17 @@ mod tests {
         for code in [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65_535, 65_536, u32::MAX] {
             assert_eq!(websocket_close_code(code), 1000, "{code}");
         }
+    }
+
+    #[test]
+    fn our_close_frames_become_session_closes_with_the_same_code() {
+        let frame = CloseFrame { code: CloseCode::from(4002), reason: Utf8Bytes::from_static("backend done") };
+        assert_eq!(session_close(Some(&frame)), wt::SessionClose { code: 4002, reason: "backend done".into() });
+        for code in [1001u16, 1011, 1014] {
+            let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static("") };
+            assert_eq!(session_close(Some(&frame)).code, u32::from(code));
+        }
+        assert_eq!(session_close(None), wt::SessionClose { code: 0, reason: String::new() });
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! or with a malformed capsule. The pipe must yield the message, then the
 //! matching end, at once. (Chromium's close is tested in the workspace's
 //! tests/webtransport_browser.rs.)
+//!
+//! And ours: after `MessagePipe::close`, the client gets the messages sent
+//! before it, then a CLOSE_WEBTRANSPORT_SESSION capsule with our code and
+//! message in a DATA frame on the CONNECT stream, then FIN; only then does
+//! the session's end signal fire.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -15,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
 use tollgate_h3::webtransport::{Message, MessageError, MessagePipe, SessionClose};
 use tollgate_h3::{Connection, Resolved, Settings};
 
@@ -59,15 +65,16 @@ fn endpoints() -> (quinn::Endpoint, quinn::Endpoint) {
 }
 
 /// The server side: accepts the CONNECT, opens the session, hands its pipe
-/// over, then keeps accepting (which files the session's streams).
-async fn serve(endpoint: quinn::Endpoint, pipe: tokio::sync::oneshot::Sender<MessagePipe>) {
+/// and end signal over, then keeps accepting (which files the session's streams).
+async fn serve(endpoint: quinn::Endpoint, pipe: tokio::sync::oneshot::Sender<(MessagePipe, watch::Receiver<()>)>) {
     let quic = endpoint.accept().await.unwrap().await.unwrap();
     let settings = Settings { max_field_section_size: 16 << 10, webtransport: true };
     let mut conn = Connection::new(quic, &settings).await.unwrap();
     let incoming = conn.accept().await.unwrap().unwrap();
     let Resolved::WebTransport(request) = incoming.resolve().await.unwrap() else { panic!("not a session") };
     let mut session = conn.into_session(request).await.unwrap();
-    let _ = pipe.send(session.messages(1024));
+    let ended = session.ended_signal();
+    let _ = pipe.send((session.messages(1024), ended));
     while let Ok(Some(_)) = session.accept().await {}
 }
 
@@ -97,7 +104,7 @@ async fn session_ended_by(end: End) -> (Message, MessageError) {
     let response = stream.recv_response().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["sec-webtransport-http3-draft"], "draft02");
-    let mut pipe = pipe_rx.await.unwrap();
+    let (mut pipe, _ended) = pipe_rx.await.unwrap();
 
     // One message: stream type 0x54, session ID (the CONNECT stream's), type byte, payload.
     let session_id = stream.id().into_inner();
@@ -134,9 +141,13 @@ async fn next_item(pipe: &mut MessagePipe) -> Result<Message, MessageError> {
 fn close_capsule(code: u32, reason: &str) -> Vec<u8> {
     let mut value = code.to_be_bytes().to_vec();
     value.extend_from_slice(reason.as_bytes());
-    // Type 0x2843 (a 2-byte varint), length (1 byte: short values only).
-    assert!(value.len() < 64);
-    let mut capsule = vec![0x68, 0x43, value.len() as u8];
+    // Type 0x2843 (a 2-byte varint), length (a 1- or 2-byte varint).
+    let mut capsule = vec![0x68, 0x43];
+    match value.len() {
+        len @ 0..64 => capsule.push(len as u8),
+        len @ 64..16384 => capsule.extend_from_slice(&(len as u16 | 0x4000).to_be_bytes()),
+        len => panic!("{len}-byte close message"),
+    }
     capsule.extend(value);
     capsule
 }
@@ -184,4 +195,146 @@ async fn a_malformed_close_capsule_is_a_protocol_error() {
     // A close capsule two bytes long: no room for its 32-bit code.
     let (_, end) = session_ended_by(End::Capsule(vec![0x68, 0x43, 0x02, 0x00, 0x01])).await;
     assert!(matches!(end, MessageError::Malformed(_)), "{end:?}");
+}
+
+/// A session whose client side is driven by hand: h3's client driver is
+/// polled only until the CONNECT is answered, so the session's streams
+/// from the server are accepted by the test (h3's client would stop them).
+struct HandDriven {
+    quic: quinn::Connection,
+    connect: ClientStream,
+    pipe: MessagePipe,
+    ended: watch::Receiver<()>,
+    /// Kept, not polled: dropping them would close the connection.
+    _h3: (h3::client::Connection<h3_quinn::Connection, Bytes>, h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>),
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn open_hand_driven() -> HandDriven {
+    let (server, client) = endpoints();
+    let addr: SocketAddr = server.local_addr().unwrap();
+    let (pipe_tx, pipe_rx) = tokio::sync::oneshot::channel();
+    let server_task = tokio::spawn(serve(server, pipe_tx));
+    let quic = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, mut send_request) = h3::client::builder()
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+        .await
+        .unwrap();
+    let connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://localhost:{}/wt", addr.port()))
+        .extension(h3::ext::Protocol::WEB_TRANSPORT)
+        .body(())
+        .unwrap();
+    let exchange = async {
+        let mut stream: ClientStream = send_request.send_request(connect).await.unwrap();
+        let response = stream.recv_response().await.unwrap();
+        assert_eq!(response.status(), 200);
+        stream
+    };
+    let connect = tokio::select! {
+        stream = exchange => stream,
+        e = poll_fn(|cx| driver.poll_close(cx)) => panic!("connection closed during the CONNECT: {e}"),
+    };
+    let (pipe, ended) = pipe_rx.await.unwrap();
+    HandDriven { quic, connect, pipe, ended, _h3: (driver, send_request), _server: server_task }
+}
+
+/// The session's messages as the client reads them from the server's
+/// unidirectional streams (others, such as h3's grease, are skipped).
+async fn read_messages(quic: &quinn::Connection, session_id: u64, count: usize) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(2), quic.accept_uni()).await;
+        let mut uni = next.expect("a stream in time").expect("a stream");
+        // h3's own streams (control, QPACK, grease) never end, and may be a
+        // single byte: only their header is read, byte by byte.
+        let mut ours = true;
+        for expected in [0x40, 0x54, session_id as u8] {
+            let mut byte = [0];
+            let read = tokio::time::timeout(Duration::from_millis(500), uni.read_exact(&mut byte)).await;
+            if !matches!(read, Ok(Ok(()))) || byte[0] != expected {
+                ours = false;
+                break;
+            }
+        }
+        if !ours {
+            continue;
+        }
+        let bytes = uni.read_to_end(4096).await.expect("a whole stream");
+        let (kind, payload) = bytes.split_first().expect("a type byte");
+        messages
+            .push(Message { text: *kind == tollgate_h3::webtransport::TEXT, payload: Bytes::copy_from_slice(payload) });
+    }
+    messages
+}
+
+/// All the data of the client's half of the CONNECT stream, to its FIN.
+async fn read_connect_to_fin(connect: &mut ClientStream) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), connect.recv_data()).await;
+        match next.expect("data or FIN in time").expect("no stream error") {
+            Some(mut chunk) => {
+                use bytes::Buf;
+                while chunk.has_remaining() {
+                    let piece = chunk.chunk().to_vec();
+                    chunk.advance(piece.len());
+                    data.extend(piece);
+                }
+            }
+            None => return data,
+        }
+    }
+}
+
+#[tokio::test]
+async fn our_close_sends_the_messages_then_the_capsule_then_fin() {
+    let mut session = open_hand_driven().await;
+    assert!(session.connect.id().into_inner() < 64, "one-byte varint in the stream header");
+    session.pipe.outgoing.send(text("first")).await.unwrap();
+    session.pipe.outgoing.send(Message { text: false, payload: Bytes::from_static(&[0, 1, 255]) }).await.unwrap();
+    session.pipe.close(SessionClose { code: 4002, reason: "backend done".to_string() });
+    // As message mode does: the pipe goes at once; the close is finished all the same.
+    drop(session.pipe);
+
+    let capsule = read_connect_to_fin(&mut session.connect).await;
+    assert_eq!(capsule, close_capsule(4002, "backend done"), "one CLOSE_WEBTRANSPORT_SESSION capsule, then FIN");
+    let messages = read_messages(&session.quic, session.connect.id().into_inner(), 2).await;
+    assert_eq!(messages, [text("first"), Message { text: false, payload: Bytes::from_static(&[0, 1, 255]) }]);
+    // The owner is told the session is over once the capsule is out.
+    let ended = tokio::time::timeout(Duration::from_secs(2), session.ended.changed()).await;
+    assert!(ended.expect("the end signal in time").is_err(), "the signal's sender is gone");
+    // Nothing else came: no stream after the two messages.
+    let more = tokio::time::timeout(Duration::from_millis(200), session.quic.accept_uni()).await;
+    assert!(more.is_err(), "no third stream: {more:?}");
+    assert!(session.quic.close_reason().is_none(), "the connection itself is left to its owner");
+}
+
+#[tokio::test]
+async fn a_close_while_the_pipe_lives_on_still_reads_the_clients_answer() {
+    // Tunnel mode: the relay keeps the pipe after its close, waiting for the client's answer.
+    let mut session = open_hand_driven().await;
+    session.pipe.close(SessionClose { code: 1011, reason: "é".repeat(40) });
+    let capsule = read_connect_to_fin(&mut session.connect).await;
+    assert_eq!(capsule, close_capsule(1011, &"é".repeat(40)));
+    // The client answers with a FIN of its own (as Chromium does).
+    session.connect.finish().await.unwrap();
+    let end = next_item(&mut session.pipe).await.expect_err("the client's end");
+    assert!(matches!(end, MessageError::ClosedByClient(None)), "{end:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(2), session.ended.changed()).await;
+    assert!(ended.expect("the end signal in time").is_err());
+}
+
+#[tokio::test]
+async fn dropping_the_pipe_without_a_close_sends_no_capsule() {
+    let mut session = open_hand_driven().await;
+    drop(session.pipe);
+    let ended = tokio::time::timeout(Duration::from_secs(2), session.ended.changed()).await;
+    assert!(ended.expect("the end signal in time").is_err());
+    // The CONNECT stream stays open: the owner closes the connection instead.
+    let data = tokio::time::timeout(Duration::from_millis(300), session.connect.recv_data()).await;
+    assert!(data.is_err(), "no capsule, no FIN");
 }

@@ -14,12 +14,17 @@
 //
 // usage: node wt_browser.mjs CERT_SHA256_HEX SCENARIOS_JSON
 // SCENARIOS_JSON: [{ name, url, messages: [{ type: "text"|"binary", data }],
-//                    burst: bool, close: { closeCode, reason } }]
+//                    burst: bool, close: { closeCode, reason },
+//                    replies: N, serverCloses: bool }]
 //   (binary `data` is a list of byte values; `close` is what the page passes
 //   to `transport.close()` after the replies, { closeCode: 0, reason: "done" }
-//   when absent)
+//   when absent; `replies` is how many replies to read, one per message
+//   when absent; with `serverCloses` the page never closes: it waits for
+//   Tollgate to close the session, and `incomingDone` tells whether the
+//   incoming streams then ended)
 // prints one JSON object: { results: { NAME: { opened, error, replies:
-//   [{ type, data }], closed } }, console, error }
+//   [{ type, data }], closed: { ok, info: { closeCode, reason } | error },
+//   incomingDone } }, console, error }
 import { createServer } from "node:http";
 import { openPage, watchdog, withChromium } from "./chromium.mjs";
 
@@ -100,7 +105,7 @@ async function runScenario({ scenario, hashHex, limitMs }) {
       if (!scenario.burst) await bounded(sent.at(-1), "write");
     }
     await bounded(Promise.all(sent), "writes");
-    for (let i = 0; i < scenario.messages.length; i++) {
+    for (let i = 0; i < (scenario.replies ?? scenario.messages.length); i++) {
       const { value: replyStream, done } = await bounded(incoming.read(), "incoming stream");
       if (done) throw new Error("no more incoming streams");
       const reader = replyStream.getReader();
@@ -119,10 +124,17 @@ async function runScenario({ scenario, hashHex, limitMs }) {
             : { type: `unknown ${chunks[0]}`, data: [...body] },
       );
     }
+    if (scenario.serverCloses) {
+      // Tollgate's close: no further stream, and the session's end with its code.
+      result.incomingDone = await bounded(incoming.read(), "end of incoming streams").then(
+        ({ done }) => done,
+        (e) => String(e),
+      );
+    }
   } catch (e) {
     result.error = String(e);
   }
-  wt.close(scenario.close ?? { closeCode: 0, reason: "done" });
+  if (!scenario.serverCloses) wt.close(scenario.close ?? { closeCode: 0, reason: "done" });
   result.closed = await bounded(wt.closed, "closed").then(
     (info) => ({ ok: true, info }),
     (e) => ({ ok: false, error: String(e) }),

@@ -1,7 +1,8 @@
-//! The capsules a client sends on a session's CONNECT stream (the Capsule
-//! Protocol, RFC 9297 §3.2, carried in HTTP/3 DATA frames), read for the one
-//! that matters to us: CLOSE_WEBTRANSPORT_SESSION (draft-ietf-webtrans-http3-02
-//! §5). A pure state machine: bytes in, at most one close out; no I/O.
+//! The capsules on a session's CONNECT stream (the Capsule Protocol, RFC
+//! 9297 §3.2, carried in HTTP/3 DATA frames): the client's are read for the
+//! one that matters to us, CLOSE_WEBTRANSPORT_SESSION (draft-ietf-webtrans-http3-02
+//! §5); ours is that same capsule when we close the session. A pure state
+//! machine and an encoder: bytes in, at most one close out; no I/O.
 //!
 //! ```text
 //! Capsule { Type (i), Length (i), Value (..) }
@@ -10,7 +11,7 @@
 //! Other capsule types (DRAIN_WEBTRANSPORT_SESSION, grease, datagrams) are
 //! skipped without being buffered.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Capsule type of CLOSE_WEBTRANSPORT_SESSION (draft-02 §5, IANA).
 pub const CLOSE_WEBTRANSPORT_SESSION: u64 = 0x2843;
@@ -20,8 +21,15 @@ pub const CLOSE_WEBTRANSPORT_SESSION: u64 = 0x2843;
 /// and still bounds what one client can make us buffer.
 pub const MAX_CLOSE_MESSAGE: usize = 8192;
 
-/// How the client closed its session, from its CLOSE_WEBTRANSPORT_SESSION
-/// capsule: the application's code and message (`transport.close({closeCode, reason})`).
+/// Longest close message we send (bytes): later drafts cap the Application
+/// Error Message at 1024 bytes, and a browser may treat a longer one as a
+/// malformed capsule, so ours are cut to that (at a character boundary).
+pub const MAX_SENT_CLOSE_MESSAGE: usize = 1024;
+
+/// A session's close, either way: the application's code and message, as
+/// the client's CLOSE_WEBTRANSPORT_SESSION capsule carried them
+/// (`transport.close({closeCode, reason})`), or as we send them in ours
+/// (`transport.closed` resolves with them in the browser).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionClose {
     /// The 32-bit application error code.
@@ -29,6 +37,32 @@ pub struct SessionClose {
     /// The message; invalid UTF-8 is replaced (it is for logs and the
     /// backend's close frame, not worth failing a close over).
     pub reason: String,
+}
+
+impl SessionClose {
+    /// This close as a CLOSE_WEBTRANSPORT_SESSION capsule (type, length,
+    /// 32-bit code, message), the message cut to `MAX_SENT_CLOSE_MESSAGE` (1024)
+    /// bytes so no peer has a reason to refuse it.
+    pub fn to_capsule(&self) -> Bytes {
+        let reason = cut_at_char_boundary(&self.reason, MAX_SENT_CLOSE_MESSAGE);
+        let length = 4 + reason.len();
+        let mut out = Vec::with_capacity(2 + 2 + length);
+        // Both fit a varint: a constant under 2^14, and at most 4 + 1024.
+        let _ = put_varint(&mut out, CLOSE_WEBTRANSPORT_SESSION);
+        let _ = put_varint(&mut out, length as u64);
+        out.extend_from_slice(&self.code.to_be_bytes());
+        out.extend_from_slice(reason.as_bytes());
+        out.into()
+    }
+}
+
+/// The longest start of `text` that is at most `max` bytes and ends on a character boundary.
+fn cut_at_char_boundary(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The capsule stream broke the Capsule Protocol's rules.
@@ -226,6 +260,34 @@ mod tests {
         let mut tail = capsule(0x1234, b"abc");
         tail.extend(close(0, ""));
         assert_eq!(reader.push(&tail[..]), Ok(Some(SessionClose { code: 0, reason: String::new() })));
+    }
+
+    #[test]
+    fn our_close_capsule_is_what_the_reader_reads() {
+        let sent = SessionClose { code: 4002, reason: "backend done".into() };
+        let bytes = sent.to_capsule();
+        assert_eq!(&bytes[..3], &[0x68, 0x43, 16], "type 0x2843 as a 2-byte varint, then the length");
+        assert_eq!(bytes[..], close(4002, "backend done")[..]);
+        assert_eq!(CapsuleReader::new().push(&bytes[..]), Ok(Some(sent)));
+        let empty = SessionClose { code: 0, reason: String::new() }.to_capsule();
+        assert_eq!(&empty[..], &[0x68, 0x43, 4, 0, 0, 0, 0]);
+        let max = SessionClose { code: u32::MAX, reason: String::new() }.to_capsule();
+        assert_eq!(&max[3..], &[0xff; 4]);
+    }
+
+    #[test]
+    fn our_close_message_is_cut_to_1024_bytes_at_a_character_boundary() {
+        let long = SessionClose { code: 1011, reason: "é".repeat(600) }; // 1200 bytes
+        let bytes = long.to_capsule();
+        let got = CapsuleReader::new().push(&bytes[..]).unwrap().unwrap();
+        assert_eq!(got.code, 1011);
+        assert_eq!(got.reason.len(), 1024);
+        assert!(long.reason.starts_with(&got.reason));
+        let odd = SessionClose { code: 1, reason: format!("x{}", "é".repeat(600)) };
+        let got = CapsuleReader::new().push(&odd.to_capsule()[..]).unwrap().unwrap();
+        assert_eq!(got.reason.len(), 1023, "a 2-byte character is not split");
+        let short = SessionClose { code: 1, reason: "x".repeat(1024) };
+        assert_eq!(CapsuleReader::new().push(&short.to_capsule()[..]).unwrap().unwrap(), short);
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! The client's streams are read one at a time in stream-ID order, so
 //! messages keep the order in which the client opened their streams; ours
 //! are opened one after another in the order the messages come.
+//!
+//! Our close ([`MessagePipe::close`], what a WebSocket close frame for the
+//! client becomes) is the client's in reverse: a CLOSE_WEBTRANSPORT_SESSION
+//! capsule and FIN on the CONNECT stream, after the messages before it.
 
 mod capsule;
 mod session;
@@ -24,7 +28,7 @@ use bytes::Bytes;
 use h3::ext::Protocol;
 use h3::server::RequestStream;
 use http::{Method, Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::SendError;
@@ -120,8 +124,44 @@ pub struct MessagePipe {
     pub incoming: mpsc::Receiver<Result<Message, MessageError>>,
     /// Messages for the client, each sent on a stream of its own.
     pub outgoing: mpsc::Sender<Message>,
-    /// The reader and the writer; dropped (aborted) with the pipe.
+    /// Where [`MessagePipe::close`] tells the writer to close; `None` once told.
+    closing: Option<oneshot::Sender<session::CloseRequest>>,
+    /// The writer: aborted with the pipe, unless it is closing the session.
+    writer: session::Writer,
+    /// The reader; dropped (aborted) with the pipe.
     _tasks: JoinSet<()>,
-    /// Dropped with the pipe, which tells the connection's owner the session is over.
-    _done: Option<tokio::sync::watch::Sender<()>>,
+    /// Dropped with the pipe (or, once closing, by the writer when its
+    /// capsule is out), which tells the connection's owner the session is over.
+    done: Option<watch::Sender<()>>,
+}
+
+impl MessagePipe {
+    /// Closes the session from our side, the way a WebSocket close frame
+    /// closes a WebSocket (draft-02 §5): once every message already sent into
+    /// [`MessagePipe::outgoing`] has been sent and acknowledged by the client,
+    /// a CLOSE_WEBTRANSPORT_SESSION capsule with `close`'s code and message
+    /// (cut to 1024 bytes) goes on the CONNECT stream, then its FIN. A
+    /// browser's `transport.closed` then resolves with
+    /// `{closeCode: code, reason}`; without this, the only end it could see
+    /// was the connection's, and no code.
+    ///
+    /// Send nothing after this: a message sent after it may still go out
+    /// before the capsule, or not at all (the channel is closed as soon as
+    /// the writer takes the close). The pipe may be dropped at once: the
+    /// writer finishes on its own (within a few seconds even if the client
+    /// stops reading), and only then does [`SessionConnection::ended_signal`]
+    /// fire, so the connection is not closed under the capsule. The client's
+    /// side keeps arriving on [`MessagePipe::incoming`] meanwhile (its answer
+    /// is a FIN of its own, [`MessageError::ClosedByClient`]`(None)`). A
+    /// second call does nothing.
+    pub fn close(&mut self, close: SessionClose) {
+        let request = session::CloseRequest { close, _done: self.done.take() };
+        // If the writer is gone (the connection failed), the request and the
+        // end signal drop here: the owner closes the connection as before.
+        if let Some(closing) = self.closing.take()
+            && closing.send(request).is_ok()
+        {
+            self.writer.detach();
+        }
+    }
 }

@@ -8,9 +8,15 @@
 //! while it looks for requests, and this task hands the session's streams
 //! to the message reader over a channel, so the reader needs no lock and
 //! no wake-up of its own.
+//!
+//! The writer runs in a task of its own: aborted when the message pipe is
+//! dropped, unless it was asked to close the session (then it sends what
+//! was queued, waits for the client's acknowledgements, sends the capsule,
+//! all bounded by [`CLOSE_LINGER`], and only then lets the owner know).
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,10 +28,11 @@ use h3::server::RequestStream;
 use h3::stream::BufRecvStream;
 use h3::webtransport::SessionId;
 use http::{HeaderName, HeaderValue, Response};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 
-use super::capsule::CapsuleReader;
+use super::capsule::{CapsuleReader, SessionClose};
 use super::streams::{ClientStream, ReadFailure, read_message, stream_header, write_message};
 use super::{Message, MessageError, MessagePipe, SessionRequest};
 use crate::connection::Incoming;
@@ -43,6 +50,21 @@ const BUFFERED_STREAM_REJECTED: u64 = 0x3994_bd84;
 /// the session, draft-02 §5, and the reset can overtake the capsule).
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
 
+/// How long our close may take, from [`MessagePipe::close`] to the capsule:
+/// the messages queued before it sent and acknowledged. A client that
+/// stops reading must not keep the session, and its connection, open: past
+/// this, what is left is dropped (streams reset) and the capsule goes anyway.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// How long the capsule itself may take to be handed to QUIC (it is a few
+/// bytes; only a client that gives the CONNECT stream no credit delays it).
+const CAPSULE_WAIT: Duration = Duration::from_secs(1);
+
+/// Our half of the CONNECT stream, shared by the connection (which keeps it
+/// open as long as the session is: finishing it would end the session,
+/// draft-02 §5) and the writer (which takes it to send our close).
+type ConnectSend = Arc<Mutex<Option<RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>>>;
+
 /// A connection that carries a WebTransport session; it still serves
 /// ordinary HTTP/3 requests.
 pub struct SessionConnection {
@@ -54,9 +76,9 @@ pub struct SessionConnection {
     /// The same as h3 reports it on accepted streams (`None` cannot happen:
     /// a stream ID always fits a varint; then no stream would match).
     session: Option<SessionId>,
-    /// Our half of the CONNECT stream, open as long as the session is:
-    /// finishing it would end the session (draft-02 §5).
-    _connect_send: RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    /// Our half of the CONNECT stream; held here so it stays open (without
+    /// a FIN) until the connection ends, unless the writer closes the session.
+    connect_send: ConnectSend,
     /// The client's half, until [`SessionConnection::messages`] watches it.
     connect_recv: Option<RequestStream<h3_quinn::RecvStream, Bytes>>,
     /// The session's streams, from [`SessionConnection::accept`] to the
@@ -64,7 +86,8 @@ pub struct SessionConnection {
     /// done, so the client gets no credit for more (MAX_STREAMS).
     streams_tx: mpsc::UnboundedSender<ClientStream>,
     streams_rx: Option<mpsc::UnboundedReceiver<ClientStream>>,
-    /// Flips when the [`MessagePipe`] is dropped: the session is over.
+    /// Flips when the [`MessagePipe`] is dropped, or when our close has
+    /// been sent: the session is over.
     pipe_done: watch::Receiver<()>,
     pipe_done_tx: Option<watch::Sender<()>>,
 }
@@ -89,7 +112,7 @@ impl SessionConnection {
             quic,
             session_id,
             session: SessionId::try_from(session_id).ok(),
-            _connect_send: send,
+            connect_send: Arc::new(Mutex::new(Some(send))),
             connect_recv: Some(recv),
             streams_tx,
             streams_rx: Some(streams_rx),
@@ -139,26 +162,39 @@ impl SessionConnection {
     /// (an error, then nothing, when its side ends; a close of the session
     /// is [`MessageError::ClosedByClient`]); messages sent into the returned
     /// sender go to the client. The channels are bounded, so a slow reader
-    /// on either side slows the other. Dropping the pipe stops both.
+    /// on either side slows the other. Dropping the pipe stops both, unless
+    /// [`MessagePipe::close`] was called: then the writer finishes the close.
     ///
     /// Call once (a second pipe's `incoming` ends at once);
-    /// [`SessionConnection::ended_signal`] tells when the pipe is dropped.
+    /// [`SessionConnection::ended_signal`] tells when the session is over.
     pub fn messages(&mut self, max_message_bytes: usize) -> MessagePipe {
         let (incoming_tx, incoming) = mpsc::channel(8);
         let (outgoing, outgoing_rx) = mpsc::channel::<Message>(8);
+        let (closing, closing_rx) = oneshot::channel();
         let mut tasks = JoinSet::new();
         if let (Some(streams), Some(connect)) = (self.streams_rx.take(), self.connect_recv.take()) {
             tasks.spawn(read_client(streams, connect, incoming_tx, max_message_bytes));
         }
-        if let Some(header) = stream_header(self.session_id) {
-            tasks.spawn(write_client(self.quic.clone(), header, outgoing_rx));
+        let writer = stream_header(self.session_id).map(|header| {
+            let quic = self.quic.clone();
+            let connect = Arc::clone(&self.connect_send);
+            tokio::spawn(write_client(quic, header, outgoing_rx, closing_rx, connect)).abort_handle()
+        });
+        MessagePipe {
+            incoming,
+            outgoing,
+            closing: Some(closing),
+            writer: Writer(writer),
+            _tasks: tasks,
+            done: self.pipe_done_tx.take(),
         }
-        MessagePipe { incoming, outgoing, _tasks: tasks, _done: self.pipe_done_tx.take() }
     }
 
-    /// A receiver whose `changed()` fails once the message pipe has been
-    /// dropped (the relay or the message session ended): the owner then
-    /// closes the connection, which is how the client learns the session is over.
+    /// A receiver whose `changed()` fails once the session is over: the
+    /// message pipe dropped (the relay or the message session ended), or,
+    /// after [`MessagePipe::close`], our capsule sent. The owner then closes
+    /// the connection (H3_NO_ERROR, once it is quiet), which is how a client
+    /// learns of an end without a capsule.
     pub fn ended_signal(&self) -> watch::Receiver<()> {
         self.pipe_done.clone()
     }
@@ -239,12 +275,137 @@ async fn session_end(mut connect: RequestStream<h3_quinn::RecvStream, Bytes>) ->
     }
 }
 
-/// The writer: each message for the client on a new stream, in order.
-async fn write_client(quic: quinn::Connection, header: Bytes, mut outgoing: mpsc::Receiver<Message>) {
-    while let Some(message) = outgoing.recv().await {
-        if write_message(&quic, &header, message).await.is_err() {
-            return;
+/// The writer task's handle, held by the pipe: aborts the writer when the
+/// pipe is dropped, unless [`Writer::detach`] was called (the writer is
+/// closing the session and ends by itself, within [`CLOSE_LINGER`]).
+pub(super) struct Writer(Option<AbortHandle>);
+
+impl Writer {
+    /// Lets the writer outlive the pipe.
+    pub(super) fn detach(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            writer.abort();
         }
+    }
+}
+
+/// What [`MessagePipe::close`] hands the writer.
+pub(super) struct CloseRequest {
+    /// The code and message of our capsule.
+    pub(super) close: SessionClose,
+    /// The pipe's end signal, dropped with the request once the capsule is
+    /// out (or the writer gives up): the owner may close the connection then.
+    pub(super) _done: Option<watch::Sender<()>>,
+}
+
+/// The writer: each message for the client on a new stream, in order; then,
+/// if asked, our close: the messages queued before it, their acknowledgements,
+/// the capsule and FIN, within [`CLOSE_LINGER`].
+async fn write_client(
+    quic: quinn::Connection,
+    header: Bytes,
+    mut outgoing: mpsc::Receiver<Message>,
+    mut closing: oneshot::Receiver<CloseRequest>,
+    connect: ConnectSend,
+) {
+    // Streams sent, until the client has acknowledged them.
+    let mut acks = JoinSet::new();
+    // The close, once asked for, and when it must go out at the latest.
+    let mut close: Option<(CloseRequest, Instant)> = None;
+    loop {
+        let message = if close.is_some() {
+            match outgoing.try_recv() {
+                Ok(message) => message,
+                Err(_) => break,
+            }
+        } else {
+            // Biased: a close is taken at once, so its deadline starts then;
+            // the messages before it are still in the channel.
+            tokio::select! {
+                biased;
+                request = &mut closing => match request {
+                    Ok(request) => {
+                        start_closing(&mut outgoing, &mut close, request);
+                        continue;
+                    }
+                    // The pipe is gone without a close (the abort is on its way).
+                    Err(_) => return,
+                },
+                message = outgoing.recv() => match message {
+                    Some(message) => message,
+                    // Every sender is gone: the pipe was dropped, just after its close or without one.
+                    None => match (&mut closing).await {
+                        Ok(request) => {
+                            start_closing(&mut outgoing, &mut close, request);
+                            continue;
+                        }
+                        Err(_) => return,
+                    },
+                },
+            }
+        };
+        let mut write = std::pin::pin!(write_message(&quic, &header, message));
+        let written = loop {
+            tokio::select! {
+                biased;
+                written = &mut write => break written,
+                request = &mut closing, if close.is_none() => match request {
+                    Ok(request) => start_closing(&mut outgoing, &mut close, request),
+                    Err(_) => return,
+                },
+                // Out of time: this message is dropped (its stream reset) and the rest skipped.
+                () = until(close.as_ref().map(|(_, deadline)| *deadline)) => break Err(()),
+            }
+        };
+        match written {
+            Ok(acknowledged) => {
+                acks.spawn(acknowledged);
+                while acks.try_join_next().is_some() {}
+            }
+            // The connection cannot take more; a close is still tried (it fails as fast).
+            Err(()) if close.is_some() => break,
+            Err(()) => return,
+        }
+    }
+    let Some((request, deadline)) = close else { return };
+    // A client drops a closed session's streams (draft-02 §5), so the close
+    // waits until it has them all.
+    let _ = tokio::time::timeout_at(deadline, async { while acks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(CAPSULE_WAIT, send_close(&connect, &request.close)).await;
+    // `request` drops here, with the end signal.
+}
+
+/// Takes the close: no message after it is taken (the channel is closed;
+/// those already queued still go), and its deadline starts.
+fn start_closing(
+    outgoing: &mut mpsc::Receiver<Message>,
+    close: &mut Option<(CloseRequest, Instant)>,
+    request: CloseRequest,
+) {
+    outgoing.close();
+    *close = Some((request, Instant::now() + CLOSE_LINGER));
+}
+
+/// Sends our CLOSE_WEBTRANSPORT_SESSION capsule in a DATA frame on the
+/// CONNECT stream, then FIN (draft-02 §5: nothing may follow the capsule).
+async fn send_close(connect: &ConnectSend, close: &SessionClose) -> Result<(), StreamError> {
+    let taken = connect.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(mut stream) = taken else { return Ok(()) };
+    stream.send_data(close.to_capsule()).await?;
+    stream.finish().await
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -67,12 +67,43 @@ pub(super) async fn read_message(mut stream: ClientStream, limit: usize) -> Resu
 
 /// Sends one message on a new unidirectional stream of the session whose
 /// stream header is `header`; `Err` once the connection cannot take more.
-pub(super) async fn write_message(quic: &quinn::Connection, header: &Bytes, message: Message) -> Result<(), ()> {
-    let mut stream = quic.open_uni().await.map_err(drop)?;
+/// On success, returns a future that resolves once the client has
+/// acknowledged the whole stream (or stopped it): our close waits for it,
+/// so the close cannot overtake the message (draft-02 §5: a client drops a
+/// closed session's streams). If this future is dropped before the message
+/// is all written, the stream is reset, so the client never takes a cut
+/// message for a whole one.
+pub(super) async fn write_message(
+    quic: &quinn::Connection,
+    header: &Bytes,
+    message: Message,
+) -> Result<impl Future<Output = ()> + Send + 'static, ()> {
+    let mut stream = Unfinished { stream: quic.open_uni().await.map_err(drop)?, finished: false };
     let kind = Bytes::from_static(if message.text { &[TEXT] } else { &[BINARY] });
     let mut chunks = [header.clone(), kind, message.payload];
-    stream.write_all_chunks(&mut chunks).await.map_err(drop)?;
-    stream.finish().map_err(drop)
+    stream.stream.write_all_chunks(&mut chunks).await.map_err(drop)?;
+    stream.stream.finish().map_err(drop)?;
+    stream.finished = true;
+    let acknowledged = stream.stream.stopped();
+    Ok(async move {
+        let _ = acknowledged.await;
+    })
+}
+
+/// A message stream being written: reset if dropped before its FIN (quinn
+/// would otherwise finish it, and the client would read a cut message).
+struct Unfinished {
+    stream: quinn::SendStream,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Code 0: the message is abandoned, not an error of the client's.
+            let _ = self.stream.reset(quinn::VarInt::from_u32(0));
+        }
+    }
 }
 
 #[cfg(test)]
