@@ -25,6 +25,8 @@ use tollgate_h3::webtransport::{Message, MessageError, MessagePipe, SessionClose
 use tollgate_h3::{Connection, Resolved, Settings};
 
 type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type ClientDriver = h3::client::Connection<h3_quinn::Connection, Bytes>;
+type ClientSender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// How the client ends its CONNECT stream.
 enum End {
@@ -78,6 +80,29 @@ async fn serve(endpoint: quinn::Endpoint, pipe: tokio::sync::oneshot::Sender<(Me
     while let Ok(Some(_)) = session.accept().await {}
 }
 
+/// An HTTP/3 client connection (extended CONNECT on) to `addr`: the QUIC
+/// connection, h3's driver and its request sender.
+async fn h3_client(client: &quinn::Endpoint, addr: SocketAddr) -> (quinn::Connection, ClientDriver, ClientSender) {
+    let quic = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let (driver, send_request) = h3::client::builder()
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+        .await
+        .unwrap();
+    (quic, driver, send_request)
+}
+
+/// The CONNECT that opens a WebTransport session on the test server.
+fn webtransport_connect(addr: SocketAddr) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://localhost:{}/wt", addr.port()))
+        .extension(h3::ext::Protocol::WEB_TRANSPORT)
+        .body(())
+        .unwrap()
+}
+
 /// Opens a session, sends one text message, ends the CONNECT stream as
 /// told; returns what the pipe yielded: the message, then the end.
 async fn session_ended_by(end: End) -> (Message, MessageError) {
@@ -86,20 +111,9 @@ async fn session_ended_by(end: End) -> (Message, MessageError) {
     let (pipe_tx, pipe_rx) = tokio::sync::oneshot::channel();
     let server_task = tokio::spawn(serve(server, pipe_tx));
 
-    let quic = client.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, mut send_request) = h3::client::builder()
-        .enable_extended_connect(true)
-        .enable_datagram(true)
-        .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
-        .await
-        .unwrap();
+    let (quic, mut driver, mut send_request) = h3_client(&client, addr).await;
     let driver = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
-    let connect = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("https://localhost:{}/wt", addr.port()))
-        .extension(h3::ext::Protocol::WEB_TRANSPORT)
-        .body(())
-        .unwrap();
+    let connect = webtransport_connect(addr);
     let mut stream: ClientStream = send_request.send_request(connect).await.unwrap();
     let response = stream.recv_response().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -215,19 +229,8 @@ async fn open_hand_driven() -> HandDriven {
     let addr: SocketAddr = server.local_addr().unwrap();
     let (pipe_tx, pipe_rx) = tokio::sync::oneshot::channel();
     let server_task = tokio::spawn(serve(server, pipe_tx));
-    let quic = client.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, mut send_request) = h3::client::builder()
-        .enable_extended_connect(true)
-        .enable_datagram(true)
-        .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
-        .await
-        .unwrap();
-    let connect = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("https://localhost:{}/wt", addr.port()))
-        .extension(h3::ext::Protocol::WEB_TRANSPORT)
-        .body(())
-        .unwrap();
+    let (quic, mut driver, mut send_request) = h3_client(&client, addr).await;
+    let connect = webtransport_connect(addr);
     let exchange = async {
         let mut stream: ClientStream = send_request.send_request(connect).await.unwrap();
         let response = stream.recv_response().await.unwrap();
