@@ -289,7 +289,11 @@ impl Gateway {
             && crate::websocket::is_websocket(&parts)
         {
             use crate::websocket::Accepted;
-            return match crate::websocket::accept(ws, upstream, &route.config, ctx, parts, self.access_log).await? {
+            // Boxed: the upgrade's state is large and rare; unboxed it would
+            // sit in every request's future, which tokio copies whole.
+            let accepting =
+                Box::pin(crate::websocket::accept(ws, upstream, &route.config, ctx, parts, self.access_log));
+            return match accepting.await? {
                 Accepted::Switched(response) => Ok(Outcome::Local(response)),
                 Accepted::Refused(response, guard) => Ok(Outcome::Proxied(response, guard)),
             };

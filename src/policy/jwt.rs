@@ -624,7 +624,10 @@ impl RemoteJwks {
         *last = Some(Instant::now());
         let url = &self.spec.url;
         // The timeout covers connect, handshake, request and body alike.
-        let fetched = match tokio::time::timeout(self.spec.timeout, fetch(url, self.spec.tls.as_ref())).await {
+        // Boxed: the fetch (TCP, TLS, HTTP/1.1) is rare and its state large;
+        // unboxed it would sit in every request's future on a JWT route.
+        let fetching = Box::pin(fetch(url, self.spec.tls.as_ref()));
+        let fetched = match tokio::time::timeout(self.spec.timeout, fetching).await {
             Err(_) => Err(JwksError::Timeout),
             Ok(result) => result,
         };
