@@ -37,7 +37,7 @@ pub enum ProxyError {
     /// Every target is at its connection limit.
     UpstreamSaturated { upstream: String },
     /// The backend broke the exchange after the connection was made.
-    UpstreamProtocol { upstream: String, source: hyper::Error },
+    UpstreamProtocol { upstream: String, source: crate::body::BoxError },
     /// Serving a static file failed.
     Static(std::io::Error),
     /// A policy refused the request.
@@ -198,7 +198,7 @@ impl std::fmt::Display for ProxyError {
         f.write_str(&self.message())?;
         match self {
             ProxyError::UpstreamConnect { source, .. } => write_chain(f, source),
-            ProxyError::UpstreamProtocol { source, .. } => write_chain(f, source),
+            ProxyError::UpstreamProtocol { source, .. } => write_chain(f, &**source),
             ProxyError::Static(e) => write!(f, ": {e}"),
             _ => Ok(()),
         }

@@ -286,3 +286,116 @@ fn a_flood_of_small_messages_to_a_slow_reader_arrives_whole() {
     assert_eq!(bytes, FLOOD_MESSAGES * 69, "every message arrived");
     assert_eq!(status.as_deref(), Some("0"));
 }
+
+/// A raw h2c client call to `/stall.Svc/Echo` through `addr`: `run` drives
+/// the upload and returns once the call is done; returns what `run` returned.
+fn echo_call<F, Fut, T>(addr: SocketAddr, run: F) -> T
+where
+    F: FnOnce(h2::SendStream<bytes::Bytes>, h2::RecvStream, http::HeaderMap) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/stall.Svc/Echo"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        // The first message goes before the response head: the backend answers only once it has a request.
+        upload.send_data(frame(b"one").into(), false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        run(upload, response.into_body(), headers).await
+    })
+}
+
+/// The next DATA chunk of `body`, within two seconds.
+async fn next_chunk(body: &mut h2::RecvStream) -> Vec<u8> {
+    let chunk = tokio::time::timeout(Duration::from_secs(2), body.data()).await;
+    let chunk = chunk.expect("the message came back while the upload was still open").unwrap().unwrap();
+    let _ = body.flow_control().release_capacity(chunk.len());
+    chunk.to_vec()
+}
+
+#[test]
+fn a_client_stream_is_relayed_message_by_message_with_its_trailers() {
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+    let trailers = echo_call(tollgate.addr, |mut upload, mut body, _| async move {
+        // Each message makes the round trip before the next one is sent: nothing waits for the body's end.
+        assert_eq!(frames(&next_chunk(&mut body).await), vec![(0, b"one".to_vec())]);
+        upload.send_data(frame(b"two").into(), false).unwrap();
+        assert_eq!(frames(&next_chunk(&mut body).await), vec![(0, b"two".to_vec())]);
+        // Request trailers reach the backend too.
+        let mut request_trailers = http::HeaderMap::new();
+        request_trailers.insert("x-t", http::HeaderValue::from_static("last"));
+        upload.send_trailers(request_trailers).unwrap();
+        assert!(body.data().await.is_none());
+        body.trailers().await.unwrap().unwrap()
+    });
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["echo-x-t"], "last");
+}
+
+#[test]
+fn a_unary_call_whose_body_has_arrived_keeps_its_metadata_and_trailers() {
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+    // HEADERS and the one DATA frame (END_STREAM) go out together: the
+    // gateway finds the whole body there and sends it without a pipe task.
+    let addr = tollgate.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (headers, body, trailers) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/stall.Svc/Echo"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-meta", "kept")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        upload.send_data(frame(b"whole").into(), true).unwrap();
+        let response = response.await.unwrap();
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (headers, bytes, body.trailers().await.unwrap().unwrap())
+    });
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert!(headers.contains_key("x-request-id"), "{headers:?}");
+    assert_eq!(frames(&body), vec![(0, b"whole".to_vec())]);
+    assert_eq!(trailers["grpc-status"], "0");
+    assert!(!trailers.contains_key("echo-x-t"));
+}
+
+#[test]
+fn an_abandoned_client_stream_resets_the_backend_stream() {
+    let backend = StallingBackend::start();
+    let tollgate = gateway(&[backend.addr]);
+    echo_call(tollgate.addr, |upload, mut body, _| async move {
+        assert_eq!(frames(&next_chunk(&mut body).await), vec![(0, b"one".to_vec())]);
+        // The client goes away mid-stream: dropping both halves resets its stream.
+        drop((upload, body));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    // The gateway passed the reset on, so the backend's handler was dropped unfinished.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.dropped.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(backend.dropped.load(Ordering::SeqCst), 1, "the backend stream was left open");
+}

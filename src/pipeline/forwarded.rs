@@ -29,6 +29,11 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::UPGRADE,
 ];
 
+/// The hop-by-hop headers an HTTP/2 message can still carry: h2 refuses a
+/// message with any of the others as malformed (RFC 9113 §8.2.2), and allows
+/// TE only as `trailers`.
+static HOP_BY_HOP_H2: [&HeaderName; 3] = [&header::PROXY_AUTHORIZATION, &header::TE, &header::TRAILER];
+
 /// `Via` value for each hop we received on (RFC 9110 §7.6.3: received-protocol + pseudonym).
 fn via(protocol: DownstreamProtocol) -> HeaderValue {
     match protocol {
@@ -42,7 +47,7 @@ fn via(protocol: DownstreamProtocol) -> HeaderValue {
 /// (the common case, kept allocation-free).
 fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     if headers.contains_key(name) {
-        append_list(headers, name, value.to_str().unwrap_or_default());
+        append_list(headers, name, value.to_str().unwrap_or_default().to_owned());
     } else {
         headers.insert(name, value);
     }
@@ -66,6 +71,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// [`remove_hop_by_hop`] for a header map the h2 crate decoded: three
+/// lookups instead of nine, since h2 already refused the rest.
+pub fn remove_hop_by_hop_h2(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP_H2 {
+        headers.remove(name);
+    }
+}
+
 /// Turns the client's request into the one sent upstream: path rewritten,
 /// hop-by-hop headers gone, forwarding headers added, HTTP/1.1 shape.
 pub fn prepare_request(
@@ -79,7 +92,11 @@ pub fn prepare_request(
         Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
         None => headers.get(header::HOST).cloned(),
     };
-    remove_hop_by_hop(headers);
+    if ctx.protocol == DownstreamProtocol::Http2 {
+        remove_hop_by_hop_h2(headers);
+    } else {
+        remove_hop_by_hop(headers);
+    }
     // We answered `Expect: 100-continue` ourselves when we started reading the body.
     headers.remove(header::EXPECT);
     // HTTP/2 and HTTP/3 may split `cookie` into several fields (RFC 9113 §8.2.3, RFC 9114 §4.2.1).
@@ -95,7 +112,7 @@ pub fn prepare_request(
     {
         headers.insert(&X_FORWARDED_HOST, h.clone());
     }
-    append_list(headers, &FORWARDED, &forwarded_element(&connection.forwarded_for, host.as_ref()));
+    append_list(headers, &FORWARDED, forwarded_element(&connection.forwarded_for, host.as_ref()));
     append_value(headers, &header::VIA, via(ctx.protocol));
 
     match (route.preserve_host, host) {
@@ -123,31 +140,46 @@ pub fn prepare_response<B>(response: &mut Response<B>, protocol: DownstreamProto
     append_value(headers, &header::VIA, via(protocol));
 }
 
+/// [`prepare_response`] for a response that came over HTTP/2 (a gRPC
+/// backend's), whose headers h2 has already checked.
+pub fn prepare_h2_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol) {
+    let headers = response.headers_mut();
+    remove_hop_by_hop_h2(headers);
+    append_value(headers, &header::VIA, via(protocol));
+}
+
 /// One `Forwarded` element: the connection's `for=...;proto=...` plus
 /// `;host=...`, quoted when it is not a token (RFC 7239 §4, §6).
 fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String {
-    let mut out = String::with_capacity(for_and_proto.len() + 32);
+    let mut out = String::with_capacity(for_and_proto.len() + host.map_or(0, |h| h.len() + 10));
     out.push_str(for_and_proto);
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         if h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
             out.push_str(";host=");
             out.push_str(h);
         } else {
+            // A quoted-string, escaping as it goes (no intermediate strings).
             out.push_str(";host=\"");
-            out.push_str(&h.replace('\\', "\\\\").replace('"', "\\\""));
+            for c in h.chars() {
+                if c == '\\' || c == '"' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
             out.push('"');
         }
     }
     out
 }
 
-/// Appends `value` to a comma-separated list header (or creates it).
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+/// Appends `value` to a comma-separated list header (or creates it, taking
+/// `value`'s buffer as the header's without a copy).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: String) {
     let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_string(),
+        _ => value,
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    if let Ok(v) = HeaderValue::try_from(joined) {
         headers.insert(name, v);
     }
 }
@@ -183,6 +215,18 @@ mod tests {
     }
 
     #[test]
+    fn the_h2_pass_removes_what_h2_lets_through() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic eDp5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop_h2(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
     fn forwarded_quotes_ipv6_and_odd_hosts() {
         use crate::model::{ConnectionInfo, ListenerInfo};
         let listener =
@@ -196,6 +240,8 @@ mod tests {
             forwarded_element(&v4.forwarded_for, Some(&host)),
             "for=10.0.0.1;proto=http;host=\"example.com:8080\""
         );
+        let odd = HeaderValue::from_static("a\"b\\c");
+        assert_eq!(forwarded_element(&v4.forwarded_for, Some(&odd)), "for=10.0.0.1;proto=http;host=\"a\\\"b\\\\c\"");
         let plain = HeaderValue::from_static("example.com");
         assert_eq!(forwarded_element(&v4.forwarded_for, Some(&plain)), "for=10.0.0.1;proto=http;host=example.com");
     }
@@ -204,7 +250,7 @@ mod tests {
     fn list_headers_are_appended_not_replaced() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        append_list(&mut h, &X_FORWARDED_FOR, "127.0.0.1");
+        append_list(&mut h, &X_FORWARDED_FOR, "127.0.0.1".to_owned());
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 127.0.0.1");
     }
 

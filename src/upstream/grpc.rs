@@ -2,18 +2,22 @@
 //! targets' multiplexed HTTP/2 connections, with passive health and the
 //! call's `grpc-timeout` deadline.
 //!
-//! Bodies stream both ways frame by frame; HTTP/2 flow control is the
-//! backpressure (hyper writes a request frame only when the stream has
-//! window, and reads response frames only as the client takes them).
+//! Calls go out on `h2` directly (see `h2_stream` for why not hyper's
+//! client). Bodies stream both ways frame by frame; HTTP/2 flow control is
+//! the backpressure (the request pipe takes the next frame only once the
+//! stream has window, and response window is handed back only as the client
+//! takes frames). A request body that has fully arrived is sent inline.
 //! Dropping the response (client gone) resets the backend stream.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::uri::{self, Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, header};
 use tokio::time::Instant;
 
 use super::grpc_deadline::{DeadlineBody, parse_grpc_timeout};
+use super::h2_stream::{ResponseBody, Start};
 use super::{ConnectError, MAX_CONNECT_ATTEMPTS, TargetGuard, Upstream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -45,31 +49,33 @@ impl Upstream {
                 phase: DEADLINE_PHASE,
             })??,
         };
-        let (parts, incoming) = response.into_parts();
-        let body = match deadline {
-            None => body::boxed(incoming),
-            Some(at) => body::boxed(DeadlineBody::new(body::boxed(incoming), at)),
+        let response = match deadline {
+            None => response,
+            Some(at) => response.map(|body| body::boxed(DeadlineBody::new(body, at))),
         };
-        Ok(GrpcResponse { response: Response::from_parts(parts, body), guard, target })
+        Ok(GrpcResponse { response, guard, target })
     }
 
     async fn place_call(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         client_ip: IpAddr,
-    ) -> Result<(Response<hyper::body::Incoming>, TargetGuard, Arc<str>), ProxyError> {
+    ) -> Result<(Response<Body>, TargetGuard, Arc<str>), ProxyError> {
         let hash_input = self.hash_input(&req, client_ip);
+        let (mut head, mut body) = req.into_parts();
         // `preserve_host` left the client's Host; HTTP/2 carries it as :authority.
-        let authority = req.headers_mut().remove(header::HOST);
+        let authority = head.headers.remove(header::HOST);
+        // Read (without waiting) what the body already holds: a unary call's
+        // message usually has arrived, and then no task pipes the body.
+        let start = Start::peek(&mut body);
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
         for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
             let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
             let target = &self.targets[index];
-            *req.uri_mut() = absolute_uri(req.uri(), authority.as_ref(), target.authority.as_str())?;
+            head.uri = absolute_uri(&head.uri, authority.as_ref(), &target.authority)?;
             // A connection may close between checkout and send (GOAWAY): the
-            // request comes back unsent and goes on a fresh connection.
-            let mut unsent = Some(req);
+            // call goes on a fresh connection, nothing having been sent.
             for _ in 0..2 {
                 let mut sender = match self.grpc[index].sender().await {
                     Ok(s) => s,
@@ -79,26 +85,18 @@ impl Upstream {
                         break;
                     }
                 };
-                let request = unsent.take().expect("a request is in hand");
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        target.record_success();
-                        return Ok((response, guard, Arc::clone(&target.label)));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(back) => unsent = Some(back),
-                        None => {
-                            return Err(ProxyError::UpstreamProtocol {
-                                upstream: self.config.name.clone(),
-                                source: e.into_error(),
-                            });
-                        }
-                    },
+                if std::future::poll_fn(|cx| sender.send.poll_ready(cx)).await.is_err() {
+                    sender.mark_closed();
+                    continue;
                 }
-            }
-            match unsent {
-                Some(back) => req = back,
-                None => unreachable!("the request was either sent or handed back"),
+                let request = Request::from_parts(head, ());
+                let sent = sender.send.send_request(request, start.is_empty()).map_err(|e| self.protocol_error(e))?;
+                let (response, stream) = sent;
+                let pipe = start.send(body, stream).map_err(|e| self.protocol_error(e))?;
+                let response = response.await.map_err(|e| self.protocol_error(e))?;
+                target.record_success();
+                let response = response.map(|recv| body::boxed(ResponseBody::new(recv, pipe)));
+                return Ok((response, guard, Arc::clone(&target.label)));
             }
         }
         match last_connect_error {
@@ -109,18 +107,26 @@ impl Upstream {
             None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
         }
     }
+
+    fn protocol_error(&self, e: h2::Error) -> ProxyError {
+        ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: Box::new(e) }
+    }
 }
 
 /// `http://AUTHORITY/path`: HTTP/2 needs `:scheme` and `:authority`
 /// (RFC 9113 §8.3.1); the authority is the client's Host when the route
-/// preserves it, else the target's address.
-fn absolute_uri(current: &Uri, host: Option<&HeaderValue>, target: &str) -> Result<Uri, ProxyError> {
-    let authority = host.and_then(|h| h.to_str().ok()).unwrap_or(target);
-    let path = current.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("invalid :authority"))
+/// preserves it, else the target's address. Built from parts already
+/// parsed (the path, the target's authority): nothing is re-parsed per call
+/// but a preserved Host.
+fn absolute_uri(current: &Uri, host: Option<&HeaderValue>, target: &Authority) -> Result<Uri, ProxyError> {
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(uri::Scheme::HTTP);
+    parts.authority = Some(match host {
+        Some(h) if h.to_str().is_ok() => {
+            Authority::try_from(h.as_bytes()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?
+        }
+        _ => target.clone(),
+    });
+    parts.path_and_query = Some(current.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid :authority"))
 }

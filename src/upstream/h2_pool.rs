@@ -9,20 +9,25 @@
 //! instead of racing to open many.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::ConnectError;
 use super::tls::Transport;
-use crate::body::Body;
 
 /// HTTP/2 PINGs keep NAT and load-balancer state alive on quiet connections
 /// and detect a dead peer (RFC 9113 §6.7).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING unanswered this long closes the connection (hyper's default).
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest response header list accepted from a backend (hyper's default).
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Bytes h2 buffers per stream for sending (hyper's default).
+const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
 /// Per-call receive window towards a gRPC backend: what one call may have
 /// buffered here unread (128 KiB × the backend's stream limit per connection).
@@ -38,7 +43,7 @@ pub struct H2Pool {
     socket_addr: Option<SocketAddr>,
     connect_timeout: Duration,
     transport: Transport,
-    slots: Box<[tokio::sync::Mutex<Option<SendRequest<Body>>>]>,
+    slots: Box<[tokio::sync::Mutex<Option<H2Sender>>]>,
     next: AtomicUsize,
 }
 
@@ -65,7 +70,7 @@ impl H2Pool {
     }
 
     /// A handle to a live connection, connecting first if the chosen slot has none.
-    pub async fn sender(&self) -> Result<SendRequest<Body>, ConnectError> {
+    pub async fn sender(&self) -> Result<H2Sender, ConnectError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[index].lock().await;
         if let Some(sender) = slot.as_ref()
@@ -74,12 +79,14 @@ impl H2Pool {
             return Ok(sender.clone());
         }
         *slot = None;
-        let sender = self.connect().await?;
+        // Boxed: connecting (TCP, TLS, handshake) is rare, and its large
+        // state would otherwise sit inside every call's future.
+        let sender = Box::pin(self.connect()).await?;
         *slot = Some(sender.clone());
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, ConnectError> {
+    async fn connect(&self) -> Result<H2Sender, ConnectError> {
         let connecting = async {
             match self.socket_addr {
                 Some(addr) => tokio::net::TcpStream::connect(addr).await,
@@ -116,28 +123,72 @@ enum Io {
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
+/// A cloneable handle to one upstream HTTP/2 connection.
+#[derive(Clone)]
+pub struct H2Sender {
+    /// h2's own handle: calls open streams on it from their own task, with
+    /// no hand-off to the connection's task.
+    pub send: h2::client::SendRequest<Bytes>,
+    /// Set when the connection ended or refused a new stream (GOAWAY).
+    closed: Arc<AtomicBool>,
+}
+
+impl H2Sender {
+    /// True once the connection can take no new calls: its slot reconnects.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection unusable for new calls (it refused one).
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Starts HTTP/2 on `stream` and spawns its I/O task.
-async fn handshake<T>(stream: T) -> Result<SendRequest<Body>, ConnectError>
+async fn handshake<T>(stream: T) -> Result<H2Sender, ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+    let (send, mut connection) = h2::client::Builder::new()
         // h2 closes a connection holding too many small unread DATA frames
         // (its budget is half the connection window): a fast backend streaming
         // small messages to a slow client got every call on the connection
         // reset with ENHANCE_YOUR_CALM. Bytes buffered are bounded by the
         // stream window × streams; the connection window only sets the budget.
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake(TokioIo::new(stream))
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
+        // A proxy has no use for server push (RFC 9113 §8.4).
+        .enable_push(false)
+        .handshake::<_, Bytes>(stream)
         .await
-        .map_err(ConnectError::Handshake)?;
+        .map_err(ConnectError::H2Handshake)?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&closed);
+    let mut ping_pong = connection.ping_pong().expect("taken once, here");
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "gRPC upstream connection ended with an error");
+        let keep_alive = async {
+            loop {
+                tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+                match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+                    Ok(Ok(_pong)) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::debug!("gRPC upstream connection missed a keep-alive PING; closing it");
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            ended = &mut connection => if let Err(e) = ended {
+                tracing::debug!(error = %e, "gRPC upstream connection ended with an error");
+            },
+            () = keep_alive => {}
         }
+        ended.store(true, Ordering::Relaxed);
     });
-    Ok(sender)
+    Ok(H2Sender { send, closed })
 }

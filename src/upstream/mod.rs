@@ -5,6 +5,7 @@ mod balancer;
 mod grpc;
 pub mod grpc_deadline;
 mod h2_pool;
+mod h2_stream;
 mod pool;
 mod target;
 pub(crate) mod tls;
@@ -147,7 +148,7 @@ impl Upstream {
                     if client_body_failed(&e) {
                         return Err(ProxyError::BadRequest("the request body is malformed or incomplete"));
                     }
-                    return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e });
+                    return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e.into() });
                 }
                 Err(_elapsed) => {
                     return Err(ProxyError::UpstreamTimeout {

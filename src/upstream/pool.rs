@@ -24,8 +24,10 @@ pub enum ConnectError {
     Io(std::io::Error),
     /// Connecting took longer than `connect_timeout`.
     Timeout,
-    /// The HTTP/1.1 or HTTP/2 handshake failed.
+    /// The HTTP/1.1 handshake failed.
     Handshake(hyper::Error),
+    /// The HTTP/2 handshake with a gRPC target failed.
+    H2Handshake(h2::Error),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -34,6 +36,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Timeout => write!(f, "connect timed out"),
             ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
+            ConnectError::H2Handshake(e) => write!(f, "HTTP/2 handshake failed: {e}"),
         }
     }
 }

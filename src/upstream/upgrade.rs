@@ -48,7 +48,9 @@ impl Upstream {
                     target.record_success();
                     Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) })
                 }
-                Ok(Err(source)) => Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source }),
+                Ok(Err(source)) => {
+                    Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: source.into() })
+                }
                 Err(_) => Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "upgrade" }),
             };
         }

@@ -155,7 +155,8 @@ pub fn trailer_lines(payload: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(payload).split("\r\n").filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
 
-/// A Rust h2c backend (hyper) that misbehaves on purpose: `/stall.Svc/Head`
+/// A Rust h2c backend (hyper) that misbehaves on purpose (and `/stall.Svc/Echo`
+/// streams each request frame back as it comes): `/stall.Svc/Head`
 /// never answers; `/stall.Svc/Body` sends a head and one message, then
 /// stalls; `/stall.Svc/Hold` answers OK after 300 ms. `dropped` counts calls
 /// whose handler or body was dropped (stream reset) before finishing;
@@ -231,6 +232,46 @@ impl http_body::Body for FloodBody {
     }
 }
 
+/// The body of `/stall.Svc/Echo`: each request DATA frame back as it
+/// arrives, then `grpc-status: 0` with the request's `x-t` trailer (if
+/// any) returned as `echo-x-t`.
+struct EchoBody {
+    request: hyper::body::Incoming,
+    /// Counts the call as dropped unless the body reached its end.
+    guard: CountOnDrop,
+}
+
+impl http_body::Body for EchoBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.guard.1 {
+            return std::task::Poll::Ready(None);
+        }
+        let mut trailers = http::HeaderMap::new();
+        match std::task::ready!(std::pin::Pin::new(&mut self.request).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                Err(frame) => {
+                    if let Some(t) = frame.trailers_ref().and_then(|t| t.get("x-t")) {
+                        trailers.insert("echo-x-t", t.clone());
+                    }
+                }
+            },
+            // The call was reset: the response ends too.
+            Some(Err(_)) => return std::task::Poll::Ready(None),
+            None => {}
+        }
+        self.guard.1 = true;
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+}
+
 impl StallingBackend {
     pub fn start() -> StallingBackend {
         use http_body_util::BodyExt;
@@ -263,6 +304,12 @@ impl StallingBackend {
                                                 .unwrap()
                                         };
                                         let response = match req.uri().path() {
+                                            "/stall.Svc/Echo" => {
+                                                guard.1 = true;
+                                                let body =
+                                                    EchoBody { request: req.into_body(), guard: CountOnDrop(d, false) };
+                                                grpc(body.boxed_unsync())
+                                            }
                                             "/stall.Svc/Head" => {
                                                 tokio::time::sleep(Duration::from_secs(30)).await;
                                                 grpc(http_body_util::Empty::new().boxed_unsync())
