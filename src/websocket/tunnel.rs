@@ -78,7 +78,9 @@ pub(super) async fn open(
         let stopping = super::shutdown::stopping();
         match client {
             Switched::WebSocket(io) => {
-                let tunnel = frames::tunnel(io, backend_io, options, settings, stopping);
+                // Boxed: the tunnel pins its own copy of this future, so a
+                // box (16 bytes) is moved instead of the whole wait.
+                let tunnel = frames::tunnel(io, backend_io, options, settings, Box::pin(stopping));
                 // A task of its own that holds only the tunnel: this one also
                 // holds the handshake's state, and an idle tunnel should cost
                 // as little memory as possible.
