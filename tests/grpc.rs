@@ -287,6 +287,25 @@ fn a_flood_of_small_messages_to_a_slow_reader_arrives_whole() {
     assert_eq!(status.as_deref(), Some("0"));
 }
 
+/// Opens a raw h2c call to `/stall.Svc/Echo` through `addr` with `extra`
+/// request headers: the response to come and the upload half.
+async fn open_echo(
+    addr: SocketAddr,
+    extra: &[(&str, &str)],
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://{addr}/stall.Svc/Echo"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    client.send_request(request.body(()).unwrap(), false).unwrap()
+}
+
 /// A raw h2c client call to `/stall.Svc/Echo` through `addr`: `run` drives
 /// the upload and returns once the call is done; returns what `run` returned.
 fn echo_call<F, Fut, T>(addr: SocketAddr, run: F) -> T
@@ -296,16 +315,7 @@ where
 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::post(format!("http://{addr}/stall.Svc/Echo"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut upload) = client.send_request(request, false).unwrap();
+        let (response, mut upload) = open_echo(addr, &[]).await;
         // The first message goes before the response head: the backend answers only once it has a request.
         upload.send_data(frame(b"one").into(), false).unwrap();
         let response = response.await.unwrap();
@@ -352,17 +362,7 @@ fn a_unary_call_whose_body_has_arrived_keeps_its_metadata_and_trailers() {
     let addr = tollgate.addr;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (headers, body, trailers) = runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::post(format!("http://{addr}/stall.Svc/Echo"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("x-meta", "kept")
-            .body(())
-            .unwrap();
-        let (response, mut upload) = client.send_request(request, false).unwrap();
+        let (response, mut upload) = open_echo(addr, &[("x-meta", "kept")]).await;
         upload.send_data(frame(b"whole").into(), true).unwrap();
         let response = response.await.unwrap();
         let headers = response.headers().clone();
@@ -377,6 +377,7 @@ fn a_unary_call_whose_body_has_arrived_keeps_its_metadata_and_trailers() {
     });
     assert_eq!(headers["content-type"], "application/grpc");
     assert!(headers.contains_key("x-request-id"), "{headers:?}");
+    assert_eq!(headers["echo-x-meta"], "kept", "the call's metadata reached the backend");
     assert_eq!(frames(&body), vec![(0, b"whole".to_vec())]);
     assert_eq!(trailers["grpc-status"], "0");
     assert!(!trailers.contains_key("echo-x-t"));

@@ -232,7 +232,8 @@ impl http_body::Body for FloodBody {
     }
 }
 
-/// The body of `/stall.Svc/Echo`: each request DATA frame back as it
+/// The body of `/stall.Svc/Echo` (whose `x-meta` request header comes back
+/// as `echo-x-meta`): each request DATA frame back as it
 /// arrives, then `grpc-status: 0` with the request's `x-t` trailer (if
 /// any) returned as `echo-x-t`.
 struct EchoBody {
@@ -306,9 +307,15 @@ impl StallingBackend {
                                         let response = match req.uri().path() {
                                             "/stall.Svc/Echo" => {
                                                 guard.1 = true;
+                                                let meta = req.headers().get("x-meta").cloned();
                                                 let body =
                                                     EchoBody { request: req.into_body(), guard: CountOnDrop(d, false) };
-                                                grpc(body.boxed_unsync())
+                                                let mut response = grpc(body.boxed_unsync());
+                                                // Request metadata comes back as `echo-x-meta`.
+                                                if let Some(meta) = meta {
+                                                    response.headers_mut().insert("echo-x-meta", meta);
+                                                }
+                                                response
                                             }
                                             "/stall.Svc/Head" => {
                                                 tokio::time::sleep(Duration::from_secs(30)).await;
