@@ -178,7 +178,7 @@ async fn python_websockets_client_and_server_negotiate_permessage_deflate_throug
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fragments_with_interleaved_control_frames_are_reassembled_for_the_backend() {
+async fn fragments_with_interleaved_control_frames_reach_the_backend_as_one_message() {
     let backend = EchoBackend::start().await;
     let rig = Rig::start(backend.addr, TUNNEL, "");
     let (head, mut tcp) = upgrade_raw(rig.addr(), "/", &[]).await;

@@ -153,10 +153,12 @@ pub(crate) fn control_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8>
     frame
 }
 
-/// A close frame's payload: the code and a reason (at most 123 bytes).
-pub(crate) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+/// A close frame's payload: the code and one of the gateway's own reasons
+/// (static ASCII, at most 123 bytes, RFC 6455 §5.5.1; as in [`crate::close::frame`]).
+pub(crate) fn close_payload(code: u16, reason: &'static str) -> Vec<u8> {
+    debug_assert!(reason.len() <= MAX_CONTROL_PAYLOAD - 2);
     let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)]);
+    payload.extend_from_slice(reason.as_bytes());
     payload
 }
 

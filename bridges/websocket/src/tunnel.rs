@@ -248,7 +248,7 @@ impl Pump {
         self.inject(&frame::control_frame(opcode, payload, self.way == Way::Up));
     }
 
-    fn inject_close(&mut self, code: u16, reason: &str) {
+    fn inject_close(&mut self, code: u16, reason: &'static str) {
         self.inject_control(opcode::CLOSE, &frame::close_payload(code, reason));
     }
 
