@@ -514,11 +514,27 @@ pub mod transport {
         run_with_timeout(Command::new("sh").arg("-c").arg(script), timeout)
     }
 
-    /// GET `http://{admin}/status` as JSON.
+    /// GET `http://{admin}/status` as JSON. Tests poll it in loops on a
+    /// loaded machine, so a request that gets no answer is tried again
+    /// (three attempts) before the test fails with curl's own error.
     pub fn admin_status(admin: SocketAddr) -> serde_json::Value {
-        let out = super::curl(&["--max-time", "5", &format!("http://{admin}/status")]);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("admin /status is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        let url = format!("http://{admin}/status");
+        let mut last = None;
+        for _ in 0..3 {
+            let out = super::curl(&["-S", "--max-time", "5", &url]);
+            match serde_json::from_slice(&out.stdout) {
+                Ok(status) => return status,
+                Err(e) => last = Some((e, out)),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (e, out) = last.expect("three attempts");
+        panic!(
+            "admin /status is not JSON ({e}), curl {}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     /// The `healthy` flag of target `address` in upstream `upstream`, from admin `/status`.
