@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response, header};
-use hyper::body::Incoming;
 
 use crate::body::{self, Body, ClientBody, Limited};
 use crate::config::{Config, RouteAction, RouteConfig};
@@ -26,6 +25,7 @@ use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
 use crate::policy::{Policy, PolicyChain, Verdict};
 use crate::static_files::StaticFiles;
+use crate::upstream::h1::ResponseBody;
 use crate::upstream::{TargetGuard, Upstream};
 use access_log::{AccessRecord, Tracked};
 use request_id::X_REQUEST_ID;
@@ -105,7 +105,7 @@ pub struct Gateway {
 /// What answering a request produced before logging wraps it.
 enum Outcome {
     /// A backend response, relayed as it streams in.
-    Proxied(Response<Incoming>, TargetGuard),
+    Proxied(Response<ResponseBody>, TargetGuard),
     /// A response made here (static file or error).
     Local(Response<Body>),
     /// A backend response already re-encoded (gRPC, gRPC-Web), with its target guard.
@@ -295,7 +295,7 @@ impl Gateway {
                 Box::pin(crate::websocket::accept(ws, upstream, &route.config, ctx, parts, self.access_log));
             return match accepting.await? {
                 Accepted::Switched(response) => Ok(Outcome::Local(response)),
-                Accepted::Refused(response, guard) => Ok(Outcome::Proxied(response, guard)),
+                Accepted::Refused(response, guard) => Ok(Outcome::Streamed(response.map(body::boxed), guard)),
             };
         }
         if crate::websocket::is_extended_connect(&parts) {

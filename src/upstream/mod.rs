@@ -4,6 +4,7 @@
 mod balancer;
 mod grpc;
 pub mod grpc_deadline;
+pub mod h1;
 mod h2_pool;
 mod h2_stream;
 mod pool;
@@ -15,8 +16,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 pub use balancer::Balancer;
 pub use grpc::{DEADLINE_PHASE, GrpcResponse};
@@ -41,10 +40,10 @@ pub struct Upstream {
     grpc: Vec<H2Pool>,
 }
 
-/// A backend response with the guard that keeps its target's slot and
-/// connection until the response body has been relayed.
-pub struct UpstreamResponse {
-    pub response: Response<Incoming>,
+/// A backend response with the guard that keeps its target's slot until
+/// the response body has been relayed (the body itself holds the connection).
+pub struct UpstreamResponse<B = h1::ResponseBody> {
+    pub response: Response<B>,
     pub guard: TargetGuard,
     pub target: Arc<str>,
 }
@@ -54,7 +53,7 @@ enum AttemptError {
     /// Nothing was sent: another target may be tried.
     Connect(ConnectError),
     /// The request went out (at least partly) and the exchange failed.
-    Exchange(hyper::Error),
+    Exchange(h1::H1Error),
 }
 
 impl Upstream {
@@ -106,50 +105,37 @@ impl Upstream {
     }
 
     /// Sends a prepared request (origin-form URI, headers already rewritten)
-    /// to one target, retrying other targets on connect failure when the
-    /// request has no body (nothing has been sent, so a retry is safe).
+    /// to one target, trying other targets when connecting fails and the
+    /// request can still be sent whole (nothing of it has gone out).
     pub async fn send(&self, req: Request<Body>, client_ip: IpAddr) -> Result<UpstreamResponse, ProxyError> {
         let hash_input = self.hash_input(&req, client_ip);
-        let replayable = http_body::Body::is_end_stream(req.body()) && self.targets.len() > 1;
-        let mut spare = replayable.then(|| copy_head(&req));
-        let mut req = Some(req);
+        let had_host = req.headers().contains_key(http::header::HOST);
+        let mut prepared = h1::Prepared::gather(req).await.map_err(|e| self.exchange_error(e))?;
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
 
         for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
-            let Some((index, mut guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
+            let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
             let target = &self.targets[index];
-            let mut request = match req.take() {
-                Some(r) => r,
-                None => match spare.as_ref() {
-                    Some(head) => copy_head(head),
-                    None => break,
-                },
-            };
-            set_default_host(&mut request, target);
-            let exchange = tokio::time::timeout(self.config.first_byte_timeout, exchange(target, request));
+            if !had_host {
+                // `preserve_host = false` or no Host from the client: the backend sees its own address.
+                prepared.set_host(target.authority.as_str());
+            }
+            prepared.encode();
+            let exchange = tokio::time::timeout(self.config.first_byte_timeout, exchange(target, &mut prepared));
             match exchange.await {
-                Ok(Ok((response, connection))) => {
+                Ok(Ok(response)) => {
                     target.record_success();
-                    guard.set_connection(connection);
                     return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
                 }
                 Ok(Err(AttemptError::Connect(e))) => {
                     self.note_connect_failure(target);
                     last_connect_error = Some(e);
-                    if spare.is_none() {
+                    if !prepared.is_replayable() {
                         break;
                     }
                 }
-                Ok(Err(AttemptError::Exchange(e))) => {
-                    if let Some(limit) = body_limit_in(&e) {
-                        return Err(ProxyError::BodyTooLarge { limit });
-                    }
-                    if client_body_failed(&e) {
-                        return Err(ProxyError::BadRequest("the request body is malformed or incomplete"));
-                    }
-                    return Err(ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e.into() });
-                }
+                Ok(Err(AttemptError::Exchange(e))) => return Err(self.exchange_error(e)),
                 Err(_elapsed) => {
                     return Err(ProxyError::UpstreamTimeout {
                         upstream: self.config.name.clone(),
@@ -158,13 +144,24 @@ impl Upstream {
                 }
             }
         }
-        spare.take();
         match last_connect_error {
             Some(ConnectError::Timeout) => {
                 Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" })
             }
             Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
             None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
+        }
+    }
+
+    /// The client's fault (its body broke or went over the limit) or the backend's.
+    fn exchange_error(&self, e: h1::H1Error) -> ProxyError {
+        match e {
+            h1::H1Error::ClientBody(body) => match body_limit_in(&*body) {
+                Some(limit) => ProxyError::BodyTooLarge { limit },
+                None => ProxyError::BadRequest("the request body is malformed or incomplete"),
+            },
+            h1::H1Error::RequestLength(_) => ProxyError::BadRequest("the request body does not match its length"),
+            e => ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e.into() },
         }
     }
 
@@ -206,29 +203,22 @@ impl Upstream {
     }
 }
 
-/// Runs one request on a pooled connection to `target`, or a new one.
+/// Runs one request on a pooled connection to `target`, or a new one. A
+/// pooled connection the backend closed while idle is passed over as long
+/// as the request can still go out whole.
 async fn exchange(
-    target: &Target,
-    mut req: Request<Body>,
-) -> Result<(Response<Incoming>, SendRequest<Body>), AttemptError> {
-    while let Some(mut sender) = target.pool.checkout() {
-        if !sender.is_ready() && sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.try_send_request(req).await {
-            Ok(response) => return Ok((response, sender)),
-            Err(mut e) => match e.take_message() {
-                // Not sent (the connection closed under us): try the next one.
-                Some(unsent) => req = unsent,
-                None => return Err(AttemptError::Exchange(e.into_error())),
-            },
+    target: &Arc<Target>,
+    prepared: &mut h1::Prepared,
+) -> Result<Response<h1::ResponseBody>, AttemptError> {
+    while let Some(conn) = target.pool.checkout() {
+        match h1::exchange(conn, prepared, true, target).await {
+            Ok(response) => return Ok(response),
+            Err(failed) if failed.retryable => continue,
+            Err(failed) => return Err(AttemptError::Exchange(failed.error)),
         }
     }
-    let mut sender = target.pool.connect(&target.authority).await.map_err(AttemptError::Connect)?;
-    match sender.send_request(req).await {
-        Ok(response) => Ok((response, sender)),
-        Err(e) => Err(AttemptError::Exchange(e)),
-    }
+    let conn = target.pool.connect(&target.authority).await.map_err(AttemptError::Connect)?;
+    h1::exchange(conn, prepared, false, target).await.map_err(|failed| AttemptError::Exchange(failed.error))
 }
 
 /// `preserve_host = false` (or a client that sent no Host): the backend sees
@@ -270,21 +260,6 @@ fn spawn_idle_reaper(targets: &[Arc<Target>], idle_timeout: std::time::Duration)
             }
         }
     });
-}
-
-/// True when the exchange failed because reading the client's request body
-/// failed (bad chunked framing, client gone): the downstream's fault, not the
-/// backend's. That body is a hyper `Incoming`, so its error is a second
-/// `hyper::Error` below the one the upstream connection reported.
-fn client_body_failed(err: &hyper::Error) -> bool {
-    let mut current = std::error::Error::source(err);
-    while let Some(e) = current {
-        if e.is::<hyper::Error>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 fn body_limit_in(err: &(dyn std::error::Error + 'static)) -> Option<u64> {

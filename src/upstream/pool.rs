@@ -1,21 +1,18 @@
 //! Keep-alive HTTP/1.1 connections to one target, reused most-recent-first.
 //!
-//! Written on hyper's connection-level client rather than hyper-util's
-//! pooled `Client`: the gateway already knows the target, so a checkout is a
-//! short lock and a `Vec::pop`, with no per-request pool key, boxed connector
-//! future or checkout channel. A connection goes back to the pool only when
-//! its response body was read to the end; one dropped mid-response is closed,
-//! which is also how a client disconnect cancels the backend request.
+//! The gateway already knows the target, so a checkout is a short lock and
+//! a `Vec::pop`, with no per-request pool key or checkout channel. A
+//! connection comes back (from [`super::h1::ResponseBody`]) only when its
+//! response was read to the end; one dropped mid-response is closed, which
+//! is also how a client disconnect cancels the backend request.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 
-use crate::body::Body;
+use super::h1::Connection;
 
 /// Why a new connection could not be made.
 #[derive(Debug)]
@@ -24,7 +21,7 @@ pub enum ConnectError {
     Io(std::io::Error),
     /// Connecting took longer than `connect_timeout`.
     Timeout,
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP/1.1 handshake of an upgrade connection failed.
     Handshake(hyper::Error),
     /// The HTTP/2 handshake with a gRPC target failed.
     H2Handshake(h2::Error),
@@ -58,7 +55,7 @@ impl Default for PoolSettings {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -82,34 +79,34 @@ impl Pool {
     }
 
     /// The most recently used live connection, if any.
-    pub fn checkout(&self) -> Option<SendRequest<Body>> {
+    pub fn checkout(&self) -> Option<Connection> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(candidate) = idle.pop() {
-            if !candidate.sender.is_closed() && now.duration_since(candidate.since) < self.settings.idle_timeout {
-                return Some(candidate.sender);
+            if now.duration_since(candidate.since) < self.settings.idle_timeout && candidate.conn.is_open() {
+                return Some(candidate.conn);
             }
         }
         None
     }
 
     /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() || self.settings.max_idle == 0 {
+    pub fn put(&self, conn: Connection) {
+        if self.settings.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.settings.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: Instant::now() });
+        idle.push(Idle { conn, since: Instant::now() });
     }
 
-    /// Closes connections idle for longer than `idle_timeout`.
+    /// Closes connections idle for longer than `idle_timeout`, and those the backend closed.
     pub fn evict_expired(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.settings.idle_timeout);
+        idle.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_open());
     }
 
     /// Idle connections currently held.
@@ -117,8 +114,8 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Opens a new connection and starts its I/O task.
-    pub async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, ConnectError> {
+    /// Opens a new connection.
+    pub async fn connect(&self, authority: &Authority) -> Result<Connection, ConnectError> {
         let connecting = async {
             match self.socket_addr {
                 Some(addr) => tokio::net::TcpStream::connect(addr).await,
@@ -131,13 +128,6 @@ impl Pool {
             Err(_) => return Err(ConnectError::Timeout),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 }

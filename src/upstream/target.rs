@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::pool::{Pool, PoolSettings};
-use crate::body::Body;
 
 /// Milliseconds since the process's first call, a cheap monotonic clock for atomics.
 fn now_ms() -> u64 {
@@ -97,32 +95,22 @@ impl Target {
             },
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(TargetGuard { target: Arc::clone(self), _permit: permit, connection: None })
+        Some(TargetGuard { target: Arc::clone(self), _permit: permit })
     }
 }
 
-/// Holds a target's in-flight count, connection slot and connection for one
-/// request, until the response body is finished or dropped.
+/// Holds a target's in-flight count and connection slot for one request,
+/// until the response body is finished or dropped.
 #[derive(Debug)]
 pub struct TargetGuard {
     target: Arc<Target>,
     _permit: Option<OwnedSemaphorePermit>,
-    connection: Option<SendRequest<Body>>,
 }
 
 impl TargetGuard {
-    /// Records the connection the exchange runs on.
-    pub fn set_connection(&mut self, connection: SendRequest<Body>) {
-        self.connection = Some(connection);
-    }
-
-    /// The response was read to the end: the connection may be reused.
-    /// (Dropping the guard without this closes the connection instead.)
-    pub fn complete(mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.target.pool.put(connection);
-        }
-    }
+    /// The response was read to the end: the slot is free for the next
+    /// request now, not when the body is dropped.
+    pub fn complete(self) {}
 }
 
 impl Drop for TargetGuard {

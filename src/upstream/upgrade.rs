@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{MAX_CONNECT_ATTEMPTS, Target, Upstream, UpstreamResponse, copy_head, set_default_host};
@@ -26,7 +27,11 @@ impl Upstream {
     /// target, trying other targets when connecting fails (nothing was sent,
     /// so that is safe). The response is the backend's answer; on 101 its
     /// connection can be taken with `hyper::upgrade::on`.
-    pub async fn send_upgrade(&self, req: Request<Body>, client_ip: IpAddr) -> Result<UpstreamResponse, ProxyError> {
+    pub async fn send_upgrade(
+        &self,
+        req: Request<Body>,
+        client_ip: IpAddr,
+    ) -> Result<UpstreamResponse<Incoming>, ProxyError> {
         let hash_input = self.hash_input(&req, client_ip);
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;

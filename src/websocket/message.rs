@@ -107,7 +107,7 @@ async fn send(
     upstream: Arc<Upstream>,
     request: Request<Body>,
     client_ip: std::net::IpAddr,
-) -> Result<Response<Tracked<hyper::body::Incoming>>, ProxyError> {
+) -> Result<Response<Tracked<crate::upstream::h1::ResponseBody>>, ProxyError> {
     let sent = upstream.send(request, client_ip).await?;
     let (parts, incoming) = sent.response.into_parts();
     Ok(Response::from_parts(parts, Tracked::new(incoming, None, Some(sent.guard))))

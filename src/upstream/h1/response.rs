@@ -1,0 +1,259 @@
+//! The response head: parsed by httparse, interim 1xx responses skipped,
+//! and the body's framing decided as RFC 9112 §6.3 orders it.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::{H1Error, MAX_HEADERS};
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (HEAD, 204, 304), whatever the head declares.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed final response head.
+pub(super) struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+impl Head {
+    /// The head as `http` parts, with the framing the body reader needs.
+    pub fn into_parts(self) -> (http::response::Parts, Framing) {
+        let mut response = http::Response::new(());
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers;
+        (response.into_parts().0, self.framing)
+    }
+}
+
+/// Where one header's name and value sit in the head's bytes.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses the final response head at the start of `buf` and removes it
+/// (and any interim 1xx before it). `Ok(None)`: the head is not complete yet.
+pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+    loop {
+        let mut fields = [Field::default(); MAX_HEADERS];
+        let (len, code, minor, count) = {
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed =
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots);
+            let len = match parsed {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
+                Err(e) => return Err(H1Error::Malformed(parse_error(e))),
+            };
+            let start = buf.as_ptr() as usize;
+            let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+            for (field, h) in fields.iter_mut().zip(response.headers.iter()) {
+                field.name = (offset(h.name.as_bytes()), h.name.len() as u32);
+                field.value = (offset(h.value), h.value.len() as u32);
+            }
+            (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("status code out of range"))?;
+        let head = buf.split_to(len).freeze();
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::Malformed("101 Switching Protocols without an upgrade request"));
+            }
+            // 100 Continue, 103 Early Hints: interim, and the client was answered already.
+            continue;
+        }
+        return build(status, minor, &head, &fields[..count], head_request).map(Some);
+    }
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Version => "not HTTP/1.x",
+        _ => "invalid response head",
+    }
+}
+
+fn build(status: StatusCode, minor: u8, head: &Bytes, fields: &[Field], head_request: bool) -> Result<Head, H1Error> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut keep_alive = minor == 1;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for field in fields {
+        let (at, len) = (field.name.0 as usize, field.name.1 as usize);
+        let name =
+            HeaderName::from_bytes(&head[at..at + len]).map_err(|_| H1Error::Malformed("invalid header name"))?;
+        let (at, len) = (field.value.0 as usize, field.value.1 as usize);
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+            .map_err(|_| H1Error::Malformed("invalid header value"))?;
+        if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name == header::CONTENT_LENGTH {
+            for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let n = std::str::from_utf8(item)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(H1Error::Framing("invalid Content-Length"))?;
+                if length.is_some_and(|seen| seen != n) {
+                    return Err(H1Error::Framing("conflicting Content-Length values"));
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // The final coding of the final field decides (RFC 9112 §6.3).
+            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        }
+        headers.append(name, value);
+    }
+    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => {
+                // Chunked wins over a length, which must not be passed on (RFC 9112 §6.3).
+                headers.remove(header::CONTENT_LENGTH);
+                Framing::Chunked
+            }
+            (Some(false), _) | (None, None) => {
+                keep_alive = false;
+                Framing::UntilClose
+            }
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    Ok(Head { status, version, headers, framing, keep_alive })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(wire: &str, head_request: bool) -> Result<Option<(Head, BytesMut)>, H1Error> {
+        let mut buf = BytesMut::from(wire.as_bytes());
+        Ok(parse(&mut buf, head_request)?.map(|h| (h, buf)))
+    }
+
+    #[test]
+    fn a_length_delimited_response_leaves_its_body_in_the_buffer() {
+        let (head, rest) =
+            parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello", false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.headers["x-a"], "b");
+        assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more() {
+        assert!(parsed("HTTP/1.1 200 OK\r\nContent-Len", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let wire = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (head, rest) = parsed(wire, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::NO_CONTENT);
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn chunked_wins_over_content_length_and_the_length_is_dropped() {
+        let wire = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let (head, _) = parsed(wire, false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn no_length_means_until_close_and_no_reuse() {
+        let (head, _) = parsed("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn http_1_0_closes_unless_it_says_keep_alive() {
+        let (head, _) = parsed("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).unwrap().unwrap();
+        assert!(!head.keep_alive);
+        let (head, _) =
+            parsed("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", false).unwrap().unwrap();
+        assert!(head.keep_alive);
+        let (head, _) =
+            parsed("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).unwrap().unwrap();
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn a_head_response_has_no_body_whatever_it_declares() {
+        let (head, _) = parsed("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "1234");
+    }
+
+    #[test]
+    fn conflicting_or_bad_lengths_are_refused() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+        ] {
+            assert!(matches!(parsed(wire, false), Err(H1Error::Framing(_))), "{wire}");
+        }
+        let (head, _) = parsed("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn garbage_and_unasked_switches_are_malformed() {
+        assert!(matches!(parsed("SSH-2.0-OpenSSH\r\n\r\n", false), Err(H1Error::Malformed(_))));
+        assert!(matches!(
+            parsed("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", false),
+            Err(H1Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn too_many_headers_is_too_large() {
+        let mut wire = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..=MAX_HEADERS {
+            wire.push_str(&format!("x-{i}: v\r\n"));
+        }
+        wire.push_str("\r\n");
+        assert!(matches!(parsed(&wire, false), Err(H1Error::HeadTooLarge)));
+    }
+}
