@@ -44,12 +44,25 @@ fn via(protocol: DownstreamProtocol) -> HeaderValue {
 }
 
 /// Appends to a list header, or sets it without formatting when absent
-/// (the common case, kept allocation-free).
+/// (the common case: one hash lookup, no allocation).
 fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    if headers.contains_key(name) {
-        append_list(headers, name, value.to_str().unwrap_or_default().to_owned());
-    } else {
-        headers.insert(name, value);
+    match headers.entry(name) {
+        header::Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        header::Entry::Occupied(mut existing) => {
+            if let Some(joined) = joined(existing.get(), value.to_str().unwrap_or_default()) {
+                existing.insert(joined);
+            }
+        }
+    }
+}
+
+/// `existing, value` as one list value; `None` when it cannot be a header value.
+fn joined(existing: &HeaderValue, value: &str) -> Option<HeaderValue> {
+    match existing.to_str() {
+        Ok(e) if !e.is_empty() => HeaderValue::try_from(format!("{e}, {value}")).ok(),
+        _ => HeaderValue::try_from(value).ok(),
     }
 }
 
@@ -60,16 +73,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
         return;
     }
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for connection in headers.get_all(header::CONNECTION) {
+        let tokens = connection.to_str().unwrap_or("").split(',');
+        named.extend(tokens.filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()));
+    }
+    for name in named {
+        headers.remove(name);
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -96,10 +106,12 @@ pub fn prepare_request(
     route: &RouteConfig,
 ) -> Result<Request<Body>, ProxyError> {
     let headers = &mut parts.headers;
-    let host = match parts.uri.authority() {
+    // HTTP/2 and HTTP/3 carry the host as `:authority`; HTTP/1.1 in `Host`.
+    let authority = match parts.uri.authority() {
         Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
-        None => headers.get(header::HOST).cloned(),
+        None => None,
     };
+    let host = authority.clone().or_else(|| headers.get(header::HOST).cloned());
     if ctx.protocol == DownstreamProtocol::Http2 {
         remove_hop_by_hop_h2(headers);
     } else {
@@ -116,18 +128,20 @@ pub fn prepare_request(
     append_value(headers, &X_FORWARDED_FOR, connection.peer_ip_header.clone());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(connection.scheme()));
     if let Some(h) = &host
-        && !headers.contains_key(&X_FORWARDED_HOST)
+        && let header::Entry::Vacant(slot) = headers.entry(&X_FORWARDED_HOST)
     {
-        headers.insert(&X_FORWARDED_HOST, h.clone());
+        slot.insert(h.clone());
     }
     append_list(headers, &FORWARDED, forwarded_element(&connection.forwarded_for, host.as_ref()));
     append_value(headers, &header::VIA, via(ctx.protocol));
 
-    match (route.preserve_host, host) {
+    match (route.preserve_host, authority) {
         (true, Some(h)) => {
             headers.insert(header::HOST, h);
         }
-        _ => {
+        // The client's own Host is already in place.
+        (true, None) => {}
+        (false, _) => {
             headers.remove(header::HOST);
         }
     }
@@ -183,12 +197,17 @@ fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String 
 /// Appends `value` to a comma-separated list header (or creates it, taking
 /// `value`'s buffer as the header's without a copy).
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value,
-    };
-    if let Ok(v) = HeaderValue::try_from(joined) {
-        headers.insert(name, v);
+    match headers.entry(name) {
+        header::Entry::Vacant(slot) => {
+            if let Ok(v) = HeaderValue::try_from(value) {
+                slot.insert(v);
+            }
+        }
+        header::Entry::Occupied(mut existing) => {
+            if let Some(v) = joined(existing.get(), &value) {
+                existing.insert(v);
+            }
+        }
     }
 }
 

@@ -9,6 +9,13 @@ use http::{StatusCode, Version};
 
 use super::{H1Error, MAX_HEADERS};
 
+/// Fields that describe this connection and are consumed here rather than
+/// passed on (RFC 9110 §7.6.1; `Transfer-Encoding` is read above first).
+/// `Connection` stays only when it names other fields, so that the proxy's
+/// hop-by-hop pass removes those too.
+static CONNECTION_LEVEL: [HeaderName; 4] =
+    [HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection"), header::TE, header::UPGRADE];
+
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Framing {
@@ -111,13 +118,21 @@ fn build(status: StatusCode, minor: u8, head: &Bytes, fields: &[Field], head_req
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
             .map_err(|_| H1Error::Malformed("invalid header value"))?;
         if name == header::CONNECTION {
+            let mut names_fields = false;
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = true;
+                } else {
+                    names_fields = true;
                 }
             }
+            // Kept only when it names other fields, for the proxy's hop-by-hop pass to remove.
+            if names_fields {
+                headers.append(name, value);
+            }
+            continue;
         } else if name == header::CONTENT_LENGTH {
             for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let n = std::str::from_utf8(item)
@@ -134,6 +149,9 @@ fn build(status: StatusCode, minor: u8, head: &Bytes, fields: &[Field], head_req
             // The final coding of the final field decides (RFC 9112 §6.3).
             let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
             chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if CONNECTION_LEVEL.contains(&name) {
+            continue;
         }
         headers.append(name, value);
     }
@@ -174,6 +192,17 @@ mod tests {
         assert!(head.keep_alive);
         assert_eq!(head.headers["x-a"], "b");
         assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn connection_level_fields_are_consumed_and_named_ones_left_for_the_proxy() {
+        let wire = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                    Transfer-Encoding: chunked\r\nX-A: b\r\n\r\n";
+        let (head, _) = parsed(wire, false).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 1, "{:?}", head.headers);
+        let wire = "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n";
+        let (head, _) = parsed(wire, false).unwrap().unwrap();
+        assert_eq!(head.headers[header::CONNECTION], "x-hop");
     }
 
     #[test]
