@@ -265,7 +265,9 @@ impl Gateway {
         }
         let (mut parts, incoming) = req.into_parts();
         if let Some(chain) = chain.filter(|c| !c.is_empty()) {
-            match chain.on_request(&mut parts, ctx).await {
+            // Boxed, like the other large and optional steps below: a request
+            // future holds the largest of its steps, and tokio and hyper move it whole.
+            match Box::pin(chain.on_request(&mut parts, ctx)).await {
                 Verdict::Continue => {}
                 Verdict::Reject(rejection) => {
                     discard_small_body(incoming, &parts.headers).await;
@@ -323,7 +325,7 @@ impl Gateway {
                 Ok(Outcome::Local(files.serve(req).await))
             }
             Action::Proxy(upstream) if upstream.is_grpc() => {
-                grpc::forward(upstream, parts, body, ctx, &route.config).await
+                Box::pin(grpc::forward(upstream, parts, body, ctx, &route.config)).await
             }
             Action::Proxy(upstream) => {
                 let upstream_req = forwarded::prepare_request(parts, body, ctx, &route.config)?;
@@ -381,4 +383,32 @@ async fn discard_small_body(mut body: ClientBody, headers: &http::HeaderMap) {
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hyper and tokio move a request's future whole (into its task or its
+    /// connection's slot, and between states): the rare, large steps are
+    /// boxed so that every request does not pay for them. Unboxed, the gRPC
+    /// call alone made it 4.6 KB.
+    #[tokio::test]
+    async fn a_request_future_stays_small() {
+        let config = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\
+             [[upstream]]\nname = \"u\"\ntargets = [\"127.0.0.1:1\"]\n\
+             [[route]]\nname = \"r\"\nupstream = \"u\"\n",
+        )
+        .unwrap();
+        let gateway = Arc::new(Gateway::new(&config));
+        let listener =
+            Arc::new(crate::model::ListenerInfo { name: "l".into(), max_body_bytes: None, limits: Default::default() });
+        let peer = "192.0.2.1:5000".parse().unwrap();
+        let connection = Arc::new(ConnectionInfo::new(listener, peer, "192.0.2.2:80".parse().unwrap(), None));
+        let request = gateway.handle(connection, Request::new(ClientBody::Empty));
+        let size = std::mem::size_of_val(&request);
+        assert!(size <= 3500, "the request future grew to {size} bytes (debug build)");
+    }
 }

@@ -217,7 +217,9 @@ async fn exchange(
             Err(failed) => return Err(AttemptError::Exchange(failed.error)),
         }
     }
-    let conn = target.pool.connect(&target.authority).await.map_err(AttemptError::Connect)?;
+    // Boxed: connecting is the rare path, and its state would otherwise
+    // enlarge every request's future.
+    let conn = Box::pin(target.pool.connect(&target.authority)).await.map_err(AttemptError::Connect)?;
     h1::exchange(conn, prepared, false, target).await.map_err(|failed| AttemptError::Exchange(failed.error))
 }
 
