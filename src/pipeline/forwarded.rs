@@ -106,6 +106,8 @@ pub fn prepare_request(
     route: &RouteConfig,
 ) -> Result<Request<Body>, ProxyError> {
     let headers = &mut parts.headers;
+    // Room for the fields added below, so the map grows (and rehashes) at most once.
+    headers.reserve(6);
     // HTTP/2 and HTTP/3 carry the host as `:authority`; HTTP/1.1 in `Host`.
     let authority = match parts.uri.authority() {
         Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
