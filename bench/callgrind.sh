@@ -3,17 +3,19 @@
 # deterministic measure of user-space work, unlike CPU time on a shared
 # machine. Kernel work (system calls, TCP) is not counted.
 #
-#   bench/callgrind.sh BINARY [h1|h2c] [REQUESTS]
+#   bench/callgrind.sh BINARY [h1|h2c|grpc] [REQUESTS]
 #
-# Starts an nginx origin serving a 100-byte file, Tollgate (worker_threads = 1,
-# no access log) under valgrind in front of it, warms up with 2,000 requests,
-# zeroes the counters, sends REQUESTS (default 20,000) with h2load (50
-# connections; HTTP/1.1 keep-alive, or h2c with 10 streams each), dumps, and
-# prints instructions per request. The dump stays in the temp dir printed at
-# the end for `callgrind_annotate`.
+# Starts an nginx origin serving a 100-byte file (for grpc: `loadgen
+# grpc-echo`, LOADGEN_BIN or built from bench/loadgen), Tollgate
+# (worker_threads = 1, no access log) under valgrind in front of it, warms up
+# with 2,000 requests, zeroes the counters, sends REQUESTS (default 20,000)
+# with h2load (50 connections; HTTP/1.1 keep-alive, or h2c with 10 streams
+# each; grpc: unary calls with a 64-byte message, as bench/grpc.py), dumps,
+# and prints instructions per request. The dump stays in the temp dir printed
+# at the end for `callgrind_annotate`.
 set -euo pipefail
 
-BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c] [REQUESTS]}
+BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc] [REQUESTS]}
 MODE=${2:-h1}
 N=${3:-20000}
 BIN=$(realpath "$BIN")
@@ -50,6 +52,7 @@ name = "bench"
 bind = "127.0.0.1:$PROXY"
 [[upstream]]
 name = "origin"
+protocol = "$([ "$MODE" = grpc ] && echo grpc || echo http1)"
 targets = ["127.0.0.1:$ORIGIN"]
 max_idle_per_target = 1024
 [[route]]
@@ -57,7 +60,17 @@ name = "all"
 upstream = "origin"
 EOF
 
-nginx -c "$DIR/nginx.conf" & NGINX=$!
+if [ "$MODE" = grpc ]; then
+    LOADGEN=${LOADGEN_BIN:-}
+    if [ -z "$LOADGEN" ]; then
+        cargo build -q --release --manifest-path "$(dirname "$0")/loadgen/Cargo.toml" --target-dir "$DIR/loadgen"
+        LOADGEN="$DIR/loadgen/release/loadgen"
+    fi
+    "$LOADGEN" grpc-echo "$ORIGIN" --messages 10 --max-streams 100 > "$DIR/backend.log" 2>&1 & NGINX=$!
+    python3 -c 'import struct,sys; m=b"x"*64; sys.stdout.buffer.write(b"\0"+struct.pack(">I",len(m))+m)' > "$DIR/grpc-body"
+else
+    nginx -c "$DIR/nginx.conf" & NGINX=$!
+fi
 valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out" "$BIN" --config "$DIR/tollgate.toml" \
     > "$DIR/tollgate.log" 2>&1 & TOLLGATE=$!
 trap 'kill $TOLLGATE $NGINX 2>/dev/null || true' EXIT
@@ -66,7 +79,13 @@ for _ in $(seq 100); do curl -s -o /dev/null "$URL" && break; sleep 0.2; done
 case "$MODE" in
     h1) LOAD=(--h1 -c50 -m1) ;;
     h2c) LOAD=(-c50 -m10) ;;
-    *) echo "mode is h1 or h2c" >&2; exit 2 ;;
+    grpc)
+        GRPC=(-H "content-type: application/grpc" -H "te: trailers" -d "$DIR/grpc-body")
+        LOAD=(-c50 -m10 "${GRPC[@]}")
+        URL="http://127.0.0.1:$PROXY/bench.Echo/Unary"
+        for _ in $(seq 100); do h2load -n1 -c1 "${GRPC[@]}" "$URL" 2>/dev/null | grep -q " 1 succeeded" && break; sleep 0.2; done
+        ;;
+    *) echo "mode is h1, h2c or grpc" >&2; exit 2 ;;
 esac
 h2load "${LOAD[@]}" -n 2000 "$URL" > /dev/null
 callgrind_control -z "$TOLLGATE" > /dev/null 2>&1

@@ -43,6 +43,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RawRequest> {
     Some(RawRequest { head, body })
 }
 
+/// Reads one request off `stream` and hands the stream back for the answer.
+fn after_one_request(stream: TcpStream) -> Option<TcpStream> {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    read_request(&mut reader).map(|_| stream)
+}
+
 /// A backend that runs `serve(connection, index)` on a thread per
 /// connection; returns its address and the count of connections made.
 fn raw_backend<F>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
@@ -110,11 +116,7 @@ fn a_keep_alive_connection_closed_under_the_next_request_is_replaced_without_an_
 #[test]
 fn a_backend_that_dies_mid_body_fails_the_response_instead_of_ending_it_short() {
     let (backend, _) = raw_backend(|stream, index| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        if read_request(&mut reader).is_none() {
-            return;
-        }
-        let mut writer = stream;
+        let Some(mut writer) = after_one_request(stream) else { return };
         // Even connections promise a length, odd ones send chunks; both stop early.
         let head: &[u8] = if index % 2 == 0 {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
@@ -142,11 +144,7 @@ fn a_body_delimited_by_close_arrives_whole() {
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let expected = payload.clone();
     let (backend, _) = raw_backend(move |stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        if read_request(&mut reader).is_none() {
-            return;
-        }
-        let mut writer = stream;
+        let Some(mut writer) = after_one_request(stream) else { return };
         let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n");
         for part in payload.chunks(7000) {
             let _ = writer.write_all(part);
@@ -163,11 +161,7 @@ fn a_body_delimited_by_close_arrives_whole() {
 #[test]
 fn trailers_of_a_chunked_response_reach_an_http2_client() {
     let (backend, _) = raw_backend(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        if read_request(&mut reader).is_none() {
-            return;
-        }
-        let mut writer = stream;
+        let Some(mut writer) = after_one_request(stream) else { return };
         let _ = writer.write_all(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
               5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n",
@@ -183,11 +177,7 @@ fn trailers_of_a_chunked_response_reach_an_http2_client() {
 #[test]
 fn broken_response_framing_is_a_502_not_a_guess() {
     let (backend, _) = raw_backend(|stream, index| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        if read_request(&mut reader).is_none() {
-            return;
-        }
-        let mut writer = stream;
+        let Some(mut writer) = after_one_request(stream) else { return };
         let response: &[u8] = match index {
             0 => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
             1 => b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
