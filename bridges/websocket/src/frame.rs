@@ -105,7 +105,8 @@ pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
 /// A fresh masking key from a cryptographic generator: RFC 6455 §5.3 wants
 /// keys the client's application cannot predict.
 pub(crate) fn fresh_mask() -> [u8; 4] {
-    rand::random()
+    // One 32-bit draw: `random::<[u8; 4]>()` would draw a `u32` per byte.
+    rand::random::<u32>().to_ne_bytes()
 }
 
 /// Checks a close frame's payload (§5.5.1, §7.4): empty, or a code we may
