@@ -659,6 +659,52 @@ async fn a_backend_sending_invalid_frames_gets_1002_and_the_client_1014() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_the_same_packets_as_the_handshakes_are_relayed_first() {
+    // The tunnel takes the sockets over from hyper: what hyper had read past
+    // each handshake (the backend's greeting after its 101, a client's frame
+    // sent without waiting for ours) must come before anything read later.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut tcp).await;
+        let key = header_in(&head, "sec-websocket-key").unwrap();
+        let accept = tollgate_websocket::handshake::accept_key(key.as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept.to_str().unwrap()
+        )
+        .into_bytes();
+        answer.extend(frame(true, 0x1, b"greeting", false));
+        tcp.write_all(&answer).await.unwrap();
+        // The gateway masks what it sends us (it is the client here).
+        let mut h = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut h).await.unwrap();
+        let mut rest = vec![0u8; 4 + (h[1] & 0x7f) as usize];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut rest).await.unwrap();
+        let (key, payload) = rest.split_at(4);
+        let payload: Vec<u8> = payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k).collect();
+        let _ = seen_tx.send(payload);
+    });
+    let rig = Rig::start(backend_addr, TUNNEL, "");
+    let mut tcp = tokio::net::TcpStream::connect(rig.addr()).await.unwrap();
+    let mut request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        rig.addr()
+    )
+    .into_bytes();
+    request.extend(frame(true, 0x1, b"eager", true));
+    tcp.write_all(&request).await.unwrap();
+    assert_eq!(status_of(&read_head(&mut tcp).await), 101);
+    let (_, opcode, payload) = read_frame(&mut tcp).await.expect("the backend's greeting");
+    assert_eq!((opcode, payload.as_slice()), (0x1, &b"greeting"[..]));
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx).await.unwrap().unwrap();
+    assert_eq!(seen, b"eager");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_open_websockets_with_1001_and_exits() {
     let backend = EchoBackend::start().await;
     let mut rig = Rig::start(backend.addr, TUNNEL, "");

@@ -10,8 +10,7 @@ use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
 use http::{Response, StatusCode};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use hyper::upgrade::OnUpgrade;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_h3::webtransport::{self as wt, MessageError, MessagePipe};
 use tollgate_websocket::handshake::{ClientHandshake, Negotiated};
@@ -20,6 +19,8 @@ use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
+
+use super::stream::UpgradedStream;
 
 /// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
 /// counterpart of hyper's `OnUpgrade`): resolves to the session's messages
@@ -78,7 +79,7 @@ impl ClientSide {
     pub async fn switch(self) -> Option<Switched> {
         match self {
             ClientSide::WebSocket { upgrade, .. } => match upgrade.await {
-                Ok(io) => Some(Switched::WebSocket(TokioIo::new(io))),
+                Ok(io) => Some(Switched::WebSocket(UpgradedStream::new(io))),
                 Err(e) => {
                     tracing::debug!(error = %e, "client upgrade failed");
                     None
@@ -100,7 +101,7 @@ impl ClientSide {
 /// The client's side once switched.
 pub enum Switched {
     /// The upgraded connection (HTTP/1.1) or stream (RFC 8441), carrying frames.
-    WebSocket(TokioIo<Upgraded>),
+    WebSocket(UpgradedStream),
     /// A WebTransport session's messages.
     WebTransport(WebTransportChannel),
 }
@@ -118,7 +119,7 @@ impl Switched {
 /// The client's messages, from either carrier (one per session, made once).
 #[allow(clippy::large_enum_variant)]
 pub enum ClientChannel {
-    WebSocket(WebSocketStream<TokioIo<Upgraded>>),
+    WebSocket(WebSocketStream<UpgradedStream>),
     WebTransport(WebTransportChannel),
 }
 

@@ -7,6 +7,7 @@
 //! - [`message`]: `websocket = "http"`, messages as HTTP/1.1 requests.
 //! - [`session`]: the access-log lines for connection open and close.
 //! - [`shutdown`]: close 1001 to every session when the process stops.
+//! - [`stream`]: upgraded connections, unwrapped to the socket where possible.
 //!
 //! Both shapes of client handshake arrive here: HTTP/1.1 `Upgrade`
 //! (RFC 6455 §4) and HTTP/2 extended CONNECT (RFC 8441, enabled on every
@@ -18,6 +19,7 @@ pub mod client;
 mod message;
 mod session;
 pub mod shutdown;
+pub mod stream;
 mod tunnel;
 
 use std::sync::Arc;

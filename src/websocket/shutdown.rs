@@ -3,20 +3,33 @@
 //! server flips this switch: every session sends close 1001 "going away"
 //! (RFC 6455 §7.4.1) to both peers, and the server waits (within the grace
 //! period) until the last session has finished its close handshake.
+//!
+//! A session polls its [`Stopping`] every time its task wakes (once per
+//! frame), so that poll is made to cost one atomic load: the waiter is
+//! registered once per waker, not on every poll as a `watch` receiver's
+//! `wait_for` would (which takes the channel's lock each time).
 
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
-/// Flipped once, when the process starts shutting down.
-static STOPPING: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::channel(false).0);
+/// Set once, when the process starts shutting down.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Wakes every session waiting on [`Stopping`] when `STOPPING` is set.
+static STOP: Notify = Notify::const_new();
 /// Sessions still running.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Asks every WebSocket session to close (called by the server on SIGTERM/SIGINT).
 pub fn begin() {
-    STOPPING.send_replace(true);
+    // SeqCst, paired with `Stopping::poll`: a waiter created after the
+    // notification (so never woken by it) sees the flag.
+    STOPPING.store(true, Ordering::SeqCst);
+    STOP.notify_waiters();
 }
 
 /// WebSocket sessions still open.
@@ -25,10 +38,40 @@ pub fn live_sessions() -> usize {
 }
 
 /// Resolves when shutdown begins (at once if it already has).
-pub(super) fn stopping() -> impl Future<Output = ()> + Send + 'static {
-    let mut rx = STOPPING.subscribe();
-    async move {
-        let _ = rx.wait_for(|stopping| *stopping).await;
+pub(super) fn stopping() -> Stopping {
+    Stopping { notified: STOP.notified(), waker: None }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`stopping`] returns: cheap to poll again with the waker
+    /// it was last polled with.
+    pub(super) struct Stopping {
+        // Created up front: `notify_waiters` reaches a `Notified` from its
+        // creation on, polled or not.
+        #[pin]
+        notified: Notified<'static>,
+        // The waker `notified` holds, once polled.
+        waker: Option<Waker>,
+    }
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if STOPPING.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        let this = self.project();
+        // Registered with this very waker: `begin` will wake it, nothing to do.
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        if this.notified.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        *this.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -45,5 +88,26 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test for the whole switch: it is process-wide and flips once.
+    #[tokio::test]
+    async fn sessions_waiting_or_starting_after_begin_all_stop() {
+        let mut waiting = Box::pin(stopping());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending(), "polled again with the same waker");
+        let created = Box::pin(stopping());
+        let woken = tokio::spawn(waiting);
+        tokio::task::yield_now().await;
+        begin();
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken).await.unwrap().unwrap();
+        created.await;
+        stopping().await;
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use futures_util::SinkExt;
 use http::request::Parts;
 use http::{Request, header};
-use hyper_util::rt::TokioIo;
 use tollgate_websocket::close;
 use tollgate_websocket::handshake::{self, BackendHandshakeError, SEC_WEBSOCKET_PROTOCOL};
 use tollgate_websocket::relay::{self, RelaySettings};
@@ -16,6 +15,7 @@ use tollgate_websocket::tunnel::{self as frames, TunnelOptions};
 
 use super::client::{ClientSide, Switched};
 use super::session::Session;
+use super::stream::UpgradedStream;
 use super::{Accepted, limits, switched};
 use crate::body;
 use crate::config::{RouteConfig, WebSocketRoute};
@@ -70,7 +70,7 @@ pub(super) async fn open(
         let (client, backend_io) = tokio::join!(client.switch(), backend_upgrade);
         let Some(client) = client else { return };
         let backend_io = match backend_io {
-            Ok(io) => TokioIo::new(io),
+            Ok(io) => UpgradedStream::new(io),
             // Boxed: a rare path need not grow every tunnel's future.
             Err(e) => return Box::pin(refuse_after_101(client, e, limits)).await,
         };

@@ -27,7 +27,7 @@
 use std::future::{Future, poll_fn};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -78,6 +78,7 @@ where
         seen: Instant::now(),
         moved: false,
         echo: None,
+        timer_waker: None,
     };
     async move {
         let period = settings.ping_interval.unwrap_or(settings.idle_timeout).min(settings.idle_timeout / 2);
@@ -590,6 +591,10 @@ struct Tunnel<C, B> {
     /// The close frame to give back to a client whose close the backend
     /// never answered.
     echo: Option<Vec<u8>>,
+    /// The waker the timer holds: while polls come with it and the timer
+    /// has not fired, the timer need not be polled (each poll re-registers
+    /// the waker, and the task wakes once per frame).
+    timer_waker: Option<Waker>,
 }
 
 impl<C, B> Tunnel<C, B>
@@ -610,18 +615,27 @@ where
         if shutdown.poll(cx).is_ready() {
             return Poll::Ready(First::Shutdown);
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if std::mem::take(&mut self.moved) {
-                self.seen = Instant::now();
+        let armed = self.timer_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !armed || timer.is_elapsed() {
+            while timer.as_mut().poll(cx).is_ready() {
+                if std::mem::take(&mut self.moved) {
+                    self.seen = Instant::now();
+                }
+                let quiet = self.seen.elapsed();
+                if quiet >= settings.idle_timeout {
+                    return Poll::Ready(First::Idle);
+                }
+                if settings.ping_interval.is_some_and(|p| quiet >= p) {
+                    self.down.inject_control(opcode::PING, GATEWAY_PING);
+                }
+                timer.as_mut().reset(Instant::now() + period);
             }
-            let quiet = self.seen.elapsed();
-            if quiet >= settings.idle_timeout {
-                return Poll::Ready(First::Idle);
+            // Out of coop budget, the timer pends without taking the waker.
+            if !tokio::task::coop::has_budget_remaining() {
+                self.timer_waker = None;
+            } else if !armed {
+                self.timer_waker = Some(cx.waker().clone());
             }
-            if settings.ping_interval.is_some_and(|p| quiet >= p) {
-                self.down.inject_control(opcode::PING, GATEWAY_PING);
-            }
-            timer.as_mut().reset(Instant::now() + period);
         }
         let Tunnel { client, backend, up, down, options, moved, .. } = self;
         if let Poll::Ready(event) = up.poll(cx, client, backend, options, moved) {
