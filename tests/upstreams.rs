@@ -334,6 +334,19 @@ fn a_bodyless_request_whose_connect_times_out_is_retried_on_another_target() {
 }
 
 #[test]
+fn a_request_with_a_body_whose_connect_times_out_goes_whole_to_another_target() {
+    let (_socket, _fillers, hanging) = unanswered_address();
+    let echo = common::core_kit::echo_backend();
+    let tollgate = start_upstream(&plain_targets(&[hanging, echo.addr]), "connect_timeout = \"300ms\"", "");
+    for i in 0..4 {
+        let payload = format!("payload {i}");
+        let (code, _, body) = curl_full(&["--max-time", "10", "--data-binary", &payload, &tollgate.url("/")]);
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(String::from_utf8_lossy(&body), payload, "the body reached the second target whole");
+    }
+}
+
+#[test]
 fn first_byte_timeout_answers_504() {
     let backend = slow_backend("late", Duration::from_secs(3));
     let tollgate = start_upstream(&plain_targets(&[backend.addr]), "first_byte_timeout = \"500ms\"", "");
