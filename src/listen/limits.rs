@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper_util::server::graceful::{GracefulConnection, Watcher};
@@ -214,7 +214,14 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: C,
         stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+        // A second handle on the stop channel: `has_changed` is one atomic
+        // load, where polling `stopped` takes the channel's lock.
+        stop_probe: watch::Receiver<bool>,
         idle: Pin<Box<tokio::time::Sleep>>,
+        // The waker `stopped` and `idle` were last polled with: while the
+        // connection's polls come with it, both are already registered to
+        // wake us, and are polled again only once they may be ready.
+        waker: Option<Waker>,
         activity: Arc<Activity>,
         idle_timeout: Duration,
         closing: bool,
@@ -231,12 +238,13 @@ impl<C: GracefulConnection> Drive<C> {
         activity: Arc<Activity>,
         idle_timeout: Duration,
     ) -> Self {
+        let stop_probe = stop.clone();
         let stopped = Box::pin(async move {
             // A dropped sender also means the server is going away.
             let _ = stop.wait_for(|stopped| *stopped).await;
         });
         let idle = Box::pin(tokio::time::sleep_until(activity.idle_at(idle_timeout)));
-        Self { conn, stopped, idle, activity, idle_timeout, closing: false, _watcher: watcher }
+        Self { conn, stopped, stop_probe, idle, waker: None, activity, idle_timeout, closing: false, _watcher: watcher }
     }
 }
 
@@ -245,10 +253,16 @@ impl<C: GracefulConnection> Future for Drive<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !*this.closing && !registered {
+            *this.waker = Some(cx.waker().clone());
+        }
         if !*this.closing {
-            if this.stopped.as_mut().poll(cx).is_ready() {
+            // A dropped sender reads as changed, and `stopped` then ends.
+            let may_stop = !registered || this.stop_probe.has_changed().unwrap_or(true);
+            if may_stop && this.stopped.as_mut().poll(cx).is_ready() {
                 *this.closing = true;
-            } else {
+            } else if !registered || this.idle.is_elapsed() {
                 while this.idle.as_mut().poll(cx).is_ready() {
                     if this.activity.is_idle(*this.idle_timeout) {
                         tracing::debug!(idle_timeout = ?this.idle_timeout, "closing idle connection");
