@@ -115,7 +115,7 @@ fn a_keep_alive_connection_closed_under_the_next_request_is_replaced_without_an_
 
 #[test]
 fn a_backend_that_dies_mid_body_fails_the_response_instead_of_ending_it_short() {
-    let (backend, _) = raw_backend(|stream, index| {
+    let (backend, connections) = raw_backend(|stream, index| {
         let Some(mut writer) = after_one_request(stream) else { return };
         // Even connections promise a length, odd ones send chunks; both stop early.
         let head: &[u8] = if index % 2 == 0 {
@@ -137,6 +137,8 @@ fn a_backend_that_dies_mid_body_fails_the_response_instead_of_ending_it_short() 
             assert!(body.len() <= 1000, "{flag}: {} bytes", body.len());
         }
     }
+    // A broken connection is never reused, so the four requests alternated length and chunked.
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
 }
 
 #[test]

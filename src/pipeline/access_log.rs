@@ -67,10 +67,6 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let completed = *this.done || this.inner.is_end_stream();
-            if completed && let Some(guard) = this.guard.take() {
-                // e.g. HEAD or 304: hyper never polls an empty body, yet the exchange is complete.
-                guard.complete();
-            }
             if let Some(record) = this.record.take() {
                 record.write(*this.bytes, completed);
             }
@@ -117,11 +113,10 @@ where
                 }
                 if this.inner.is_end_stream() || this.expected.is_some_and(|n| *this.bytes >= n) {
                     // hyper stops polling once the size hint is met (some bodies, such
-                    // as static files, never say they ended); finish here.
+                    // as static files, never say they ended); finish here, and free
+                    // the target's slot now rather than when hyper drops us.
                     *this.done = true;
-                    if let Some(guard) = this.guard.take() {
-                        guard.complete();
-                    }
+                    this.guard.take();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -129,9 +124,7 @@ where
             Poll::Ready(None) => {
                 *this.done = true;
                 // The upstream exchange is over: free its slot now, not when hyper drops us.
-                if let Some(guard) = this.guard.take() {
-                    guard.complete();
-                }
+                this.guard.take();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

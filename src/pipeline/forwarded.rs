@@ -199,17 +199,8 @@ fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String 
 /// Appends `value` to a comma-separated list header (or creates it, taking
 /// `value`'s buffer as the header's without a copy).
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    match headers.entry(name) {
-        header::Entry::Vacant(slot) => {
-            if let Ok(v) = HeaderValue::try_from(value) {
-                slot.insert(v);
-            }
-        }
-        header::Entry::Occupied(mut existing) => {
-            if let Some(v) = joined(existing.get(), &value) {
-                existing.insert(v);
-            }
-        }
+    if let Ok(v) = HeaderValue::try_from(value) {
+        append_value(headers, name, v);
     }
 }
 

@@ -107,12 +107,6 @@ pub struct TargetGuard {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl TargetGuard {
-    /// The response was read to the end: the slot is free for the next
-    /// request now, not when the body is dropped.
-    pub fn complete(self) {}
-}
-
 impl Drop for TargetGuard {
     fn drop(&mut self) {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);

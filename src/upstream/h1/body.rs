@@ -57,7 +57,6 @@ impl ResponseBody {
         framing: Framing,
         pump: Option<Box<Pump>>,
         reusable: bool,
-        request_sent: bool,
         target: &Arc<Target>,
     ) -> Self {
         let state = match framing {
@@ -69,7 +68,6 @@ impl ResponseBody {
         let mut body = Self { conn: Some(conn), state, pump, reusable, home: Arc::clone(target) };
         if matches!(body.state, State::Done) {
             // Nothing to read: settle the connection now, since an empty body is never polled.
-            body.reusable &= request_sent;
             body.finish();
         }
         body

@@ -169,16 +169,12 @@ pub async fn exchange(
     }
     let head_request = prepared.is_head();
     let mut pump = prepared.take_rest();
-    let mut request_sent = pump.is_none();
     let mut write_failed = false;
     let head = poll_fn(|cx| {
         loop {
             if let Some(p) = &mut pump {
                 match p.poll(cx, &mut conn.io) {
-                    Poll::Ready(Ok(())) => {
-                        pump = None;
-                        request_sent = true;
-                    }
+                    Poll::Ready(Ok(())) => pump = None,
                     // The backend may have answered and closed early: read on.
                     Poll::Ready(Err(PumpError::Write(_))) => {
                         pump = None;
@@ -215,6 +211,6 @@ pub async fn exchange(
     };
     let reusable = head.keep_alive && !write_failed;
     let (parts, framing) = head.into_parts();
-    let body = ResponseBody::new(conn, framing, pump, reusable, request_sent, target);
+    let body = ResponseBody::new(conn, framing, pump, reusable, target);
     Ok(Response::from_parts(parts, body))
 }

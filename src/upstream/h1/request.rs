@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
@@ -34,7 +35,8 @@ enum Framing {
 /// and the body still to come.
 pub struct Prepared {
     method: Method,
-    target: Bytes,
+    /// The origin-form request target (path and query), shared with the URI it came from.
+    target: PathAndQuery,
     headers: HeaderMap,
     framing: Framing,
     /// Body bytes gathered before the first write.
@@ -101,10 +103,7 @@ impl Prepared {
                 None => Framing::Chunked,
             }
         };
-        let target = match parts.uri.path_and_query() {
-            Some(pq) => Bytes::copy_from_slice(pq.as_str().as_bytes()),
-            None => Bytes::from_static(b"/"),
-        };
+        let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         Ok(Self {
             method: parts.method,
             target,
@@ -138,7 +137,7 @@ impl Prepared {
         wire.reserve(256 + self.headers.len() * 48 + body_len);
         wire.extend_from_slice(self.method.as_str().as_bytes());
         wire.push(b' ');
-        wire.extend_from_slice(&self.target);
+        wire.extend_from_slice(self.target.as_str().as_bytes());
         wire.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &self.headers {
             if name == header::CONTENT_LENGTH {
