@@ -3,7 +3,7 @@
 # deterministic measure of user-space work, unlike CPU time on a shared
 # machine. Kernel work (system calls, TCP) is not counted.
 #
-#   bench/callgrind.sh BINARY [h1|h2c|grpc] [REQUESTS]
+#   bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]
 #
 # Starts an nginx origin serving a 100-byte file (for grpc: `loadgen
 # grpc-echo`, LOADGEN_BIN or built from bench/loadgen), Tollgate
@@ -11,11 +11,14 @@
 # with 2,000 requests, zeroes the counters, sends REQUESTS (default 20,000)
 # with h2load (50 connections; HTTP/1.1 keep-alive, or h2c with 10 streams
 # each; grpc: unary calls with a 64-byte message, as bench/grpc.py), dumps,
-# and prints instructions per request. The dump stays in the temp dir printed
-# at the end for `callgrind_annotate`.
+# and prints instructions per request. ws: a tunnel route to `loadgen
+# ws-echo`, 50 connections of 64-byte echo round-trips for 10 s (as
+# bench/ws.py), counted between the load's `start` and `end` lines; prints
+# instructions per round-trip. The dump stays in the temp dir printed at the
+# end for `callgrind_annotate`.
 set -euo pipefail
 
-BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc] [REQUESTS]}
+BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]}
 MODE=${2:-h1}
 N=${3:-20000}
 BIN=$(realpath "$BIN")
@@ -58,14 +61,19 @@ max_idle_per_target = 1024
 [[route]]
 name = "all"
 upstream = "origin"
+$([ "$MODE" = ws ] && echo 'websocket = "tunnel"')
 EOF
 
-if [ "$MODE" = grpc ]; then
+if [ "$MODE" = grpc ] || [ "$MODE" = ws ]; then
     LOADGEN=${LOADGEN_BIN:-}
     if [ -z "$LOADGEN" ]; then
         cargo build -q --release --manifest-path "$(dirname "$0")/loadgen/Cargo.toml" --target-dir "$DIR/loadgen"
         LOADGEN="$DIR/loadgen/release/loadgen"
     fi
+fi
+if [ "$MODE" = ws ]; then
+    "$LOADGEN" ws-echo "$ORIGIN" > "$DIR/backend.log" 2>&1 & NGINX=$!
+elif [ "$MODE" = grpc ]; then
     "$LOADGEN" grpc-echo "$ORIGIN" --messages 10 --max-streams 100 > "$DIR/backend.log" 2>&1 & NGINX=$!
     python3 -c 'import struct,sys; m=b"x"*64; sys.stdout.buffer.write(b"\0"+struct.pack(">I",len(m))+m)' > "$DIR/grpc-body"
 else
@@ -76,6 +84,20 @@ valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out" "$BIN" --con
 trap 'kill $TOLLGATE $NGINX 2>/dev/null || true' EXIT
 URL="http://127.0.0.1:$PROXY/small"
 for _ in $(seq 100); do curl -s -o /dev/null "$URL" && break; sleep 0.2; done
+if [ "$MODE" = ws ]; then
+    "$LOADGEN" ws-load echo "ws://127.0.0.1:$PROXY/chat" --conns 50 --seconds 10 --warmup 3 --size 64 \
+        > "$DIR/load.out" 2> "$DIR/load.err" & LOAD=$!
+    until grep -q '^start' "$DIR/load.out" 2>/dev/null; do sleep 0.05; done
+    callgrind_control -z "$TOLLGATE" > /dev/null 2>&1
+    until grep -q '^end' "$DIR/load.out" 2>/dev/null; do sleep 0.05; done
+    callgrind_control -d "$TOLLGATE" > /dev/null 2>&1
+    wait $LOAD
+    sleep 1
+    ROUND_TRIPS=$(tail -1 "$DIR/load.out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["round_trips"])')
+    TOTAL=$(callgrind_annotate "$DIR/callgrind.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "ws: $ROUND_TRIPS round-trips, $((TOTAL / ROUND_TRIPS)) instructions per round-trip ($DIR/callgrind.out.1)"
+    exit 0
+fi
 case "$MODE" in
     h1) LOAD=(--h1 -c50 -m1) ;;
     h2c) LOAD=(-c50 -m10) ;;
@@ -85,7 +107,7 @@ case "$MODE" in
         URL="http://127.0.0.1:$PROXY/bench.Echo/Unary"
         for _ in $(seq 100); do h2load -n1 -c1 "${GRPC[@]}" "$URL" 2>/dev/null | grep -q " 1 succeeded" && break; sleep 0.2; done
         ;;
-    *) echo "mode is h1, h2c or grpc" >&2; exit 2 ;;
+    *) echo "mode is h1, h2c, grpc or ws" >&2; exit 2 ;;
 esac
 h2load "${LOAD[@]}" -n 2000 "$URL" > /dev/null
 callgrind_control -z "$TOLLGATE" > /dev/null 2>&1
