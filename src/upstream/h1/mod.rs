@@ -54,12 +54,14 @@ pub struct Connection {
     read_buf: BytesMut,
     /// How much the next read asks for.
     read_size: usize,
+    /// Parses response heads, reusing what earlier ones on this connection parsed.
+    heads: response::HeadParser,
 }
 
 impl Connection {
     /// Wraps a connected socket.
     pub fn new(io: TcpStream) -> Self {
-        Self { io, read_buf: BytesMut::new(), read_size: MIN_READ }
+        Self { io, read_buf: BytesMut::new(), read_size: MIN_READ, heads: response::HeadParser::default() }
     }
 
     /// False when the backend closed the connection (or sent something
@@ -185,7 +187,7 @@ pub async fn exchange(
                 }
             }
             if !conn.read_buf.is_empty()
-                && let Some(head) = response::parse(&mut conn.read_buf, head_request)?
+                && let Some(head) = conn.heads.parse(&mut conn.read_buf, head_request)?
             {
                 return Poll::Ready(Ok(head));
             }

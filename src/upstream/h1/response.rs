@@ -51,46 +51,154 @@ impl Head {
 }
 
 /// Where one header's name and value sit in the head's bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
 }
 
-/// Parses the final response head at the start of `buf` and removes it
-/// (and any interim 1xx before it). `Ok(None)`: the head is not complete yet.
-pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
-    loop {
-        let mut fields = [Field::default(); MAX_HEADERS];
-        let (len, code, minor, count) = {
-            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut []);
-            let parsed =
-                httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots);
-            let len = match parsed {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
-                Err(e) => return Err(H1Error::Malformed(parse_error(e))),
+/// Names remembered per connection; later positions are parsed each time.
+const CACHED_NAMES: usize = 24;
+
+/// Parses response heads for one connection, keeping what the next head
+/// can reuse: the field table, and the header names already parsed, by
+/// position. A backend sends the same names in the same order response
+/// after response, so comparing the raw bytes and cloning the name costs
+/// less than parsing it again (a case-folding pass and a lookup among the
+/// standard names).
+#[derive(Default)]
+pub(super) struct HeadParser {
+    names: Vec<(Box<[u8]>, HeaderName)>,
+    fields: Vec<Field>,
+}
+
+impl HeadParser {
+    /// Parses the final response head at the start of `buf` and removes it
+    /// (and any interim 1xx before it). `Ok(None)`: the head is not complete yet.
+    pub fn parse(&mut self, buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+        loop {
+            self.fields.clear();
+            let (len, code, minor) = {
+                let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+                let mut response = httparse::Response::new(&mut []);
+                let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut response,
+                    buf,
+                    &mut slots,
+                );
+                let len = match parsed {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
+                    Err(e) => return Err(H1Error::Malformed(parse_error(e))),
+                };
+                let start = buf.as_ptr() as usize;
+                let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+                self.fields.extend(response.headers.iter().map(|h| Field {
+                    name: (offset(h.name.as_bytes()), h.name.len() as u32),
+                    value: (offset(h.value), h.value.len() as u32),
+                }));
+                (len, response.code.unwrap_or(0), response.version.unwrap_or(1))
             };
-            let start = buf.as_ptr() as usize;
-            let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-            for (field, h) in fields.iter_mut().zip(response.headers.iter()) {
-                field.name = (offset(h.name.as_bytes()), h.name.len() as u32);
-                field.value = (offset(h.value), h.value.len() as u32);
+            let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("status code out of range"))?;
+            let head = buf.split_to(len).freeze();
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(H1Error::Malformed("101 Switching Protocols without an upgrade request"));
+                }
+                // 100 Continue, 103 Early Hints: interim, and the client was answered already.
+                continue;
             }
-            (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
-        };
-        let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("status code out of range"))?;
-        let head = buf.split_to(len).freeze();
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(H1Error::Malformed("101 Switching Protocols without an upgrade request"));
-            }
-            // 100 Continue, 103 Early Hints: interim, and the client was answered already.
-            continue;
+            return self.build(status, minor, &head, head_request).map(Some);
         }
-        return build(status, minor, &head, &fields[..count], head_request).map(Some);
+    }
+
+    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
+        if let Some((seen, name)) = self.names.get(position)
+            && **seen == *raw
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| H1Error::Malformed("invalid header name"))?;
+        if position < self.names.len() {
+            self.names[position] = (raw.into(), name.clone());
+        } else if position == self.names.len() && position < CACHED_NAMES {
+            self.names.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
+
+    fn build(&mut self, status: StatusCode, minor: u8, head: &Bytes, head_request: bool) -> Result<Head, H1Error> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        let mut keep_alive = minor == 1;
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        for position in 0..self.fields.len() {
+            let field = self.fields[position];
+            let (at, len) = (field.name.0 as usize, field.name.1 as usize);
+            let name = self.name(position, &head[at..at + len])?;
+            let (at, len) = (field.value.0 as usize, field.value.1 as usize);
+            // SAFETY: httparse accepts in a value only HTAB, SP, visible
+            // ASCII and obs-text (0x80-0xFF), exactly the bytes a
+            // `HeaderValue` allows; `httparse_values_are_valid_header_values`
+            // checks that for every byte.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
+            if name == header::CONNECTION {
+                let mut names_fields = false;
+                for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
+                        names_fields = true;
+                    }
+                }
+                // Kept only when it names other fields, for the proxy's hop-by-hop pass to remove.
+                if names_fields {
+                    headers.append(name, value);
+                }
+                continue;
+            } else if name == header::CONTENT_LENGTH {
+                for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let n = std::str::from_utf8(item)
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or(H1Error::Framing("invalid Content-Length"))?;
+                    if length.is_some_and(|seen| seen != n) {
+                        return Err(H1Error::Framing("conflicting Content-Length values"));
+                    }
+                    length = Some(n);
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                // The final coding of the final field decides (RFC 9112 §6.3).
+                let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                continue;
+            } else if CONNECTION_LEVEL.contains(&name) {
+                continue;
+            }
+            headers.append(name, value);
+        }
+        let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => {
+                    // Chunked wins over a length, which must not be passed on (RFC 9112 §6.3).
+                    headers.remove(header::CONTENT_LENGTH);
+                    Framing::Chunked
+                }
+                (Some(false), _) | (None, None) => {
+                    keep_alive = false;
+                    Framing::UntilClose
+                }
+                (None, Some(n)) => Framing::Length(n),
+            }
+        };
+        let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        Ok(Head { status, version, headers, framing, keep_alive })
     }
 }
 
@@ -105,83 +213,44 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-fn build(status: StatusCode, minor: u8, head: &Bytes, fields: &[Field], head_request: bool) -> Result<Head, H1Error> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut keep_alive = minor == 1;
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for field in fields {
-        let (at, len) = (field.name.0 as usize, field.name.1 as usize);
-        let name =
-            HeaderName::from_bytes(&head[at..at + len]).map_err(|_| H1Error::Malformed("invalid header name"))?;
-        let (at, len) = (field.value.0 as usize, field.value.1 as usize);
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-            .map_err(|_| H1Error::Malformed("invalid header value"))?;
-        if name == header::CONNECTION {
-            let mut names_fields = false;
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else {
-                    names_fields = true;
-                }
-            }
-            // Kept only when it names other fields, for the proxy's hop-by-hop pass to remove.
-            if names_fields {
-                headers.append(name, value);
-            }
-            continue;
-        } else if name == header::CONTENT_LENGTH {
-            for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let n = std::str::from_utf8(item)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(H1Error::Framing("invalid Content-Length"))?;
-                if length.is_some_and(|seen| seen != n) {
-                    return Err(H1Error::Framing("conflicting Content-Length values"));
-                }
-                length = Some(n);
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            // The final coding of the final field decides (RFC 9112 §6.3).
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            continue;
-        } else if CONNECTION_LEVEL.contains(&name) {
-            continue;
-        }
-        headers.append(name, value);
-    }
-    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => {
-                // Chunked wins over a length, which must not be passed on (RFC 9112 §6.3).
-                headers.remove(header::CONTENT_LENGTH);
-                Framing::Chunked
-            }
-            (Some(false), _) | (None, None) => {
-                keep_alive = false;
-                Framing::UntilClose
-            }
-            (None, Some(n)) => Framing::Length(n),
-        }
-    };
-    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    Ok(Head { status, version, headers, framing, keep_alive })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parsed(wire: &str, head_request: bool) -> Result<Option<(Head, BytesMut)>, H1Error> {
         let mut buf = BytesMut::from(wire.as_bytes());
-        Ok(parse(&mut buf, head_request)?.map(|h| (h, buf)))
+        Ok(HeadParser::default().parse(&mut buf, head_request)?.map(|h| (h, buf)))
+    }
+
+    #[test]
+    fn httparse_values_are_valid_header_values() {
+        // What makes `from_maybe_shared_unchecked` in `build` sound.
+        for byte in 0..=255u8 {
+            let wire = [b"HTTP/1.1 200 OK\r\nX-A: a".as_slice(), &[byte], b"a\r\n\r\n"].concat();
+            let mut slots = [httparse::EMPTY_HEADER; 4];
+            let mut response = httparse::Response::new(&mut slots);
+            if let Ok(httparse::Status::Complete(_)) = response.parse(&wire) {
+                let value = response.headers[0].value;
+                assert!(HeaderValue::from_bytes(value).is_ok(), "byte {byte:#04x} passes httparse only");
+            }
+        }
+    }
+
+    #[test]
+    fn names_remembered_from_an_earlier_head_are_reused_only_where_they_match() {
+        let mut parser = HeadParser::default();
+        let mut first = BytesMut::from("HTTP/1.1 200 OK\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n");
+        let head = parser.parse(&mut first, false).unwrap().unwrap();
+        assert_eq!(head.headers["x-one"], "1");
+        let mut second = BytesMut::from("HTTP/1.1 200 OK\r\nX-Two: 2\r\ncontent-length: 0\r\nX-Three: 3\r\n\r\n");
+        let head = parser.parse(&mut second, false).unwrap().unwrap();
+        let names: Vec<_> = head.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-two", "content-length", "x-three"]);
+        assert_eq!(head.framing, Framing::Length(0));
+        let mut third = BytesMut::from("HTTP/1.1 200 OK\r\nX-Two: 22\r\nContent-Length: 0\r\n\r\n");
+        let head = parser.parse(&mut third, false).unwrap().unwrap();
+        assert_eq!(head.headers["x-two"], "22");
+        assert_eq!(head.headers.len(), 2);
     }
 
     #[test]
