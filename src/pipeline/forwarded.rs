@@ -2,13 +2,16 @@
 //! directions, `X-Forwarded-*`, `Forwarded` (RFC 7239) and `Via` added, and
 //! the request re-shaped for an HTTP/1.1 upstream.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 use crate::body::Body;
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
-use crate::model::{DownstreamProtocol, RequestContext};
+use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -97,46 +100,207 @@ pub fn remove_hop_by_hop_h2(headers: &mut HeaderMap) {
     }
 }
 
+/// The forwarding fields a request gains on its way upstream
+/// (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`, `Via`), kept apart
+/// from its header map until the request is encoded. The HTTP/1.1 client
+/// writes them straight after the map's fields ([`Forwarding::write`]),
+/// which spares the common request that carries none of them five hashed
+/// inserts and the `Forwarded` value's allocation; a field the client did
+/// send is merged into the map as before and is not pending here. Small, as
+/// it travels inside the request's future.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// `None`: nothing pending (a message that needs none, or already applied).
+    connection: Option<Arc<ConnectionInfo>>,
+    protocol: DownstreamProtocol,
+    host: Option<HeaderValue>,
+    /// Bit `i` set: [`FORWARDING_NAMES`]`[i]` is still to be added.
+    pending: u8,
+}
+
+/// The names of [`Forwarding`]'s fields, in the order they are written.
+static FORWARDING_NAMES: [&HeaderName; 5] =
+    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED, &header::VIA];
+const XFF: usize = 0;
+const XFP: usize = 1;
+const XFH: usize = 2;
+const FWD: usize = 3;
+const VIA: usize = 4;
+
+/// Nothing to add.
+impl Default for Forwarding {
+    fn default() -> Self {
+        Self { connection: None, protocol: DownstreamProtocol::Http1, host: None, pending: 0 }
+    }
+}
+
+impl Forwarding {
+    fn is_pending(&self, field: usize) -> bool {
+        self.pending & (1 << field) != 0
+    }
+
+    /// The value of pending field `field`, made as a header value.
+    fn value(&self, field: usize) -> Option<HeaderValue> {
+        if self.is_pending(field) { self.make(field) } else { None }
+    }
+
+    /// The value field `field` has for this request, pending or not.
+    fn make(&self, field: usize) -> Option<HeaderValue> {
+        let connection = self.connection.as_ref()?;
+        match field {
+            XFF => Some(connection.peer_ip_header.clone()),
+            XFP => Some(HeaderValue::from_static(connection.scheme())),
+            XFH => self.host.clone(),
+            FWD => {
+                let mut element = Vec::new();
+                write_forwarded_element(&mut element, &connection.forwarded_for, self.host.as_ref());
+                HeaderValue::from_maybe_shared(Bytes::from(element)).ok()
+            }
+            VIA => Some(via(self.protocol)),
+            _ => None,
+        }
+    }
+
+    /// The value `name` will have when added, if it is one of the pending fields.
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.value(FORWARDING_NAMES.iter().position(|n| *n == name)?)
+    }
+
+    /// Writes the pending fields as HTTP/1.1 field lines.
+    pub fn write(&self, wire: &mut Vec<u8>) {
+        let Some(connection) = &self.connection else { return };
+        for (field, name) in FORWARDING_NAMES.iter().enumerate() {
+            if !self.is_pending(field) || (field == XFH && self.host.is_none()) {
+                continue;
+            }
+            wire.extend_from_slice(name.as_str().as_bytes());
+            wire.extend_from_slice(b": ");
+            match field {
+                XFF => wire.extend_from_slice(connection.peer_ip_header.as_bytes()),
+                XFP => wire.extend_from_slice(connection.scheme().as_bytes()),
+                XFH => wire.extend_from_slice(self.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes)),
+                FWD => write_forwarded_element(wire, &connection.forwarded_for, self.host.as_ref()),
+                _ => wire.extend_from_slice(via(self.protocol).as_bytes()),
+            }
+            wire.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Adds the pending fields to `headers` (for messages not encoded by the HTTP/1.1 client).
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for (field, name) in FORWARDING_NAMES.iter().enumerate() {
+            if let Some(value) = self.value(field) {
+                headers.append(*name, value);
+            }
+        }
+    }
+}
+
+/// What one pass over a request's fields found, so that the common request,
+/// which has none of these, costs no hashed lookup at all.
+#[derive(Default)]
+struct Seen {
+    hop_by_hop: bool,
+    expect: bool,
+    cookie: bool,
+    host: Option<HeaderValue>,
+    /// Per [`FORWARDING_NAMES`].
+    forwarding: [bool; 5],
+}
+
+impl Seen {
+    fn scan(headers: &HeaderMap, hop_by_hop: &[&HeaderName]) -> Self {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            if name == header::HOST {
+                seen.host.get_or_insert_with(|| value.clone());
+            } else if name == header::EXPECT {
+                seen.expect = true;
+            } else if name == header::COOKIE {
+                seen.cookie = true;
+            } else if let Some(i) = FORWARDING_NAMES.iter().position(|n| *n == name) {
+                seen.forwarding[i] = true;
+            } else if hop_by_hop.contains(&name) {
+                seen.hop_by_hop = true;
+            }
+        }
+        seen
+    }
+}
+
 /// Turns the client's request into the one sent upstream: path rewritten,
 /// hop-by-hop headers gone, forwarding headers added, HTTP/1.1 shape.
 pub fn prepare_request(
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Body,
     ctx: &RequestContext,
     route: &RouteConfig,
 ) -> Result<Request<Body>, ProxyError> {
+    let (mut req, forwarding) = prepare_request_deferred(parts, body, ctx, route)?;
+    forwarding.apply(req.headers_mut());
+    Ok(req)
+}
+
+/// [`prepare_request`] with the forwarding fields the client did not send
+/// left out of the header map, for the HTTP/1.1 client to write (see
+/// [`Forwarding`]).
+pub fn prepare_request_deferred(
+    mut parts: http::request::Parts,
+    body: Body,
+    ctx: &RequestContext,
+    route: &RouteConfig,
+) -> Result<(Request<Body>, Forwarding), ProxyError> {
     let headers = &mut parts.headers;
-    // Room for the fields added below, so the map grows (and rehashes) at most once.
-    headers.reserve(6);
+    let h2 = ctx.protocol == DownstreamProtocol::Http2;
+    let seen = Seen::scan(headers, if h2 { &HOP_BY_HOP_H2 } else { &HOP_BY_HOP });
     // HTTP/2 and HTTP/3 carry the host as `:authority`; HTTP/1.1 in `Host`.
     let authority = match parts.uri.authority() {
         Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
         None => None,
     };
-    let host = authority.clone().or_else(|| headers.get(header::HOST).cloned());
-    if ctx.protocol == DownstreamProtocol::Http2 {
-        remove_hop_by_hop_h2(headers);
-    } else {
-        remove_hop_by_hop(headers);
+    let host = authority.clone().or(seen.host);
+    if seen.hop_by_hop {
+        if h2 {
+            remove_hop_by_hop_h2(headers);
+        } else {
+            remove_hop_by_hop(headers);
+        }
     }
     // We answered `Expect: 100-continue` ourselves when we started reading the body.
-    headers.remove(header::EXPECT);
+    if seen.expect {
+        headers.remove(header::EXPECT);
+    }
     // HTTP/2 and HTTP/3 may split `cookie` into several fields (RFC 9113 §8.2.3, RFC 9114 §4.2.1).
-    if ctx.protocol != DownstreamProtocol::Http1 {
+    if seen.cookie && ctx.protocol != DownstreamProtocol::Http1 {
         join_cookies(headers);
     }
 
-    let connection = &ctx.connection;
-    append_value(headers, &X_FORWARDED_FOR, connection.peer_ip_header.clone());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(connection.scheme()));
-    if let Some(h) = &host
-        && let header::Entry::Vacant(slot) = headers.entry(&X_FORWARDED_HOST)
-    {
-        slot.insert(h.clone());
+    let mut forwarding = Forwarding {
+        connection: Some(Arc::clone(&ctx.connection)),
+        protocol: ctx.protocol,
+        host: host.clone(),
+        pending: 0,
+    };
+    for (field, name) in FORWARDING_NAMES.iter().enumerate() {
+        if !seen.forwarding[field] {
+            forwarding.pending |= 1 << field;
+            continue;
+        }
+        match field {
+            // Ours replaces the client's: only this hop knows how it was reached.
+            XFP => {
+                headers.insert(*name, HeaderValue::from_static(ctx.connection.scheme()));
+            }
+            // The client's `X-Forwarded-Host` stands: it names the original host.
+            XFH => {}
+            // Lists: ours goes after what earlier proxies added.
+            _ => {
+                if let Some(value) = forwarding.make(field) {
+                    append_value(headers, name, value);
+                }
+            }
+        }
     }
-    append_list(headers, &FORWARDED, forwarded_element(&connection.forwarded_for, host.as_ref()));
-    append_value(headers, &header::VIA, via(ctx.protocol));
-
     match (route.preserve_host, authority) {
         (true, Some(h)) => {
             headers.insert(header::HOST, h);
@@ -144,7 +308,9 @@ pub fn prepare_request(
         // The client's own Host is already in place.
         (true, None) => {}
         (false, _) => {
-            headers.remove(header::HOST);
+            if host.is_some() {
+                headers.remove(header::HOST);
+            }
         }
     }
 
@@ -154,7 +320,7 @@ pub fn prepare_request(
     };
     parts.uri = http::Uri::from(path);
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), forwarding))
 }
 
 /// Cleans a backend response for the client: hop-by-hop headers removed, `Via` added.
@@ -172,35 +338,24 @@ pub fn prepare_h2_response<B>(response: &mut Response<B>, protocol: DownstreamPr
     append_value(headers, &header::VIA, via(protocol));
 }
 
-/// One `Forwarded` element: the connection's `for=...;proto=...` plus
-/// `;host=...`, quoted when it is not a token (RFC 7239 §4, §6).
-fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String {
-    let mut out = String::with_capacity(for_and_proto.len() + host.map_or(0, |h| h.len() + 10));
-    out.push_str(for_and_proto);
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-        if h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
-            out.push_str(";host=");
-            out.push_str(h);
-        } else {
-            // A quoted-string, escaping as it goes (no intermediate strings).
-            out.push_str(";host=\"");
-            for c in h.chars() {
-                if c == '\\' || c == '"' {
-                    out.push('\\');
-                }
-                out.push(c);
+/// Writes one `Forwarded` element: the connection's `for=...;proto=...`
+/// plus `;host=...`, quoted when it is not a token (RFC 7239 §4, §6).
+fn write_forwarded_element(out: &mut Vec<u8>, for_and_proto: &str, host: Option<&HeaderValue>) {
+    out.extend_from_slice(for_and_proto.as_bytes());
+    let Some(h) = host.map(HeaderValue::as_bytes) else { return };
+    if h.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-') {
+        out.extend_from_slice(b";host=");
+        out.extend_from_slice(h);
+    } else {
+        // A quoted-string, escaping as it goes.
+        out.extend_from_slice(b";host=\"");
+        for &b in h {
+            if b == b'\\' || b == b'"' {
+                out.push(b'\\');
             }
-            out.push('"');
+            out.push(b);
         }
-    }
-    out
-}
-
-/// Appends `value` to a comma-separated list header (or creates it, taking
-/// `value`'s buffer as the header's without a copy).
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::try_from(value) {
-        append_value(headers, name, v);
+        out.push(b'"');
     }
 }
 
@@ -262,6 +417,12 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn forwarded_element(for_and_proto: &str, host: Option<&HeaderValue>) -> String {
+        let mut out = Vec::new();
+        write_forwarded_element(&mut out, for_and_proto, host);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn forwarded_quotes_ipv6_and_odd_hosts() {
         use crate::model::{ConnectionInfo, ListenerInfo};
@@ -286,8 +447,100 @@ mod tests {
     fn list_headers_are_appended_not_replaced() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        append_list(&mut h, &X_FORWARDED_FOR, "127.0.0.1".to_owned());
+        append_value(&mut h, &X_FORWARDED_FOR, HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 127.0.0.1");
+    }
+
+    fn proxy_route() -> RouteConfig {
+        RouteConfig {
+            name: "r".into(),
+            matcher: Default::default(),
+            action: crate::config::RouteAction::Proxy { upstream: "u".into() },
+            strip_prefix: false,
+            rewrite: None,
+            preserve_host: true,
+            max_body_bytes: None,
+            policies: Vec::new(),
+            websocket: None,
+        }
+    }
+
+    fn client_request(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut req = Request::builder().uri("/p");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn written(forwarding: &Forwarding) -> Vec<(String, String)> {
+        let mut wire = Vec::new();
+        forwarding.write(&mut wire);
+        let lines = String::from_utf8(wire).unwrap();
+        let mut applied = HeaderMap::new();
+        forwarding_copy(forwarding).apply(&mut applied);
+        let fields: Vec<(String, String)> = lines
+            .split_terminator("\r\n")
+            .map(|l| l.split_once(": ").map(|(n, v)| (n.to_owned(), v.to_owned())).unwrap())
+            .collect();
+        let from_map: Vec<(String, String)> =
+            applied.iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())).collect();
+        assert_eq!(fields, from_map, "the wire and the map get the same fields");
+        fields
+    }
+
+    fn forwarding_copy(f: &Forwarding) -> Forwarding {
+        Forwarding { connection: f.connection.clone(), protocol: f.protocol, host: f.host.clone(), pending: f.pending }
+    }
+
+    #[test]
+    fn forwarding_fields_the_client_did_not_send_are_left_for_the_encoder() {
+        let ctx = crate::policy::test_context();
+        let parts = client_request(&[("host", "example.com"), ("expect", "100-continue"), ("x-a", "1")]);
+        let (req, forwarding) = prepare_request_deferred(parts, crate::body::empty(), &ctx, &proxy_route()).unwrap();
+        let names: Vec<_> = req.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "x-a"], "Expect answered here; nothing added to the map");
+        assert_eq!(
+            written(&forwarding),
+            [
+                ("x-forwarded-for", "127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "example.com"),
+                ("forwarded", "for=127.0.0.1;proto=http;host=example.com"),
+                ("via", "1.1 tollgate"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn forwarding_fields_the_client_sent_are_merged_in_the_map() {
+        let ctx = crate::policy::test_context();
+        let parts = client_request(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "original.example"),
+            ("via", "1.1 edge"),
+            ("te", "trailers"),
+        ]);
+        let (req, forwarding) = prepare_request_deferred(parts, crate::body::empty(), &ctx, &proxy_route()).unwrap();
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http", "only this hop knows how it was reached");
+        assert_eq!(h["x-forwarded-host"], "original.example");
+        assert_eq!(h["via"], "1.1 edge, 1.1 tollgate");
+        assert!(!h.contains_key("te"), "hop-by-hop");
+        assert_eq!(
+            written(&forwarding),
+            [("forwarded".to_owned(), "for=127.0.0.1;proto=http;host=example.com".to_owned())]
+        );
+
+        // The map-only form ends with the same fields in the map.
+        let mut applied = h.clone();
+        forwarding.apply(&mut applied);
+        assert_eq!(applied["forwarded"], "for=127.0.0.1;proto=http;host=example.com");
+        assert_eq!(applied.len(), 6);
     }
 
     #[test]

@@ -328,9 +328,9 @@ impl Gateway {
                 Box::pin(grpc::forward(upstream, parts, body, ctx, &route.config)).await
             }
             Action::Proxy(upstream) => {
-                let upstream_req = forwarded::prepare_request(parts, body, ctx, &route.config)?;
+                let (upstream_req, forwarding) = forwarded::prepare_request_deferred(parts, body, ctx, &route.config)?;
                 ctx.upstream = Some(Arc::clone(&upstream.name));
-                let sent = upstream.send(upstream_req, ctx.client_ip).await?;
+                let sent = upstream.send(upstream_req, forwarding, ctx.client_ip).await?;
                 ctx.target = Some(sent.target);
                 let mut response = sent.response;
                 forwarded::prepare_response(&mut response, ctx.protocol);

@@ -21,6 +21,7 @@ use super::h2_stream::{ResponseBody, Start};
 use super::{ConnectError, MAX_CONNECT_ATTEMPTS, TargetGuard, Upstream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::pipeline::forwarded::Forwarding;
 
 /// A gRPC response head with its streaming body, and the guard that holds
 /// the target's in-flight count until the body is done.
@@ -61,7 +62,7 @@ impl Upstream {
         req: Request<Body>,
         client_ip: IpAddr,
     ) -> Result<(Response<Body>, TargetGuard, Arc<str>), ProxyError> {
-        let hash_input = self.hash_input(&req, client_ip);
+        let hash_input = self.hash_input(&req, &Forwarding::default(), client_ip);
         let (mut head, mut body) = req.into_parts();
         // `preserve_host` left the client's Host; HTTP/2 carries it as :authority.
         let authority = head.headers.remove(header::HOST);

@@ -26,6 +26,7 @@ pub use target::{Target, TargetGuard};
 use crate::body::Body;
 use crate::config::{HashKey, UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::pipeline::forwarded::Forwarding;
 
 /// How many targets one request may try when connecting fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -107,10 +108,18 @@ impl Upstream {
     /// Sends a prepared request (origin-form URI, headers already rewritten)
     /// to one target, trying other targets when connecting fails and the
     /// request can still be sent whole (nothing of it has gone out).
-    pub async fn send(&self, req: Request<Body>, client_ip: IpAddr) -> Result<UpstreamResponse, ProxyError> {
-        let hash_input = self.hash_input(&req, client_ip);
+    /// `forwarding`: the fields [`prepare_request_deferred`] left to write.
+    ///
+    /// [`prepare_request_deferred`]: crate::pipeline::forwarded::prepare_request_deferred
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        forwarding: Forwarding,
+        client_ip: IpAddr,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let hash_input = self.hash_input(&req, &forwarding, client_ip);
         let had_host = req.headers().contains_key(http::header::HOST);
-        let mut prepared = h1::Prepared::gather(req).await.map_err(|e| self.exchange_error(e))?;
+        let mut prepared = h1::Prepared::gather(req, forwarding).await.map_err(|e| self.exchange_error(e))?;
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
 
@@ -189,12 +198,12 @@ impl Upstream {
         }
     }
 
-    fn hash_input(&self, req: &Request<Body>, client_ip: IpAddr) -> Vec<u8> {
+    fn hash_input(&self, req: &Request<Body>, forwarding: &Forwarding, client_ip: IpAddr) -> Vec<u8> {
         if !matches!(self.balancer, Balancer::Hash) {
             return Vec::new();
         }
         match &self.config.hash_key {
-            HashKey::Header(name) => match req.headers().get(name) {
+            HashKey::Header(name) => match req.headers().get(name).cloned().or_else(|| forwarding.get(name)) {
                 Some(v) => v.as_bytes().to_vec(),
                 None => client_ip.to_string().into_bytes(),
             },

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use super::{MAX_CONNECT_ATTEMPTS, Target, Upstream, UpstreamResponse, copy_head, set_default_host};
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::pipeline::forwarded::Forwarding;
 use crate::upstream::ConnectError;
 
 impl Upstream {
@@ -32,7 +33,7 @@ impl Upstream {
         req: Request<Body>,
         client_ip: IpAddr,
     ) -> Result<UpstreamResponse<Incoming>, ProxyError> {
-        let hash_input = self.hash_input(&req, client_ip);
+        let hash_input = self.hash_input(&req, &Forwarding::default(), client_ip);
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
         for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {

@@ -24,7 +24,7 @@ use crate::config::{RouteConfig, WebSocketRoute};
 use crate::error::ProxyError;
 use crate::model::RequestContext;
 use crate::pipeline::access_log::Tracked;
-use crate::pipeline::forwarded;
+use crate::pipeline::forwarded::{self, Forwarding};
 use crate::upstream::Upstream;
 
 /// Answers the client at once (there is no backend handshake) and starts
@@ -108,7 +108,7 @@ async fn send(
     request: Request<Body>,
     client_ip: std::net::IpAddr,
 ) -> Result<Response<Tracked<crate::upstream::h1::ResponseBody>>, ProxyError> {
-    let sent = upstream.send(request, client_ip).await?;
+    let sent = upstream.send(request, Forwarding::default(), client_ip).await?;
     let (parts, incoming) = sent.response.into_parts();
     Ok(Response::from_parts(parts, Tracked::new(incoming, None, Some(sent.guard))))
 }

@@ -16,6 +16,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::pipeline::forwarded::Forwarding;
 
 /// Most body bytes gathered before the head is written; the rest streams.
 const GATHER_LIMIT: usize = 64 * 1024;
@@ -47,6 +48,8 @@ pub struct Prepared {
     rest: Option<Body>,
     /// Set once the rest of the body went to a pump: no retry after that.
     rest_taken: bool,
+    /// Forwarding fields written after `headers`.
+    forwarding: Forwarding,
     /// Head and gathered body as written, kept for a retry.
     wire: Vec<u8>,
 }
@@ -54,7 +57,7 @@ pub struct Prepared {
 impl Prepared {
     /// Takes the body frames that have already arrived (without waiting)
     /// and decides the framing. Fails only when reading the client's body does.
-    pub async fn gather(req: Request<Body>) -> Result<Self, super::H1Error> {
+    pub async fn gather(req: Request<Body>, forwarding: Forwarding) -> Result<Self, super::H1Error> {
         let (parts, mut body) = req.into_parts();
         let mut gathered = Vec::new();
         let mut gathered_len = 0usize;
@@ -113,6 +116,7 @@ impl Prepared {
             trailers,
             rest: (!ended).then_some(body),
             rest_taken: false,
+            forwarding,
             wire: Vec::new(),
         })
     }
@@ -134,7 +138,7 @@ impl Prepared {
         let wire = &mut self.wire;
         wire.clear();
         let body_len: usize = self.gathered.iter().map(Bytes::len).sum();
-        wire.reserve(256 + self.headers.len() * 48 + body_len);
+        wire.reserve(512 + self.headers.len() * 48 + body_len);
         wire.extend_from_slice(self.method.as_str().as_bytes());
         wire.push(b' ');
         wire.extend_from_slice(self.target.as_str().as_bytes());
@@ -148,6 +152,7 @@ impl Prepared {
             wire.extend_from_slice(value.as_bytes());
             wire.extend_from_slice(b"\r\n");
         }
+        self.forwarding.write(wire);
         match self.framing {
             Framing::None => {}
             Framing::Length(n) => {
@@ -375,7 +380,7 @@ mod tests {
     }
 
     async fn encoded(req: Request<Body>) -> String {
-        let mut prepared = Prepared::gather(req).await.unwrap();
+        let mut prepared = Prepared::gather(req, Forwarding::default()).await.unwrap();
         prepared.set_host("backend:80");
         prepared.encode();
         String::from_utf8(prepared.wire().to_vec()).unwrap()
@@ -385,6 +390,35 @@ mod tests {
     async fn a_bodiless_get_has_no_framing_header() {
         let wire = encoded(request(Method::GET, &[("x-a", "1")], body::empty())).await;
         assert_eq!(wire, "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: backend:80\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn forwarding_fields_are_written_after_the_map() {
+        let (parts, body) = request(Method::GET, &[("x-a", "1")], body::empty()).into_parts();
+        let (req, forwarding) = {
+            let ctx = crate::policy::test_context();
+            let route = crate::config::RouteConfig {
+                name: "r".into(),
+                matcher: Default::default(),
+                action: crate::config::RouteAction::Proxy { upstream: "u".into() },
+                strip_prefix: false,
+                rewrite: None,
+                preserve_host: true,
+                max_body_bytes: None,
+                policies: Vec::new(),
+                websocket: None,
+            };
+            crate::pipeline::forwarded::prepare_request_deferred(parts, body, &ctx, &route).unwrap()
+        };
+        let mut prepared = Prepared::gather(req, forwarding).await.unwrap();
+        prepared.set_host("backend:80");
+        prepared.encode();
+        let wire = String::from_utf8(prepared.wire().to_vec()).unwrap();
+        assert!(
+            wire.starts_with("GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: backend:80\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{wire}"
+        );
+        assert!(wire.ends_with("via: 1.1 tollgate\r\n\r\n"), "{wire}");
     }
 
     #[tokio::test]
@@ -402,7 +436,10 @@ mod tests {
     #[tokio::test]
     async fn a_declared_length_the_body_does_not_match_is_refused() {
         let req = request(Method::POST, &[("content-length", "9")], body::full("hello"));
-        assert!(matches!(Prepared::gather(req).await, Err(super::super::H1Error::RequestLength("shorter"))));
+        assert!(matches!(
+            Prepared::gather(req, Forwarding::default()).await,
+            Err(super::super::H1Error::RequestLength("shorter"))
+        ));
     }
 
     #[tokio::test]
