@@ -146,6 +146,52 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_a_normal_client_is_
     }
 }
 
+#[test]
+fn idle_http1_keep_alive_connections_are_closed_at_the_header_timeout() {
+    let backend = Backend::fixed("ok");
+    let tollgate = gateway(&backend, "header_read_timeout = \"1s\"");
+    let mut stream = TcpStream::connect(tollgate.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    stream.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let answered = Instant::now();
+    // Still open well before the deadline: a second request is served.
+    std::thread::sleep(Duration::from_millis(400));
+    stream.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let n = stream.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "kept alive under the timeout");
+    let second = Instant::now();
+    assert_eq!(stream.read(&mut buf).unwrap(), 0, "closed once idle");
+    let idle = second.elapsed();
+    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(4), "closed after {idle:?}");
+    assert!(answered.elapsed() > Duration::from_millis(1300));
+}
+
+#[test]
+fn a_response_body_streaming_past_the_header_timeout_is_not_cut() {
+    use common::transport::channel_body;
+    let backend = Backend::start(|_req| async move {
+        let (tx, body) = channel_body(1);
+        tokio::spawn(async move {
+            for i in 0..6 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                if tx.send(Bytes::from(format!("chunk {i}\n"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(body)
+    });
+    let tollgate = gateway(&backend, "header_read_timeout = \"1s\"");
+    let started = Instant::now();
+    let (status, _, body) = curl_full(&["--max-time", "10", &tollgate.url("/stream")]);
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(body).unwrap().lines().count(), 6, "every chunk, over 2.4 s");
+    assert!(started.elapsed() > Duration::from_secs(2));
+}
+
 /// An HTTP/2 (h2c) client connection driven on the current runtime.
 async fn h2_client(
     addr: SocketAddr,

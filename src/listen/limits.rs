@@ -12,6 +12,12 @@
 //!   long, and none is in progress, is shut down gracefully (GOAWAY on
 //!   HTTP/2, so the client knows no stream was lost; responses still
 //!   streaming finish first). See [`Drive`].
+//! - `header_read_timeout`: the same for HTTP/1.1 connections (and ones no
+//!   request has shown the protocol of yet), with the shorter deadline; one
+//!   that is still idle a quarter of it later, a client stalled in the middle
+//!   of a request head, is cut. This is the slowloris guard and the keep-alive
+//!   timeout, on the connection's one timer instead of hyper's timer per
+//!   request head.
 //!
 //! The HTTP/2 stream-flood limits are hyper settings; see `http_builder`.
 
@@ -19,7 +25,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -164,11 +170,18 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` of the last request start or end.
     last_ms: AtomicU64,
+    /// A request came over HTTP/2: only `idle_timeout` applies.
+    http2: AtomicBool,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Self { epoch: Instant::now(), in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        }
     }
 }
 
@@ -177,8 +190,12 @@ impl Activity {
         self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Marks a request as started; it counts as in progress until the guard drops.
-    pub fn request(self: &Arc<Self>) -> RequestGuard {
+    /// Marks a request as started; it counts as in progress until the guard
+    /// drops (with the response body).
+    pub fn request(self: &Arc<Self>, version: http::Version) -> RequestGuard {
+        if version == http::Version::HTTP_2 && !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
         RequestGuard(Arc::clone(self))
@@ -191,6 +208,10 @@ impl Activity {
 
     fn is_idle(&self, timeout: Duration) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= self.idle_at(timeout)
+    }
+
+    fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 }
 
@@ -207,9 +228,11 @@ impl Drop for RequestGuard {
 pin_project_lite::pin_project! {
     /// Runs a connection to its end, shutting it down gracefully when the
     /// server stops (`stop` flips) or when it has been idle for
-    /// `idle_timeout`. Holds the drain `watcher` so the server's drain waits
-    /// for this connection. (A hand-written future rather than an `async fn`:
-    /// hyper's connection bounds defeat the compiler's `Send` inference there.)
+    /// `idle_timeout` (`header_read_timeout` unless it is HTTP/2, then cut if
+    /// still idle a quarter of that later). Holds the drain `watcher` so the
+    /// server's drain waits for this connection. (A hand-written future
+    /// rather than an `async fn`: hyper's connection bounds defeat the
+    /// compiler's `Send` inference there.)
     pub struct Drive<C> {
         #[pin]
         conn: C,
@@ -224,7 +247,12 @@ pin_project_lite::pin_project! {
         waker: Option<Waker>,
         activity: Arc<Activity>,
         idle_timeout: Duration,
+        header_timeout: Duration,
         closing: bool,
+        // The header deadline closed the connection gracefully: when `idle`
+        // fires again with no request in progress, the connection is dropped
+        // (a graceful shutdown leaves a half-sent request head waiting).
+        cut_pending: bool,
         _watcher: Watcher,
     }
 }
@@ -237,14 +265,27 @@ impl<C: GracefulConnection> Drive<C> {
         mut stop: watch::Receiver<bool>,
         activity: Arc<Activity>,
         idle_timeout: Duration,
+        header_timeout: Duration,
     ) -> Self {
         let stop_probe = stop.clone();
         let stopped = Box::pin(async move {
             // A dropped sender also means the server is going away.
             let _ = stop.wait_for(|stopped| *stopped).await;
         });
-        let idle = Box::pin(tokio::time::sleep_until(activity.idle_at(idle_timeout)));
-        Self { conn, stopped, stop_probe, idle, waker: None, activity, idle_timeout, closing: false, _watcher: watcher }
+        let idle = Box::pin(tokio::time::sleep_until(activity.idle_at(idle_timeout.min(header_timeout))));
+        Self {
+            conn,
+            stopped,
+            stop_probe,
+            idle,
+            waker: None,
+            activity,
+            idle_timeout,
+            header_timeout,
+            closing: false,
+            cut_pending: false,
+            _watcher: watcher,
+        }
     }
 }
 
@@ -254,30 +295,45 @@ impl<C: GracefulConnection> Future for Drive<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if !*this.closing && !registered {
+        if !registered {
             *this.waker = Some(cx.waker().clone());
         }
+        let timer_due = !registered || this.idle.is_elapsed();
         if !*this.closing {
             // A dropped sender reads as changed, and `stopped` then ends.
             let may_stop = !registered || this.stop_probe.has_changed().unwrap_or(true);
             if may_stop && this.stopped.as_mut().poll(cx).is_ready() {
                 *this.closing = true;
-            } else if !registered || this.idle.is_elapsed() {
+            } else if timer_due {
                 while this.idle.as_mut().poll(cx).is_ready() {
-                    if this.activity.is_idle(*this.idle_timeout) {
-                        tracing::debug!(idle_timeout = ?this.idle_timeout, "closing idle connection");
+                    let http2 = this.activity.is_http2();
+                    let timeout =
+                        if http2 { *this.idle_timeout } else { (*this.idle_timeout).min(*this.header_timeout) };
+                    let now = tokio::time::Instant::now();
+                    if this.activity.is_idle(timeout) {
+                        tracing::debug!(?timeout, "closing idle connection");
                         *this.closing = true;
+                        if !http2 {
+                            *this.cut_pending = true;
+                            this.idle.as_mut().reset(now + *this.header_timeout / 4);
+                            let _ = this.idle.as_mut().poll(cx);
+                        }
                         break;
                     }
                     // Something happened meanwhile: wait for the new deadline, or,
                     // while a request is still in progress, look again later.
-                    let now = tokio::time::Instant::now();
-                    let next = this.activity.idle_at(*this.idle_timeout).max(now + *this.idle_timeout / 4);
+                    let next = this.activity.idle_at(timeout).max(now + timeout / 4);
                     this.idle.as_mut().reset(next);
                 }
             }
             if *this.closing {
                 this.conn.as_mut().graceful_shutdown();
+            }
+        } else if *this.cut_pending && timer_due && this.idle.as_mut().poll(cx).is_ready() {
+            *this.cut_pending = false;
+            if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                tracing::debug!("connection cut: no complete request head within header_read_timeout");
+                return Poll::Ready(Ok(()));
             }
         }
         this.conn.poll(cx)
@@ -309,7 +365,7 @@ mod tests {
         let _enter = runtime.enter();
         let activity = Arc::new(Activity::default());
         let timeout = Duration::from_millis(40);
-        let guard = activity.request();
+        let guard = activity.request(http::Version::HTTP_11);
         std::thread::sleep(Duration::from_millis(60));
         assert!(!activity.is_idle(timeout), "a request is in progress");
         drop(guard);

@@ -277,15 +277,14 @@ impl Connection {
         let service = service_fn(move |req| {
             let gateway = gateway.load_full();
             let info = Arc::clone(&info);
-            let in_progress = requests.request();
+            let in_progress = requests.request(req.version());
             let alt_svc = alt_svc.clone();
             // Boxed: the request's state machine is several KB, and hyper's
             // HTTP/2 stream task would otherwise be that large; tokio copies a
             // task's future whole when it spawns it and again when it finishes
             // (measured: memcpy was 19% of CPU on gRPC unary calls).
             Box::pin(async move {
-                let mut response = gateway.handle(info, req.map(ClientBody::Hyper)).await;
-                drop(in_progress);
+                let mut response = gateway.handle(info, req.map(ClientBody::Hyper), Some(in_progress)).await;
                 if let Some(alt_svc) = alt_svc {
                     response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
                 }
@@ -294,9 +293,17 @@ impl Connection {
         });
         let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
         let idle_timeout = self.listener.limits.idle_timeout;
-        // Ends on drain (`stop`) or after `idle_timeout` without requests, gracefully either way.
-        if let Err(e) = limits::Drive::new(conn.into_owned(), watcher, self.stop.clone(), activity, idle_timeout).await
-        {
+        // Ends on drain (`stop`) or after `idle_timeout` without requests, gracefully either way;
+        // an HTTP/1.1 connection after `header_read_timeout` (see `limits`).
+        let drive = limits::Drive::new(
+            conn.into_owned(),
+            watcher,
+            self.stop.clone(),
+            activity,
+            idle_timeout,
+            self.handshake_timeout,
+        );
+        if let Err(e) = drive.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
@@ -317,7 +324,9 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Enforced by `limits::Drive` on the connection's one timer, rather
+        // than by a timer hyper arms and drops for every request head.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);

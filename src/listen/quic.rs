@@ -482,7 +482,7 @@ impl StreamTask {
             // Boxed so this task stays small (tokio copies a task's future whole; see listen::serve_http).
             None => {
                 let body = req.map(|body| ClientBody::H3(Box::new(body)));
-                Box::pin(self.gateway.load_full().handle(self.info, body)).await
+                Box::pin(self.gateway.load_full().handle(self.info, body, None)).await
             }
         };
         if let Err(e) = responder.send(response).await {
@@ -504,7 +504,7 @@ impl StreamTask {
         req.extensions_mut().insert(upgrade);
         let response = match self.precheck(&req) {
             Some(refusal) => refusal.into_response_for("-", None),
-            None => self.gateway.load_full().handle(Arc::clone(&self.info), req).await,
+            None => self.gateway.load_full().handle(Arc::clone(&self.info), req, None).await,
         };
         let accepted = response.extensions().get::<MaxMessageBytes>().copied();
         match accepted {
