@@ -86,6 +86,9 @@ pub struct ConnectionInfo {
     pub peer_ip_header: HeaderValue,
     /// `for=...;proto=...` (RFC 7239), made once per connection for `Forwarded`.
     pub forwarded_for: String,
+    /// The whole `Forwarded` element for the first host seen on this
+    /// connection (nearly always the only one), made once and then shared.
+    pub forwarded_cache: std::sync::OnceLock<(HeaderValue, HeaderValue)>,
 }
 
 impl ConnectionInfo {
@@ -98,7 +101,7 @@ impl ConnectionInfo {
             std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         let peer_ip_header = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        Self { listener, peer, local, tls, peer_ip_header, forwarded_for }
+        Self { listener, peer, local, tls, peer_ip_header, forwarded_for, forwarded_cache: Default::default() }
     }
 
     /// `https` when the connection is TLS, else `http` (for X-Forwarded-Proto).

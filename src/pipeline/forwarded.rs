@@ -152,9 +152,21 @@ impl Forwarding {
             XFP => Some(HeaderValue::from_static(connection.scheme())),
             XFH => self.host.clone(),
             FWD => {
-                let mut element = Vec::new();
-                write_forwarded_element(&mut element, &connection.forwarded_for, self.host.as_ref());
-                HeaderValue::from_maybe_shared(Bytes::from(element)).ok()
+                let make = || {
+                    let mut element = Vec::new();
+                    write_forwarded_element(&mut element, &connection.forwarded_for, self.host.as_ref());
+                    HeaderValue::from_maybe_shared(Bytes::from(element)).ok()
+                };
+                let Some(host) = &self.host else { return make() };
+                match connection.forwarded_cache.get() {
+                    Some((cached_host, element)) if cached_host == host => Some(element.clone()),
+                    Some(_) => make(),
+                    None => {
+                        let element = make()?;
+                        let _ = connection.forwarded_cache.set((host.clone(), element.clone()));
+                        Some(element)
+                    }
+                }
             }
             VIA => Some(via(self.protocol)),
             _ => None,
@@ -188,6 +200,7 @@ impl Forwarding {
 
     /// Adds the pending fields to `headers` (for messages not encoded by the HTTP/1.1 client).
     pub fn apply(self, headers: &mut HeaderMap) {
+        headers.reserve(self.pending.count_ones() as usize);
         for (field, name) in FORWARDING_NAMES.iter().enumerate() {
             if let Some(value) = self.value(field) {
                 headers.append(*name, value);
@@ -511,6 +524,20 @@ mod tests {
             ]
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
         );
+    }
+
+    #[test]
+    fn the_forwarded_element_made_once_per_connection_follows_the_host() {
+        let ctx = crate::policy::test_context();
+        let forwarded = |host: &str| {
+            let parts = client_request(&[("host", host)]);
+            let req = prepare_request(parts, crate::body::empty(), &ctx, &proxy_route()).unwrap();
+            req.headers()["forwarded"].to_str().unwrap().to_owned()
+        };
+        assert_eq!(forwarded("a.example"), "for=127.0.0.1;proto=http;host=a.example");
+        assert_eq!(forwarded("a.example"), "for=127.0.0.1;proto=http;host=a.example");
+        assert_eq!(forwarded("b.example"), "for=127.0.0.1;proto=http;host=b.example");
+        assert_eq!(forwarded("a.example"), "for=127.0.0.1;proto=http;host=a.example");
     }
 
     #[test]
