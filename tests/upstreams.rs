@@ -362,6 +362,33 @@ fn first_byte_timeout_answers_504() {
     assert_eq!(backend.requests().len(), 1, "the backend was reached; it was just too slow");
 }
 
+/// The deadline is each request's own, also on a kept-alive connection whose
+/// earlier requests armed the timer for earlier deadlines.
+#[test]
+fn first_byte_timeout_counts_from_each_request_on_a_reused_connection() {
+    let (backend, counters) = counting_backend(|req: hyper::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        hyper::Response::new(full("done"))
+    });
+    let tollgate = start_upstream(&plain_targets(&[backend.addr]), "first_byte_timeout = \"600ms\"", "");
+    // Fast requests, the last 400 ms before the slow one: its deadline is
+    // 600 ms after it started, not 600 ms after any of these.
+    for _ in 0..3 {
+        assert_eq!(curl_full(&[&tollgate.url("/fast")]).0, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let (code, _, body) = curl_full(&["--max-time", "10", &tollgate.url("/slow")]);
+    let took = started.elapsed();
+    assert_eq!(code, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(counters.connections(), 1, "all four went over one kept-alive connection");
+    // A request after the timeout gets a new connection and is answered.
+    assert_eq!(curl_full(&[&tollgate.url("/fast")]).0, 200);
+}
+
 /// A backend whose `/stream` sends a tick every 100 ms for up to 30 s
 /// (recording when a send first fails: its reader went away) and whose other
 /// paths answer `ok` at once.

@@ -131,26 +131,26 @@ impl Upstream {
                 prepared.set_host(target.authority.as_str());
             }
             prepared.encode();
-            let exchange = tokio::time::timeout(self.config.first_byte_timeout, exchange(target, &mut prepared));
-            match exchange.await {
-                Ok(Ok(response)) => {
+            let deadline = tokio::time::Instant::now() + self.config.first_byte_timeout;
+            match exchange(target, &mut prepared, deadline).await {
+                Ok(response) => {
                     target.record_success();
                     return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
                 }
-                Ok(Err(AttemptError::Connect(e))) => {
+                Err(AttemptError::Connect(e)) => {
                     self.note_connect_failure(target);
                     last_connect_error = Some(e);
                     if !prepared.is_replayable() {
                         break;
                     }
                 }
-                Ok(Err(AttemptError::Exchange(e))) => return Err(self.exchange_error(e)),
-                Err(_elapsed) => {
+                Err(AttemptError::Exchange(h1::H1Error::FirstByteTimeout)) => {
                     return Err(ProxyError::UpstreamTimeout {
                         upstream: self.config.name.clone(),
                         phase: "first byte",
                     });
                 }
+                Err(AttemptError::Exchange(e)) => return Err(self.exchange_error(e)),
             }
         }
         match last_connect_error {
@@ -218,9 +218,10 @@ impl Upstream {
 async fn exchange(
     target: &Arc<Target>,
     prepared: &mut h1::Prepared,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<h1::ResponseBody>, AttemptError> {
     while let Some(conn) = target.pool.checkout() {
-        match h1::exchange(conn, prepared, true, target).await {
+        match h1::exchange(conn, prepared, true, target, deadline).await {
             Ok(response) => return Ok(response),
             Err(failed) if failed.retryable => continue,
             Err(failed) => return Err(AttemptError::Exchange(failed.error)),
@@ -229,7 +230,7 @@ async fn exchange(
     // Boxed: connecting is the rare path, and its state would otherwise
     // enlarge every request's future.
     let conn = Box::pin(target.pool.connect(&target.authority)).await.map_err(AttemptError::Connect)?;
-    h1::exchange(conn, prepared, false, target).await.map_err(|failed| AttemptError::Exchange(failed.error))
+    h1::exchange(conn, prepared, false, target, deadline).await.map_err(|failed| AttemptError::Exchange(failed.error))
 }
 
 /// `preserve_host = false` (or a client that sent no Host): the backend sees

@@ -28,8 +28,9 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::BytesMut;
 use http::Response;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 pub use body::ResponseBody;
 pub use request::Prepared;
@@ -56,12 +57,29 @@ pub struct Connection {
     read_size: usize,
     /// Parses response heads, reusing what earlier ones on this connection parsed.
     heads: response::HeadParser,
+    /// The first-byte deadline of the exchange in progress.
+    deadline: Option<Instant>,
+    /// The connection's one timer for that deadline, made on first use.
+    /// It stays registered between exchanges and is moved only when it
+    /// fires before the current deadline: most exchanges end long before,
+    /// so they pay no timer registration of their own.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The waker `timer` was last polled with.
+    timer_waker: Option<Waker>,
 }
 
 impl Connection {
     /// Wraps a connected socket.
     pub fn new(io: TcpStream) -> Self {
-        Self { io, read_buf: BytesMut::new(), read_size: MIN_READ, heads: response::HeadParser::default() }
+        Self {
+            io,
+            read_buf: BytesMut::new(),
+            read_size: MIN_READ,
+            heads: response::HeadParser::default(),
+            deadline: None,
+            timer: None,
+            timer_waker: None,
+        }
     }
 
     /// False when the backend closed the connection (or sent something
@@ -77,6 +95,26 @@ impl Connection {
                 matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// `Err` once the exchange's first-byte deadline has passed; otherwise
+    /// makes sure the timer will wake this task by then.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
+        let Some(deadline) = self.deadline else { return Ok(()) };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let registered = self.timer_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && !timer.is_elapsed() {
+            return Ok(());
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Err(H1Error::FirstByteTimeout);
+            }
+            // It was set for an earlier exchange's deadline.
+            timer.as_mut().reset(deadline);
+        }
+        self.timer_waker = Some(cx.waker().clone());
+        Ok(())
     }
 
     /// Reads more of the socket into `read_buf`; `Ok(0)` at end of stream.
@@ -106,6 +144,8 @@ pub enum H1Error {
     Malformed(&'static str),
     /// The response body's framing is broken (bad length or chunk).
     Framing(&'static str),
+    /// No response began within the upstream's `first_byte_timeout`.
+    FirstByteTimeout,
     /// Reading the client's request body failed (client gone, bad framing, over the limit).
     ClientBody(BoxError),
     /// The client's body did not match the length it declared.
@@ -123,6 +163,7 @@ impl std::fmt::Display for H1Error {
             }
             H1Error::Malformed(what) => write!(f, "malformed response head: {what}"),
             H1Error::Framing(what) => write!(f, "malformed response body: {what}"),
+            H1Error::FirstByteTimeout => f.write_str("no response within first_byte_timeout"),
             H1Error::ClientBody(e) => write!(f, "reading the request body failed: {e}"),
             H1Error::RequestLength(what) => write!(f, "the request body is {what} than its Content-Length"),
         }
@@ -157,17 +198,37 @@ pub struct Failed {
     pub retryable: bool,
 }
 
-/// Sends `prepared` on `conn` and reads the response head. `reused`: the
-/// connection came from the pool, so a failure before any response byte
-/// may just mean the backend closed it while idle.
+/// Sends `prepared` on `conn` and reads the response head, which must begin
+/// by `deadline`. `reused`: the connection came from the pool, so a failure
+/// before any response byte may just mean the backend closed it while idle.
 pub async fn exchange(
     mut conn: Connection,
     prepared: &mut Prepared,
     reused: bool,
     target: &Arc<Target>,
+    deadline: Instant,
 ) -> Result<Response<ResponseBody>, Failed> {
-    if let Err(e) = conn.io.write_all(prepared.wire()).await {
-        return Err(Failed { error: H1Error::Io(e), retryable: reused });
+    conn.deadline = Some(deadline);
+    let mut written = 0;
+    let wire = prepared.wire();
+    let wrote = poll_fn(|cx| {
+        while written < wire.len() {
+            match Pin::new(&mut conn.io).poll_write(cx, &wire[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Io(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
+                Poll::Pending => {
+                    conn.poll_deadline(cx)?;
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await;
+    if let Err(error) = wrote {
+        let retryable = reused && matches!(error, H1Error::Io(_));
+        return Err(Failed { error, retryable });
     }
     let head_request = prepared.is_head();
     let mut pump = prepared.take_rest();
@@ -194,7 +255,14 @@ pub async fn exchange(
             if conn.read_buf.len() >= MAX_HEAD_BYTES {
                 return Poll::Ready(Err(H1Error::HeadTooLarge));
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    conn.poll_deadline(cx)?;
+                    return Poll::Pending;
+                }
+            };
+            match filled {
                 Ok(0) if conn.read_buf.is_empty() => return Poll::Ready(Err(H1Error::Closed)),
                 Ok(0) => return Poll::Ready(Err(H1Error::Truncated)),
                 Ok(_) => {}
@@ -211,6 +279,7 @@ pub async fn exchange(
             return Err(Failed { error, retryable: reused && prepared.is_replayable() && nothing_back });
         }
     };
+    conn.deadline = None;
     let reusable = head.keep_alive && !write_failed;
     let (parts, framing) = head.into_parts();
     let body = ResponseBody::new(conn, framing, pump, reusable, target);
