@@ -191,7 +191,11 @@ impl Forwarding {
                 XFF => wire.extend_from_slice(connection.peer_ip_header.as_bytes()),
                 XFP => wire.extend_from_slice(connection.scheme().as_bytes()),
                 XFH => wire.extend_from_slice(self.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes)),
-                FWD => write_forwarded_element(wire, &connection.forwarded_for, self.host.as_ref()),
+                // Made once per connection and host (see `make`).
+                FWD => match self.make(FWD) {
+                    Some(element) => wire.extend_from_slice(element.as_bytes()),
+                    None => write_forwarded_element(wire, &connection.forwarded_for, self.host.as_ref()),
+                },
                 _ => wire.extend_from_slice(via(self.protocol).as_bytes()),
             }
             wire.extend_from_slice(b"\r\n");
