@@ -118,23 +118,29 @@ pub fn rewrite_path(route: &RouteConfig, original: &PathAndQuery) -> PathAndQuer
     PathAndQuery::try_from(joined).unwrap_or_else(|_| original.clone())
 }
 
+/// A route proxying to upstream `u` with `matcher` and every other key at
+/// its default, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_route(name: &str, matcher: RouteMatch) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        matcher,
+        action: crate::config::RouteAction::Proxy { upstream: "u".into() },
+        strip_prefix: false,
+        rewrite: None,
+        preserve_host: true,
+        max_body_bytes: None,
+        policies: Vec::new(),
+        websocket: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteAction;
 
     fn route(name: &str, matcher: RouteMatch) -> RouteConfig {
-        RouteConfig {
-            name: name.into(),
-            matcher,
-            action: RouteAction::Proxy { upstream: "u".into() },
-            strip_prefix: false,
-            rewrite: None,
-            preserve_host: true,
-            max_body_bytes: None,
-            policies: Vec::new(),
-            websocket: None,
-        }
+        test_route(name, matcher)
     }
 
     fn req(host: &str, path: &str) -> Request<()> {

@@ -4,13 +4,18 @@ mod common;
 
 use common::*;
 
+/// Tollgate with one route sending everything to `backend`.
+fn proxy_to(backend: &Backend) -> Tollgate {
+    Tollgate::start_with(&format!(
+        "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n[[route]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"b\"\n",
+        backend.addr
+    ))
+}
+
 #[test]
 fn proxies_http1_and_h2c_prior_knowledge_to_an_http1_backend() {
     let backend = Backend::fixed("hello from backend");
-    let tollgate = Tollgate::start_with(&format!(
-        "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n[[route]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"b\"\n",
-        backend.addr
-    ));
+    let tollgate = proxy_to(&backend);
     let (code, headers, body) = curl_full(&[&tollgate.url("/x")]);
     assert_eq!(code, 200);
     assert_eq!(body, b"hello from backend");
@@ -32,10 +37,7 @@ fn the_protocol_is_told_apart_when_the_first_bytes_trickle_in() {
     use std::io::{Read, Write};
     use std::time::Duration;
     let backend = Backend::fixed("trickled");
-    let tollgate = Tollgate::start_with(&format!(
-        "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n[[route]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"b\"\n",
-        backend.addr
-    ));
+    let tollgate = proxy_to(&backend);
     let trickle = |first: &[u8], rest: &[u8], to_end: bool| {
         let mut stream = std::net::TcpStream::connect(tollgate.addr).unwrap();
         stream.set_nodelay(true).unwrap();

@@ -469,17 +469,7 @@ mod tests {
     }
 
     fn proxy_route() -> RouteConfig {
-        RouteConfig {
-            name: "r".into(),
-            matcher: Default::default(),
-            action: crate::config::RouteAction::Proxy { upstream: "u".into() },
-            strip_prefix: false,
-            rewrite: None,
-            preserve_host: true,
-            max_body_bytes: None,
-            policies: Vec::new(),
-            websocket: None,
-        }
+        crate::route::test_route("r", Default::default())
     }
 
     fn client_request(headers: &[(&str, &str)]) -> http::request::Parts {

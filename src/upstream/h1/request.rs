@@ -397,17 +397,7 @@ mod tests {
         let (parts, body) = request(Method::GET, &[("x-a", "1")], body::empty()).into_parts();
         let (req, forwarding) = {
             let ctx = crate::policy::test_context();
-            let route = crate::config::RouteConfig {
-                name: "r".into(),
-                matcher: Default::default(),
-                action: crate::config::RouteAction::Proxy { upstream: "u".into() },
-                strip_prefix: false,
-                rewrite: None,
-                preserve_host: true,
-                max_body_bytes: None,
-                policies: Vec::new(),
-                websocket: None,
-            };
+            let route = crate::route::test_route("r", Default::default());
             crate::pipeline::forwarded::prepare_request_deferred(parts, body, &ctx, &route).unwrap()
         };
         let mut prepared = Prepared::gather(req, forwarding).await.unwrap();
