@@ -255,7 +255,7 @@ fn a_flood_of_small_messages_to_a_slow_reader_arrives_whole() {
     let tollgate = gateway(&[backend.addr]);
     let addr = tollgate.addr;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (bytes, status) = runtime.block_on(async move {
+    let (bytes, frames, status) = runtime.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         // This client itself must not take the pile-up for abuse: the test is about the gateway.
         let (client, connection) =
@@ -274,17 +274,20 @@ fn a_flood_of_small_messages_to_a_slow_reader_arrives_whole() {
         // A slow reader: nothing read for a while, so the backend's frames back up.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let mut body = response.into_body();
-        let mut bytes = 0;
+        let (mut bytes, mut frames) = (0, 0);
         while let Some(chunk) = body.data().await {
             let chunk = chunk.expect("the stream was not reset");
             bytes += chunk.len();
+            frames += 1;
             let _ = body.flow_control().release_capacity(chunk.len());
         }
         let trailers = body.trailers().await.expect("trailers arrive").expect("trailers are present");
-        (bytes, trailers.get("grpc-status").map(|v| v.to_str().unwrap().to_string()))
+        (bytes, frames, trailers.get("grpc-status").map(|v| v.to_str().unwrap().to_string()))
     });
     assert_eq!(bytes, FLOOD_MESSAGES * 69, "every message arrived");
     assert_eq!(status.as_deref(), Some("0"));
+    // The backend sent a DATA frame per message; what had piled up went on in larger frames.
+    assert!(frames * 4 < FLOOD_MESSAGES, "{frames} DATA frames for {FLOOD_MESSAGES} messages");
 }
 
 /// Opens a raw h2c call to `/stall.Svc/Echo` through `addr` with `extra`

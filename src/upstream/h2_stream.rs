@@ -195,11 +195,24 @@ fn reason_in(err: &(dyn std::error::Error + 'static)) -> Option<Reason> {
     None
 }
 
+/// Small DATA frames already received are passed on together up to this
+/// many bytes.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
 /// A backend's response body: DATA frames (their window handed back as
 /// they are taken, so flow control follows the client's pace), then trailers.
+///
+/// Small DATA frames that have already arrived are handed on as one chunk:
+/// a gRPC stream is a byte stream whose DATA frame boundaries mean nothing,
+/// and a backend streaming small messages sends a frame per message, which
+/// would otherwise cost a frame (and its bookkeeping in h2) each on the
+/// client's side too. Nothing waits to be coalesced: only what is already
+/// there is taken.
 pub struct ResponseBody {
     recv: RecvStream,
     data_done: bool,
+    /// An error that came after data passed on in the same call, reported next.
+    failed: Option<h2::Error>,
     /// Cancels the request body's pipe if this body is dropped unfinished.
     pipe: Option<PipeCancel>,
 }
@@ -207,7 +220,38 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// Wraps a response's stream; `pipe` is the request body's, if it has one.
     pub fn new(recv: RecvStream, pipe: Option<PipeCancel>) -> Self {
-        Self { recv, data_done: false, pipe }
+        Self { recv, data_done: false, failed: None, pipe }
+    }
+
+    /// `first` and the DATA frames already received after it, up to [`COALESCE_LIMIT`].
+    fn coalesce(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        if first.len() >= COALESCE_LIMIT / 4 {
+            return first;
+        }
+        let mut joined: Option<bytes::BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), |j| j.len()) < COALESCE_LIMIT {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(more))) => {
+                    let _ = self.recv.flow_control().release_capacity(more.len());
+                    let buf = joined.get_or_insert_with(|| {
+                        let mut buf = bytes::BytesMut::with_capacity(COALESCE_LIMIT);
+                        buf.extend_from_slice(&first);
+                        buf
+                    });
+                    buf.extend_from_slice(&more);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.data_done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        joined.map_or(first, bytes::BytesMut::freeze)
     }
 
     fn finished(&mut self) {
@@ -223,10 +267,14 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(end_or_error(e));
+        }
         if !this.data_done {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
+                    let data = this.coalesce(data, cx);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(end_or_error(e)),
