@@ -152,25 +152,27 @@ impl Forwarding {
             XFP => Some(HeaderValue::from_static(connection.scheme())),
             XFH => self.host.clone(),
             FWD => {
-                let make = || {
-                    let mut element = Vec::new();
-                    write_forwarded_element(&mut element, &connection.forwarded_for, self.host.as_ref());
-                    HeaderValue::from_maybe_shared(Bytes::from(element)).ok()
-                };
-                let Some(host) = &self.host else { return make() };
-                match connection.forwarded_cache.get() {
-                    Some((cached_host, element)) if cached_host == host => Some(element.clone()),
-                    Some(_) => make(),
-                    None => {
-                        let element = make()?;
-                        let _ = connection.forwarded_cache.set((host.clone(), element.clone()));
-                        Some(element)
-                    }
+                if let Some(element) = self.cached_forwarded() {
+                    return Some(element.clone());
                 }
+                let mut element = Vec::new();
+                write_forwarded_element(&mut element, &connection.forwarded_for, self.host.as_ref());
+                let element = HeaderValue::from_maybe_shared(Bytes::from(element)).ok()?;
+                if let Some(host) = &self.host {
+                    // The connection's first host: kept for the requests after this one.
+                    let _ = connection.forwarded_cache.set((host.clone(), element.clone()));
+                }
+                Some(element)
             }
             VIA => Some(via(self.protocol)),
             _ => None,
         }
+    }
+
+    /// The `Forwarded` element made earlier on this connection, if it was for this host.
+    fn cached_forwarded(&self) -> Option<&HeaderValue> {
+        let (cached_host, element) = self.connection.as_ref()?.forwarded_cache.get()?;
+        (Some(cached_host) == self.host.as_ref()).then_some(element)
     }
 
     /// The value `name` will have when added, if it is one of the pending fields.
@@ -191,10 +193,13 @@ impl Forwarding {
                 XFF => wire.extend_from_slice(connection.peer_ip_header.as_bytes()),
                 XFP => wire.extend_from_slice(connection.scheme().as_bytes()),
                 XFH => wire.extend_from_slice(self.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes)),
-                // Made once per connection and host (see `make`).
-                FWD => match self.make(FWD) {
+                // Borrowed from the connection's cache; made (and cached) on a miss.
+                FWD => match self.cached_forwarded() {
                     Some(element) => wire.extend_from_slice(element.as_bytes()),
-                    None => write_forwarded_element(wire, &connection.forwarded_for, self.host.as_ref()),
+                    None => match self.make(FWD) {
+                        Some(element) => wire.extend_from_slice(element.as_bytes()),
+                        None => write_forwarded_element(wire, &connection.forwarded_for, self.host.as_ref()),
+                    },
                 },
                 _ => wire.extend_from_slice(via(self.protocol).as_bytes()),
             }
