@@ -105,10 +105,9 @@ pub fn remove_hop_by_hop_h2(headers: &mut HeaderMap) {
 /// from its header map until the request is encoded. The HTTP/1.1 client
 /// writes them straight after the map's fields ([`Forwarding::write`]),
 /// which spares the common request that carries none of them five hashed
-/// inserts and the `Forwarded` value's allocation; a field the client did
-/// send is merged into the map as before and is not pending here. Small, as
-/// it travels inside the request's future.
-#[derive(Debug)]
+/// inserts; a field the client did send is merged into the map as before
+/// and is not pending here. Small, as it travels inside the request's future.
+#[derive(Debug, Clone)]
 pub struct Forwarding {
     /// `None`: nothing pending (a message that needs none, or already applied).
     connection: Option<Arc<ConnectionInfo>>,
@@ -490,7 +489,7 @@ mod tests {
         forwarding.write(&mut wire);
         let lines = String::from_utf8(wire).unwrap();
         let mut applied = HeaderMap::new();
-        forwarding_copy(forwarding).apply(&mut applied);
+        forwarding.clone().apply(&mut applied);
         let fields: Vec<(String, String)> = lines
             .split_terminator("\r\n")
             .map(|l| l.split_once(": ").map(|(n, v)| (n.to_owned(), v.to_owned())).unwrap())
@@ -499,10 +498,6 @@ mod tests {
             applied.iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())).collect();
         assert_eq!(fields, from_map, "the wire and the map get the same fields");
         fields
-    }
-
-    fn forwarding_copy(f: &Forwarding) -> Forwarding {
-        Forwarding { connection: f.connection.clone(), protocol: f.protocol, host: f.host.clone(), pending: f.pending }
     }
 
     #[test]
