@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod listen;

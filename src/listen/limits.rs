@@ -34,6 +34,7 @@ use hyper_util::server::graceful::{GracefulConnection, Watcher};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::coarse_millis;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
 use crate::policy::rate_limit::local::LocalLimiter;
@@ -163,12 +164,16 @@ impl Drop for IpConnectionGuard {
 }
 
 /// Requests in progress on one connection and when the last one started or
-/// ended, for the idle timeout: two atomics per request.
+/// ended, for the idle timeout: two atomics and two reads of the coarse
+/// clock per request.
 #[derive(Debug)]
 pub struct Activity {
     epoch: Instant,
+    /// `epoch` on the coarse clock ([`coarse_millis`]).
+    epoch_ms: u64,
     in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` of the last request start or end.
+    /// Milliseconds since `epoch` of the last request start or end (coarse:
+    /// it may lag by a kernel tick, nothing next to an idle timeout).
     last_ms: AtomicU64,
     /// A request came over HTTP/2: only `idle_timeout` applies.
     http2: AtomicBool,
@@ -178,6 +183,7 @@ impl Default for Activity {
     fn default() -> Self {
         Self {
             epoch: Instant::now(),
+            epoch_ms: coarse_millis(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
@@ -187,7 +193,7 @@ impl Default for Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(coarse_millis().saturating_sub(self.epoch_ms), Ordering::Relaxed);
     }
 
     /// Marks a request as started; it counts as in progress until the guard

@@ -8,7 +8,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::coarse_millis;
 
 use http::uri::Authority;
 
@@ -56,7 +58,8 @@ impl Default for PoolSettings {
 
 struct Idle {
     conn: Connection,
-    since: Instant,
+    /// When it was put back ([`coarse_millis`]).
+    since_ms: u64,
 }
 
 /// Idle connections to one target.
@@ -80,10 +83,10 @@ impl Pool {
 
     /// The most recently used live connection, if any.
     pub fn checkout(&self) -> Option<Connection> {
-        let now = Instant::now();
+        let now = coarse_millis();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(candidate) = idle.pop() {
-            if now.duration_since(candidate.since) < self.settings.idle_timeout && candidate.conn.is_open() {
+            if self.is_fresh(&candidate, now) && candidate.conn.is_open() {
                 return Some(candidate.conn);
             }
         }
@@ -99,14 +102,19 @@ impl Pool {
         if idle.len() >= self.settings.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { conn, since: Instant::now() });
+        idle.push(Idle { conn, since_ms: coarse_millis() });
     }
 
     /// Closes connections idle for longer than `idle_timeout`, and those the backend closed.
     pub fn evict_expired(&self) {
-        let now = Instant::now();
+        let now = coarse_millis();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_open());
+        idle.retain(|c| self.is_fresh(c, now) && c.conn.is_open());
+    }
+
+    /// Idle for less than `idle_timeout` (to the coarse clock's millisecond).
+    fn is_fresh(&self, idle: &Idle, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(idle.since_ms)) < self.settings.idle_timeout.as_millis()
     }
 
     /// Idle connections currently held.
