@@ -10,11 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::clock::coarse_millis;
-
 use http::uri::Authority;
 
 use super::h1::Connection;
+use crate::clock::coarse_millis;
 
 /// Why a new connection could not be made.
 #[derive(Debug)]

@@ -68,8 +68,36 @@ const CACHED_NAMES: usize = 24;
 /// standard names).
 #[derive(Default)]
 pub(super) struct HeadParser {
-    names: Vec<(Box<[u8]>, HeaderName)>,
+    names: Vec<(Box<[u8]>, HeaderName, Role)>,
     fields: Vec<Field>,
+}
+
+/// What a field means to the connection, worked out once per name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Passed on as it is.
+    EndToEnd,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    /// Consumed here (`CONNECTION_LEVEL`).
+    ConnectionLevel,
+}
+
+impl Role {
+    fn of(name: &HeaderName) -> Self {
+        if name == header::CONNECTION {
+            Role::Connection
+        } else if name == header::CONTENT_LENGTH {
+            Role::ContentLength
+        } else if name == header::TRANSFER_ENCODING {
+            Role::TransferEncoding
+        } else if CONNECTION_LEVEL.contains(name) {
+            Role::ConnectionLevel
+        } else {
+            Role::EndToEnd
+        }
+    }
 }
 
 impl HeadParser {
@@ -113,19 +141,20 @@ impl HeadParser {
         }
     }
 
-    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
-        if let Some((seen, name)) = self.names.get(position)
+    fn name(&mut self, position: usize, raw: &[u8]) -> Result<(HeaderName, Role), H1Error> {
+        if let Some((seen, name, role)) = self.names.get(position)
             && **seen == *raw
         {
-            return Ok(name.clone());
+            return Ok((name.clone(), *role));
         }
         let name = HeaderName::from_bytes(raw).map_err(|_| H1Error::Malformed("invalid header name"))?;
+        let role = Role::of(&name);
         if position < self.names.len() {
-            self.names[position] = (raw.into(), name.clone());
+            self.names[position] = (raw.into(), name.clone(), role);
         } else if position == self.names.len() && position < CACHED_NAMES {
-            self.names.push((raw.into(), name.clone()));
+            self.names.push((raw.into(), name.clone(), role));
         }
-        Ok(name)
+        Ok((name, role))
     }
 
     fn build(&mut self, status: StatusCode, minor: u8, head: &Bytes, head_request: bool) -> Result<Head, H1Error> {
@@ -136,48 +165,53 @@ impl HeadParser {
         for position in 0..self.fields.len() {
             let field = self.fields[position];
             let (at, len) = (field.name.0 as usize, field.name.1 as usize);
-            let name = self.name(position, &head[at..at + len])?;
+            let (name, role) = self.name(position, &head[at..at + len])?;
             let (at, len) = (field.value.0 as usize, field.value.1 as usize);
             // SAFETY: httparse accepts in a value only HTAB, SP, visible
             // ASCII and obs-text (0x80-0xFF), exactly the bytes a
             // `HeaderValue` allows; `httparse_values_are_valid_header_values`
             // checks that for every byte.
             let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
-            if name == header::CONNECTION {
-                let mut names_fields = false;
-                for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else {
-                        names_fields = true;
+            match role {
+                Role::EndToEnd => {}
+                Role::Connection => {
+                    let mut names_fields = false;
+                    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            keep_alive = false;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else {
+                            names_fields = true;
+                        }
+                    }
+                    // Kept only when it names other fields, for the proxy's hop-by-hop pass to remove.
+                    if names_fields {
+                        headers.append(name, value);
+                    }
+                    continue;
+                }
+                Role::ContentLength => {
+                    for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        let n = std::str::from_utf8(item)
+                            .ok()
+                            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .ok_or(H1Error::Framing("invalid Content-Length"))?;
+                        if length.is_some_and(|seen| seen != n) {
+                            return Err(H1Error::Framing("conflicting Content-Length values"));
+                        }
+                        length = Some(n);
                     }
                 }
-                // Kept only when it names other fields, for the proxy's hop-by-hop pass to remove.
-                if names_fields {
-                    headers.append(name, value);
+                Role::TransferEncoding => {
+                    // The final coding of the final field decides (RFC 9112 §6.3).
+                    let last =
+                        value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                    continue;
                 }
-                continue;
-            } else if name == header::CONTENT_LENGTH {
-                for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    let n = std::str::from_utf8(item)
-                        .ok()
-                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or(H1Error::Framing("invalid Content-Length"))?;
-                    if length.is_some_and(|seen| seen != n) {
-                        return Err(H1Error::Framing("conflicting Content-Length values"));
-                    }
-                    length = Some(n);
-                }
-            } else if name == header::TRANSFER_ENCODING {
-                // The final coding of the final field decides (RFC 9112 §6.3).
-                let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-                continue;
-            } else if CONNECTION_LEVEL.contains(&name) {
-                continue;
+                Role::ConnectionLevel => continue,
             }
             headers.append(name, value);
         }
