@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Version};
 
@@ -118,7 +117,6 @@ pub struct RequestContext {
     pub id: HeaderValue,
     pub connection: Arc<ConnectionInfo>,
     pub protocol: DownstreamProtocol,
-    pub start: Instant,
     /// Name of the matched route.
     pub route: Option<Arc<str>>,
     /// Name of the upstream and the chosen target.

@@ -177,6 +177,7 @@ impl Gateway {
         in_progress: Option<RequestGuard>,
     ) -> Response<Body> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let arrived = self.access_log.then(Instant::now);
         let holds_connection = in_progress.is_some();
         let active = ActiveRequest::new(&self.stats, in_progress);
         let id = request_id::take_or_generate(req.headers());
@@ -190,7 +191,6 @@ impl Gateway {
             claims: None,
             connection,
             protocol: DownstreamProtocol::from_version(req.version()),
-            start: Instant::now(),
             route: None,
             upstream: None,
             target: None,
@@ -248,7 +248,8 @@ impl Gateway {
         parts.headers.insert(&X_REQUEST_ID, id);
         // A HEAD (or 204/304) response declares a length it does not send.
         let is_head = method == http::Method::HEAD;
-        let record = self.access_log.then(|| Box::new(AccessRecord { ctx, method, path, status: parts.status, error }));
+        let record =
+            arrived.map(|start| Box::new(AccessRecord { ctx, method, path, status: parts.status, error, start }));
         let body = match body {
             Err(incoming) => body::boxed(Tracked::new(incoming, record, guard).with_active(active)),
             Ok(local) if record.is_some() || guard.is_some() || holds_connection => {

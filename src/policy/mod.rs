@@ -283,7 +283,6 @@ pub(crate) fn test_context() -> RequestContext {
         id: http::HeaderValue::from_static("test"),
         connection: Arc::new(ConnectionInfo::new(listener, addr, addr, None)),
         protocol: DownstreamProtocol::Http1,
-        start: std::time::Instant::now(),
         route: None,
         upstream: None,
         target: None,
