@@ -285,6 +285,18 @@ mod tests {
         let head = parser.parse(&mut third, false).unwrap().unwrap();
         assert_eq!(head.headers["x-two"], "22");
         assert_eq!(head.headers.len(), 2);
+        // The meaning goes with the name: where Content-Length stood, a
+        // Transfer-Encoding now decides the framing, and a remembered
+        // consumed field's position holds an end-to-end one.
+        let mut fourth =
+            BytesMut::from("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let head = parser.parse(&mut fourth, false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.headers.is_empty());
+        let mut fifth = BytesMut::from("HTTP/1.1 200 OK\r\nX-Keep: 1\r\nContent-Length: 7\r\n\r\n");
+        let head = parser.parse(&mut fifth, false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(7));
+        assert_eq!(head.headers["x-keep"], "1");
     }
 
     #[test]
