@@ -73,7 +73,7 @@ pub(super) struct HeadParser {
 }
 
 /// What a field means to the connection, worked out once per name.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Role {
     /// Passed on as it is.
     EndToEnd,
