@@ -33,11 +33,12 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A client's request body as a listener hands it over: hyper's for
-/// HTTP/1.1 and HTTP/2, the HTTP/3 bridge's for QUIC. An enum rather than a
+/// A client's request body as a listener hands it over: our HTTP/1.1
+/// server's, hyper's for HTTP/2, the HTTP/3 bridge's for QUIC. An enum rather than a
 /// box, so the common path costs no allocation (the HTTP/3 body, six times
 /// larger, is boxed so it does not make every request's body that large).
 pub enum ClientBody {
+    Http1(crate::listen::http1::RequestBody),
     Hyper(hyper::body::Incoming),
     H3(Box<tollgate_h3::RequestBody>),
     /// No body (a WebTransport CONNECT, whose stream becomes the session).
@@ -56,6 +57,7 @@ impl http_body::Body for ClientBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            ClientBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::H3(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
             ClientBody::Empty => Poll::Ready(None),
@@ -64,6 +66,7 @@ impl http_body::Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            ClientBody::Http1(b) => b.is_end_stream(),
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::H3(b) => b.is_end_stream(),
             ClientBody::Empty => true,
@@ -72,6 +75,7 @@ impl http_body::Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            ClientBody::Http1(b) => b.size_hint(),
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::H3(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),

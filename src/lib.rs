@@ -15,6 +15,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod http1;
 pub mod listen;
 pub mod model;
 pub mod pipeline;

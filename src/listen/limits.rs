@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper_util::server::graceful::{GracefulConnection, Watcher};
+use hyper_util::server::graceful::Watcher;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -231,6 +231,12 @@ impl Drop for RequestGuard {
     }
 }
 
+/// A connection that can be asked to finish what is in progress and close.
+pub trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error;
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
 pin_project_lite::pin_project! {
     /// Runs a connection to its end, shutting it down gracefully when the
     /// server stops (`stop` flips) or when it has been idle for
@@ -263,7 +269,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Drive<C> {
+impl<C: Graceful> Drive<C> {
     /// Wraps `conn`; see the type's doc.
     pub fn new(
         conn: C,
@@ -295,7 +301,7 @@ impl<C: GracefulConnection> Drive<C> {
     }
 }
 
-impl<C: GracefulConnection> Future for Drive<C> {
+impl<C: Graceful> Future for Drive<C> {
     type Output = Result<(), C::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,25 +1,29 @@
-//! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1 and
-//! HTTP/2 on them with hyper, handing every request to the gateway.
+//! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1
+//! (our own server, [`http1`]) and HTTP/2 (hyper's) on them, handing every
+//! request to the gateway.
 //!
-//! Cleartext ports speak HTTP/1.1 and HTTP/2 with prior knowledge (hyper-util
-//! reads the connection preface); TLS ports pick by ALPN. `Upgrade: h2c` is
-//! not offered (deprecated by RFC 9113 §3.1).
+//! Cleartext ports speak HTTP/1.1 and HTTP/2 with prior knowledge (the
+//! connection preface tells them apart, see [`protocol`]); TLS ports pick by
+//! ALPN. `Upgrade: h2c` is not offered (deprecated by RFC 9113 §3.1).
 
 pub mod client_cert;
+pub mod http1;
 pub mod limits;
+pub mod protocol;
 pub mod proxy_protocol;
 pub mod quic;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,7 +41,8 @@ pub struct Listener {
     config: ListenerConfig,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http1: http1::Settings,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     info: Arc<ListenerInfo>,
     connections: Option<Arc<Semaphore>>,
     /// The HTTP/3 twin on the same port over UDP (`http3 = true`).
@@ -100,7 +105,11 @@ impl Listener {
         Ok(Self {
             tcp,
             tls: tls_config.map(TlsAcceptor::from),
-            http: Arc::new(http_builder(config)),
+            http1: http1::Settings {
+                max_head_bytes: config.limits.max_header_bytes,
+                max_headers: config.limits.max_headers,
+            },
+            http2: Arc::new(http2_builder(config)),
             info,
             connections,
             quic,
@@ -142,7 +151,8 @@ impl Listener {
                 continue;
             };
             let connection = Connection {
-                http: Arc::clone(&self.http),
+                http1: self.http1,
+                http2: Arc::clone(&self.http2),
                 tls: self.tls.clone(),
                 listener: Arc::clone(&self.info),
                 gateway: Arc::clone(&gateway),
@@ -166,7 +176,8 @@ impl Listener {
 
 /// What a connection task needs, cloned from its listener.
 struct Connection {
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http1: http1::Settings,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     listener: Arc<ListenerInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
@@ -269,43 +280,72 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let alpn_h2 = info.tls.as_ref().and_then(|tls| tls.alpn.as_deref()) == Some(b"h2");
         let info = Arc::new(info);
-        let gateway = Arc::clone(&self.gateway);
         let activity = Arc::new(limits::Activity::default());
-        let requests = Arc::clone(&activity);
-        let alt_svc = self.alt_svc.clone();
-        let service = service_fn(move |req| {
-            let gateway = gateway.load_full();
+        let http2 = self.start_http2(Arc::clone(&info), Arc::clone(&activity));
+        let conn = if alpn_h2 {
+            protocol::Serving::http2(io, http2)
+        } else {
+            let gateway = Arc::clone(&self.gateway);
+            let requests = Arc::clone(&activity);
+            let alt_svc = self.alt_svc.clone();
             let info = Arc::clone(&info);
-            let in_progress = requests.request(req.version());
-            let alt_svc = alt_svc.clone();
-            // Boxed: the request's state machine is several KB, and hyper's
-            // HTTP/2 stream task would otherwise be that large; tokio copies a
-            // task's future whole when it spawns it and again when it finishes
-            // (measured: memcpy was 19% of CPU on gRPC unary calls).
-            Box::pin(async move {
-                let mut response = gateway.handle(info, req.map(ClientBody::Hyper), Some(in_progress)).await;
-                if let Some(alt_svc) = alt_svc {
-                    response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+            // HTTP/1.1: the request's future runs inside the connection's own
+            // task (see `http1`), so it is not boxed.
+            let service = move |req: http::Request<ClientBody>| {
+                let gateway = gateway.load_full();
+                let info = Arc::clone(&info);
+                let in_progress = requests.request(req.version());
+                let alt_svc = alt_svc.clone();
+                async move {
+                    let mut response = gateway.handle(info, req, Some(in_progress)).await;
+                    if let Some(alt_svc) = alt_svc {
+                        response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+                    }
+                    response
                 }
-                Ok::<_, Infallible>(response)
-            })
-        });
-        let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
+            };
+            protocol::Serving::detect(io, service, self.http1, http2)
+        };
         let idle_timeout = self.listener.limits.idle_timeout;
         // Ends on drain (`stop`) or after `idle_timeout` without requests, gracefully either way;
         // an HTTP/1.1 connection after `header_read_timeout` (see `limits`).
-        let drive = limits::Drive::new(
-            conn.into_owned(),
-            watcher,
-            self.stop.clone(),
-            activity,
-            idle_timeout,
-            self.handshake_timeout,
-        );
+        let drive =
+            limits::Drive::new(conn, watcher, self.stop.clone(), activity, idle_timeout, self.handshake_timeout);
         if let Err(e) = drive.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
+    }
+
+    /// How this connection starts HTTP/2 if it turns out to speak it.
+    fn start_http2<I>(&self, info: Arc<ConnectionInfo>, activity: Arc<limits::Activity>) -> protocol::StartHttp2<I>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = Arc::clone(&self.gateway);
+        let alt_svc = self.alt_svc.clone();
+        let builder = Arc::clone(&self.http2);
+        Box::new(move |io: Rewind<I>| {
+            let service = service_fn(move |req| {
+                let gateway = gateway.load_full();
+                let info = Arc::clone(&info);
+                let in_progress = activity.request(req.version());
+                let alt_svc = alt_svc.clone();
+                // Boxed: the request's state machine is several KB, and hyper's
+                // HTTP/2 stream task would otherwise be that large; tokio copies a
+                // task's future whole when it spawns it and again when it finishes
+                // (measured: memcpy was 19% of CPU on gRPC unary calls).
+                Box::pin(async move {
+                    let mut response = gateway.handle(info, req.map(ClientBody::Hyper), Some(in_progress)).await;
+                    if let Some(alt_svc) = alt_svc {
+                        response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+                    }
+                    Ok::<_, Infallible>(response)
+                })
+            });
+            Box::pin(builder.serve_connection(TokioIo::new(io), service)) as Pin<Box<dyn protocol::Http2Connection>>
+        })
     }
 }
 
@@ -317,21 +357,11 @@ pub(crate) fn connection_slot(
     limit.map(|sem| Arc::clone(sem).try_acquire_owned()).transpose()
 }
 
-/// hyper settings from the listener's limits.
-fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+/// hyper's HTTP/2 settings from the listener's limits.
+fn http2_builder(config: &ListenerConfig) -> http2::Builder<TokioExecutor> {
     let limits = &config.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Enforced by `limits::Drive` on the connection's one timer, rather
-        // than by a timer hyper arms and drops for every request head.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)

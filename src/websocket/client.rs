@@ -21,6 +21,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 
 use super::stream::UpgradedStream;
+use crate::listen::http1::PendingUpgrade;
 
 /// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
 /// counterpart of hyper's `OnUpgrade`): resolves to the session's messages
@@ -45,9 +46,16 @@ impl WebTransportUpgrade {
 #[derive(Debug, Clone, Copy)]
 pub struct MaxMessageBytes(pub usize);
 
+/// The pending switch of a WebSocket client's connection (HTTP/1.1, our
+/// server) or stream (RFC 8441 over HTTP/2, hyper's).
+pub enum ClientUpgrade {
+    Http1(PendingUpgrade),
+    Hyper(OnUpgrade),
+}
+
 /// How the client reached the route.
 pub enum ClientSide {
-    WebSocket { handshake: ClientHandshake, upgrade: OnUpgrade },
+    WebSocket { handshake: ClientHandshake, upgrade: ClientUpgrade },
     WebTransport(WebTransportUpgrade),
 }
 
@@ -78,7 +86,14 @@ impl ClientSide {
     /// Waits for the switch to happen.
     pub async fn switch(self) -> Option<Switched> {
         match self {
-            ClientSide::WebSocket { upgrade, .. } => match upgrade.await {
+            ClientSide::WebSocket { upgrade: ClientUpgrade::Http1(upgrade), .. } => match upgrade.wait().await {
+                Ok(handover) => Some(Switched::WebSocket(UpgradedStream::from(handover))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client upgrade failed");
+                    None
+                }
+            },
+            ClientSide::WebSocket { upgrade: ClientUpgrade::Hyper(upgrade), .. } => match upgrade.await {
                 Ok(io) => Some(Switched::WebSocket(UpgradedStream::new(io))),
                 Err(e) => {
                     tracing::debug!(error = %e, "client upgrade failed");

@@ -28,6 +28,8 @@ use http::request::Parts;
 use http::{Method, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+
+use crate::listen::http1::PendingUpgrade;
 use tollgate_websocket::handshake::{self, HandshakeError};
 
 use crate::body::Body;
@@ -78,10 +80,14 @@ pub async fn accept(
         None => {
             let handshake = handshake::validate_client(&parts.method, parts.version, &parts.headers, protocol(&parts))
                 .map_err(refusal)?;
-            let upgrade = parts
-                .extensions
-                .remove::<OnUpgrade>()
-                .ok_or(ProxyError::BadRequest("this connection cannot be upgraded"))?;
+            let upgrade = match parts.extensions.remove::<PendingUpgrade>() {
+                Some(upgrade) => client::ClientUpgrade::Http1(upgrade),
+                None => parts
+                    .extensions
+                    .remove::<OnUpgrade>()
+                    .map(client::ClientUpgrade::Hyper)
+                    .ok_or(ProxyError::BadRequest("this connection cannot be upgraded"))?,
+            };
             client::ClientSide::WebSocket { handshake, upgrade }
         }
     };

@@ -23,12 +23,18 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::listen::http1::{Handover, UpgradeIo, UpgradedIo};
+use crate::listen::proxy_protocol::Rewind;
+
 /// An upgraded connection: the bare socket when hyper's IO was one.
 pub enum UpgradedStream {
     /// A TCP connection of ours.
     Tcp(Socket),
     /// Any other connection, through hyper's wrappers.
     Wrapped(TokioIo<Upgraded>),
+    /// Any other client connection our HTTP/1.1 server handed over (TLS,
+    /// PROXY protocol), after the bytes it had read past the handshake.
+    Boxed(Rewind<Box<dyn UpgradeIo>>),
 }
 
 impl UpgradedStream {
@@ -48,7 +54,17 @@ impl UpgradedStream {
     }
 }
 
-/// A TCP connection taken over from hyper: first the bytes hyper had read
+impl From<Handover> for UpgradedStream {
+    /// A client connection from our HTTP/1.1 server, socket and all.
+    fn from(handover: Handover) -> Self {
+        match handover.io {
+            UpgradedIo::Tcp(tcp) => UpgradedStream::Tcp(Socket::new(handover.read_ahead, tcp)),
+            UpgradedIo::Other(io) => UpgradedStream::Boxed(Rewind::new(handover.read_ahead, io)),
+        }
+    }
+}
+
+/// A TCP connection taken over from hyper or our HTTP/1.1 server: first the bytes hyper had read
 /// past the handshake, then the socket.
 ///
 /// A tunnel polls both of its sockets each time its task wakes, though
@@ -143,6 +159,7 @@ impl AsyncRead for UpgradedStream {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_read(cx, buf),
+            UpgradedStream::Boxed(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -152,6 +169,7 @@ impl AsyncWrite for UpgradedStream {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_write(cx, data),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_write(cx, data),
+            UpgradedStream::Boxed(io) => Pin::new(io).poll_write(cx, data),
         }
     }
 
@@ -163,6 +181,7 @@ impl AsyncWrite for UpgradedStream {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpgradedStream::Boxed(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -170,6 +189,7 @@ impl AsyncWrite for UpgradedStream {
         match self {
             UpgradedStream::Tcp(io) => io.is_write_vectored(),
             UpgradedStream::Wrapped(io) => io.is_write_vectored(),
+            UpgradedStream::Boxed(io) => io.is_write_vectored(),
         }
     }
 
@@ -177,6 +197,7 @@ impl AsyncWrite for UpgradedStream {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_flush(cx),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_flush(cx),
+            UpgradedStream::Boxed(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -184,6 +205,7 @@ impl AsyncWrite for UpgradedStream {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_shutdown(cx),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_shutdown(cx),
+            UpgradedStream::Boxed(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

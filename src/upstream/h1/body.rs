@@ -7,20 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 use super::request::{Pump, PumpError};
 use super::response::Framing;
 use super::{Connection, H1Error};
+use crate::http1::chunked::{Chunked, Decoded};
 use crate::upstream::Target;
-
-/// Longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Largest trailer section accepted.
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// A backend's response body, streaming from its connection.
 pub struct ResponseBody {
@@ -62,7 +57,7 @@ impl ResponseBody {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::Chunked => State::Chunked(Chunked::default()),
             Framing::UntilClose => State::UntilClose,
         };
         let mut body = Self { conn: Some(conn), state, pump, reusable, home: Arc::clone(target) };
@@ -137,7 +132,7 @@ impl http_body::Body for ResponseBody {
                         Ok(Decoded::Trailers(trailers)) => Step::Trailers(trailers),
                         Ok(Decoded::End) => Step::End,
                         Ok(Decoded::NeedMore) => Step::Read,
-                        Err(e) => Step::Fail(e),
+                        Err(e) => Step::Fail(H1Error::Framing(e.0)),
                     },
                 }
             };
@@ -180,151 +175,5 @@ impl http_body::Body for ResponseBody {
             State::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
-    }
-}
-
-/// Where a chunked body's decoder stands (RFC 9112 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
-    /// Trailers were handed out; the end is next.
-    Ended,
-}
-
-/// One step of chunked decoding.
-#[derive(Debug)]
-enum Decoded {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    /// The buffer holds no complete step.
-    NeedMore,
-}
-
-impl Chunked {
-    /// Takes the next step out of `buf`.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-        loop {
-            match *self {
-                Chunked::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err(H1Error::Framing("chunk-size line too long"));
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
-                    Err(_) => return Err(H1Error::Framing("invalid chunk size")),
-                },
-                Chunked::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    let take = left.min(buf.len() as u64) as usize;
-                    let data = buf.split_to(take).freeze();
-                    *self = if left == take as u64 { Chunked::DataEnd } else { Chunked::Data(left - take as u64) };
-                    return Ok(Decoded::Data(data));
-                }
-                Chunked::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(H1Error::Framing("chunk data longer than its size"));
-                    }
-                    buf.advance(2);
-                    *self = Chunked::Size;
-                }
-                Chunked::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        *self = Chunked::Ended;
-                        return Ok(Decoded::End);
-                    }
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(H1Error::Framing("trailer section too large"));
-                        }
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let section = buf.split_to(end + 4);
-                    *self = Chunked::Ended;
-                    return Ok(Decoded::Trailers(trailers(&section)?));
-                }
-                Chunked::Ended => return Ok(Decoded::End),
-            }
-        }
-    }
-}
-
-/// Trailer fields as a header map (a rare path, so values are copied).
-fn trailers(section: &[u8]) -> Result<HeaderMap, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; 64];
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return Err(H1Error::Framing("malformed trailer section")),
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        let name = HeaderName::from_bytes(field.name.as_bytes());
-        let value = HeaderValue::from_bytes(field.value);
-        if let (Ok(name), Ok(value)) = (name, value) {
-            map.append(name, value);
-        }
-    }
-    Ok(map)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode_all(wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), H1Error> {
-        let mut buf = BytesMut::from(wire);
-        let mut state = Chunked::Size;
-        let (mut data, mut trailers) = (Vec::new(), None);
-        loop {
-            match state.decode(&mut buf)? {
-                Decoded::Data(d) => data.extend_from_slice(&d),
-                Decoded::Trailers(t) => trailers = Some(t),
-                Decoded::End => return Ok((data, trailers)),
-                Decoded::NeedMore => panic!("incomplete: {state:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn chunks_with_extensions_and_trailers_decode() {
-        let (data, trailers) = decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n").unwrap();
-        assert_eq!(data, b"hello world");
-        assert_eq!(trailers.unwrap()["x-sum"], "11");
-    }
-
-    #[test]
-    fn a_chunk_split_across_reads_comes_out_in_pieces() {
-        let mut state = Chunked::Size;
-        let mut buf = BytesMut::from(&b"a\r\n01234"[..]);
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::Data(d) if &d[..] == b"01234"));
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::NeedMore));
-        buf.extend_from_slice(b"56789\r\n0\r\n\r\n");
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::Data(d) if &d[..] == b"56789"));
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn broken_chunks_are_refused() {
-        assert!(matches!(decode_all(b"zz\r\nhello\r\n0\r\n\r\n"), Err(H1Error::Framing(_))));
-        assert!(matches!(decode_all(b"2\r\nhello\r\n0\r\n\r\n"), Err(H1Error::Framing(_))));
-        let long_line = [b"1;".as_slice(), &vec![b'x'; MAX_CHUNK_LINE + 1]].concat();
-        assert!(matches!(Chunked::Size.decode(&mut BytesMut::from(&long_line[..])), Err(H1Error::Framing(_))));
     }
 }

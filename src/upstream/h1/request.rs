@@ -16,6 +16,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::http1::{encode_last_chunk, itoa};
 use crate::pipeline::forwarded::Forwarding;
 
 /// Most body bytes gathered before the head is written; the rest streams.
@@ -229,31 +230,6 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, super::H1Error> {
     }
 }
 
-/// `0\r\n`, the trailers, and the final CRLF of a chunked body.
-fn encode_last_chunk(wire: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    wire.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        wire.extend_from_slice(name.as_str().as_bytes());
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value.as_bytes());
-        wire.extend_from_slice(b"\r\n");
-    }
-    wire.extend_from_slice(b"\r\n");
-}
-
-/// Decimal digits of `n` in `buf`, without going through `fmt`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum PumpFraming {
     Length(u64),
@@ -441,12 +417,5 @@ mod tests {
         let stream = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
         let wire = encoded(request(Method::POST, &[], body::boxed(stream))).await;
         assert!(wire.ends_with("transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n"), "{wire}");
-    }
-
-    #[test]
-    fn itoa_writes_decimal() {
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
-        assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
     }
 }

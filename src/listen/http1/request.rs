@@ -1,0 +1,310 @@
+//! Request heads from clients: parsed by httparse into `http` parts, with
+//! the body's framing decided as RFC 9112 §6.3 orders it for requests, and
+//! anything that would let two parsers disagree about where a request ends
+//! (request smuggling) refused.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+
+/// Header slots on the stack; a listener allowing more parses again on the heap.
+const INLINE_HEADERS: usize = 128;
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length` bytes (more than zero).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head and what the connection needs to know about it.
+pub(super) struct Head {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// The client allows another request on this connection after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a 100 before sending the body.
+    pub expect_continue: bool,
+    /// The client asks to switch protocols (`Upgrade`, HTTP/1.1 only) or sent a CONNECT.
+    pub upgrade: bool,
+}
+
+/// Why a request head was refused; the client gets `status` and the
+/// connection closes, since where the next request starts is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeadError {
+    /// Over `max_header_bytes` or `max_headers`: 431.
+    TooLarge,
+    /// Not a valid HTTP/1.x request head: 400, saying what was wrong.
+    Malformed(&'static str),
+}
+
+impl HeadError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "the request header block is too large",
+            HeadError::Malformed(what) => what,
+        }
+    }
+}
+
+/// Where one field's name and value sit in the head's bytes.
+#[derive(Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses request heads for one connection, keeping its field table.
+#[derive(Default)]
+pub(super) struct HeadParser {
+    fields: Vec<Field>,
+}
+
+impl HeadParser {
+    /// Parses the request head at the start of `buf` and removes it.
+    /// `Ok(None)`: the head is not complete yet.
+    pub fn parse(&mut self, buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, HeadError> {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_HEADERS];
+        let parsed = if max_headers <= INLINE_HEADERS {
+            self.scan(buf, &mut slots[..max_headers])?
+        } else {
+            match self.scan(buf, &mut slots) {
+                Err(HeadError::TooLarge) => {
+                    let mut heap: Vec<_> = (0..max_headers).map(|_| MaybeUninit::uninit()).collect();
+                    self.scan(buf, &mut heap)?
+                }
+                other => other?,
+            }
+        };
+        let Some(scan) = parsed else { return Ok(None) };
+        let head = buf.split_to(scan.len).freeze();
+        self.build(&head, scan).map(Some)
+    }
+
+    /// Runs httparse over `buf`, recording where each field is.
+    fn scan<'b>(
+        &mut self,
+        buf: &'b [u8],
+        slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    ) -> Result<Option<Scan>, HeadError> {
+        self.fields.clear();
+        let mut request = httparse::Request::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, slots) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(parse_error(e))),
+        };
+        let start = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+        self.fields.extend(request.headers.iter().map(|h| Field {
+            name: (offset(h.name.as_bytes()), h.name.len() as u32),
+            value: (offset(h.value), h.value.len() as u32),
+        }));
+        let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version) else {
+            return Err(HeadError::Malformed("incomplete request line"));
+        };
+        Ok(Some(Scan {
+            len,
+            method: (offset(method.as_bytes()), method.len() as u32),
+            target: (offset(path.as_bytes()), path.len() as u32),
+            minor,
+        }))
+    }
+
+    fn build(&self, head: &Bytes, scan: Scan) -> Result<Head, HeadError> {
+        let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
+        let method =
+            Method::from_bytes(&slice(scan.method)).map_err(|_| HeadError::Malformed("invalid request method"))?;
+        let uri = Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
+        let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut length: Option<u64> = None;
+        let mut chunked: Option<bool> = None;
+        let mut expect_continue = false;
+        let mut upgrade = method == Method::CONNECT;
+        for field in &self.fields {
+            let (at, len) = (field.name.0 as usize, field.name.1 as usize);
+            let name =
+                HeaderName::from_bytes(&head[at..at + len]).map_err(|_| HeadError::Malformed("invalid header name"))?;
+            let (at, len) = (field.value.0 as usize, field.value.1 as usize);
+            // SAFETY: httparse accepts in a value only HTAB, SP, visible
+            // ASCII and obs-text (0x80-0xFF), exactly the bytes a
+            // `HeaderValue` allows; `httparse_values_are_valid_header_values`
+            // (upstream::h1::response) checks that for every byte.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
+            if name == header::CONTENT_LENGTH {
+                for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let n = parse_length(item).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                    if length.is_some_and(|seen| seen != n) {
+                        return Err(HeadError::Malformed("conflicting Content-Length values"));
+                    }
+                    length = Some(n);
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                // The final coding of the final field decides (RFC 9112 §6.3).
+                let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        keep_alive = true;
+                    }
+                }
+            } else if name == header::EXPECT {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            } else if name == header::UPGRADE {
+                upgrade |= version == Version::HTTP_11;
+            }
+            headers.append(name, value);
+        }
+
+        let framing = match (chunked, length) {
+            // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            (Some(_), _) if version == Version::HTTP_10 => {
+                return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            // RFC 9112 §6.3: a request whose final coding is not chunked cannot be delimited.
+            (Some(false), _) => return Err(HeadError::Malformed("the final transfer coding is not chunked")),
+            // Both framings: the classic smuggling vector, refused rather than guessed (§6.3 item 3).
+            (Some(true), Some(_)) => {
+                return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length"));
+            }
+            (Some(true), None) => Framing::Chunked,
+            (None, Some(0)) | (None, None) => Framing::None,
+            (None, Some(n)) => Framing::Length(n),
+        };
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        Ok(Head { request, framing, keep_alive, expect_continue: expect_continue && framing != Framing::None, upgrade })
+    }
+}
+
+/// What the request line said, as offsets into the head.
+struct Scan {
+    len: usize,
+    method: (u32, u32),
+    target: (u32, u32),
+    minor: u8,
+}
+
+/// A Content-Length value: digits only (no sign, no spaces), fitting in a u64.
+fn parse_length(item: &[u8]) -> Option<u64> {
+    if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Token => "invalid request method",
+        httparse::Error::Version => "not HTTP/1.x",
+        _ => "invalid request head",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(wire: &str) -> Result<Option<(Head, BytesMut)>, HeadError> {
+        let mut buf = BytesMut::from(wire.as_bytes());
+        Ok(HeadParser::default().parse(&mut buf, 100)?.map(|h| (h, buf)))
+    }
+
+    #[test]
+    fn a_get_parses_into_parts_and_leaves_the_next_request_in_the_buffer() {
+        let (head, rest) = parse("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next").unwrap().unwrap();
+        assert_eq!(head.request.method(), Method::GET);
+        assert_eq!(head.request.uri(), "/a?b=1");
+        assert_eq!(head.request.version(), Version::HTTP_11);
+        assert_eq!(head.request.headers()["host"], "example.com");
+        assert_eq!(head.request.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(head.framing, Framing::None);
+        assert!(head.keep_alive && !head.expect_continue && !head.upgrade);
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_for_more() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: t\r\n").unwrap().is_none());
+        assert!(parse("GE").unwrap().is_none());
+    }
+
+    #[test]
+    fn body_framing_follows_rfc_9112() {
+        let framing = |wire: &str| parse(wire).map(|h| h.unwrap().0.framing);
+        assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Ok(Framing::None));
+        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Ok(Framing::Chunked));
+        for smuggling in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(framing(smuggling), Err(HeadError::Malformed(_))), "{smuggling:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_defaults_by_version_and_follows_connection() {
+        let keep_alive = |wire: &str| parse(wire).unwrap().unwrap().0.keep_alive;
+        assert!(keep_alive("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep_alive("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep_alive("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep_alive("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn expect_continue_and_upgrade_are_noticed() {
+        let (head, _) = parse("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert!(head.expect_continue);
+        let (head, _) = parse("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
+        assert!(!head.expect_continue, "no body, nothing to wait for");
+        let (head, _) = parse("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+        assert!(head.upgrade);
+        let (head, _) = parse("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+        assert!(!head.upgrade, "HTTP/1.0 has no Upgrade");
+    }
+
+    #[test]
+    fn too_many_headers_is_too_large_and_garbage_is_malformed() {
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(matches!(parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge)));
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+        assert!(HeadParser::default().parse(&mut buf, 200).unwrap().is_some(), "a higher limit parses on the heap");
+        for garbage in ["GARBAGE\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", "GET /a b HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"]
+        {
+            assert!(matches!(parse(garbage), Err(HeadError::Malformed(_))), "{garbage:?}");
+        }
+    }
+}
