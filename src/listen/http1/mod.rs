@@ -21,6 +21,7 @@ mod response;
 use std::any::Any;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -210,7 +211,10 @@ enum Decoder {
 enum Outgoing {
     /// The response future has not resolved yet.
     Waiting,
-    Streaming { body: Body, framing: Framing },
+    Streaming {
+        body: Body,
+        framing: Framing,
+    },
     /// The body ended and its last bytes are queued.
     Done,
     /// A 101 is queued; the connection is handed over once it is written.
@@ -398,7 +402,11 @@ where
     }
 
     /// Drives the request in progress: its body in, its response out.
-    fn poll_exchange(&mut self, cx: &mut Context<'_>, mut in_flight: Pin<&mut Option<F>>) -> Poll<Result<(), Http1Error>> {
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut in_flight: Pin<&mut Option<F>>,
+    ) -> Poll<Result<(), Http1Error>> {
         loop {
             let mut progress = self.pump_request_body(cx)?;
             let exchange = self.exchange.as_mut().expect("an exchange is in progress");
@@ -647,9 +655,9 @@ where
             return Ok(false);
         }
         // A small stack buffer: no read buffer is allocated just to learn nothing arrived.
-        let mut probe = [0u8; 1024];
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1024];
         loop {
-            let mut buf = ReadBuf::new(&mut probe);
+            let mut buf = ReadBuf::uninit(&mut probe);
             match self.io().poll_read(cx, &mut buf) {
                 Poll::Pending => return Ok(false),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Ok(true),

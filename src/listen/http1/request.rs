@@ -130,7 +130,8 @@ impl HeadParser {
         let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
         let method =
             Method::from_bytes(&slice(scan.method)).map_err(|_| HeadError::Malformed("invalid request method"))?;
-        let uri = Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
+        let uri =
+            Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
         let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
 
         let mut headers = HeaderMap::with_capacity(self.fields.len());
@@ -239,7 +240,9 @@ mod tests {
 
     #[test]
     fn a_get_parses_into_parts_and_leaves_the_next_request_in_the_buffer() {
-        let (head, rest) = parse("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next").unwrap().unwrap();
+        let (head, rest) = parse("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next")
+            .unwrap()
+            .unwrap();
         assert_eq!(head.request.method(), Method::GET);
         assert_eq!(head.request.uri(), "/a?b=1");
         assert_eq!(head.request.version(), Version::HTTP_11);
@@ -290,7 +293,8 @@ mod tests {
         assert!(head.expect_continue);
         let (head, _) = parse("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
         assert!(!head.expect_continue, "no body, nothing to wait for");
-        let (head, _) = parse("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+        let (head, _) =
+            parse("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(head.upgrade);
         let (head, _) = parse("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(!head.upgrade, "HTTP/1.0 has no Upgrade");
@@ -302,8 +306,12 @@ mod tests {
         assert!(matches!(parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge)));
         let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
         assert!(HeadParser::default().parse(&mut buf, 200).unwrap().is_some(), "a higher limit parses on the heap");
-        for garbage in ["GARBAGE\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", "GET /a b HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"]
-        {
+        for garbage in [
+            "GARBAGE\r\n\r\n",
+            "GET / HTTP/9.9\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: v\r\n\r\n",
+        ] {
             assert!(matches!(parse(garbage), Err(HeadError::Malformed(_))), "{garbage:?}");
         }
     }

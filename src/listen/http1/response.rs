@@ -42,7 +42,12 @@ pub(super) struct Exchange {
 
 /// Encodes `parts` into `out`. `body_length` is the body's exact size, if
 /// known. Returns the body's framing and whether the connection stays open.
-pub(super) fn encode_head(parts: &Parts, body_length: Option<u64>, exchange: Exchange, out: &mut Vec<u8>) -> (Framing, bool) {
+pub(super) fn encode_head(
+    parts: &Parts,
+    body_length: Option<u64>,
+    exchange: Exchange,
+    out: &mut Vec<u8>,
+) -> (Framing, bool) {
     let status = parts.status;
     let mut keep_alive = exchange.keep_alive;
     let bodiless = exchange.head_request
@@ -78,7 +83,10 @@ pub(super) fn encode_head(parts: &Parts, body_length: Option<u64>, exchange: Exc
     }
 
     let framing = if bodiless {
-        if exchange.head_request && declared.is_none() && let Some(n) = body_length.filter(|&n| n > 0) {
+        if exchange.head_request
+            && declared.is_none()
+            && let Some(n) = body_length.filter(|&n| n > 0)
+        {
             // A HEAD response says the length a GET would have had, when known.
             write_length(out, n);
         }
@@ -253,7 +261,12 @@ mod tests {
     use super::*;
     use http::Response;
 
-    fn head(response: Response<()>, body_length: Option<u64>, version: Version, head_request: bool) -> (String, Framing, bool) {
+    fn head(
+        response: Response<()>,
+        body_length: Option<u64>,
+        version: Version,
+        head_request: bool,
+    ) -> (String, Framing, bool) {
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
         let exchange = Exchange { version, head_request, keep_alive: true };
@@ -312,7 +325,8 @@ mod tests {
         let big = Bytes::from(vec![b'x'; COPY_LIMIT + 1]);
         output.push_data(&mut framing, big.clone()).unwrap();
         output.push_end(framing, None).unwrap();
-        let expected = [&b"HEAD\r\n3\r\nabc\r\n"[..], format!("{:x}\r\n", big.len()).as_bytes(), &big, b"\r\n0\r\n\r\n"].concat();
+        let expected =
+            [&b"HEAD\r\n3\r\nabc\r\n"[..], format!("{:x}\r\n", big.len()).as_bytes(), &big, b"\r\n0\r\n\r\n"].concat();
         assert_eq!(output.len(), expected.len());
         let mut slices = [IoSlice::new(&[]); 4];
         assert_eq!(output.chunks(&mut slices), 3);
