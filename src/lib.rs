@@ -1,7 +1,7 @@
 //! Tollgate: an API gateway and protocol bridge.
 //!
 //! A request's path through the code:
-//! [`listen`] (TCP/TLS, HTTP/1.1 + HTTP/2 via hyper) → [`pipeline::Gateway::handle`]
+//! [`listen`] (TCP/TLS; HTTP/1.1 by our own server, HTTP/2 by hyper) → [`pipeline::Gateway::handle`]
 //! (request id, [`route`], listener limits, the [`policy`] chain in its fixed
 //! order, body limit) → [`upstream`] (balancer, pooled HTTP/1.1
 //! client, or multiplexed HTTP/2 for gRPC with gRPC-Web translated around it

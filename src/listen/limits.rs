@@ -98,7 +98,7 @@ impl ClientLimits {
         }
     }
 
-    /// Keeps counting a connection from `ip` after hyper handed it over to
+    /// Keeps counting a connection from `ip` after the HTTP/1.1 server handed it over to
     /// a WebSocket (HTTP/1.1 Upgrade), when the HTTP connection task that
     /// held its first guard ends. It was admitted already, so there is no
     /// limit check; the count lasts until the WebSocket closes, so

@@ -11,9 +11,9 @@
 //!
 //! Both shapes of client handshake arrive here: HTTP/1.1 `Upgrade`
 //! (RFC 6455 §4) and HTTP/2 extended CONNECT (RFC 8441, enabled on every
-//! listener with SETTINGS_ENABLE_CONNECT_PROTOCOL). hyper hands over the
-//! connection (or the HTTP/2 stream) through `OnUpgrade` once our 101/200
-//! response has been written.
+//! listener with SETTINGS_ENABLE_CONNECT_PROTOCOL). Once our 101/200 response
+//! has been written, our HTTP/1.1 server hands over the connection through
+//! `PendingUpgrade`, hyper the HTTP/2 stream through `OnUpgrade`.
 
 pub mod client;
 mod message;

@@ -636,6 +636,8 @@ where
             slot.finish(Flow::Failed(RequestBodyError::Incomplete), None, std::task::Waker::noop());
         }
         exchange.upgrade = None;
+        // An idle connection keeps a head-sized read buffer, whatever a body grew it to.
+        self.read_size = MIN_READ;
         self.phase = if keep_alive { Phase::Head } else { Phase::Closing };
     }
 
