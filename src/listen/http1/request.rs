@@ -77,7 +77,13 @@ pub(super) struct HeadParser {
 impl HeadParser {
     /// Parses the request head at the start of `buf` and removes it.
     /// `Ok(None)`: the head is not complete yet.
-    pub fn parse(&mut self, buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, HeadError> {
+    /// A head longer than `max_bytes` is refused even when it arrived whole.
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        max_bytes: usize,
+        max_headers: usize,
+    ) -> Result<Option<Head>, HeadError> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_HEADERS];
         let parsed = if max_headers <= INLINE_HEADERS {
             self.scan(buf, &mut slots[..max_headers])?
@@ -91,6 +97,9 @@ impl HeadParser {
             }
         };
         let Some(scan) = parsed else { return Ok(None) };
+        if scan.len > max_bytes {
+            return Err(HeadError::TooLarge);
+        }
         let head = buf.split_to(scan.len).freeze();
         self.build(&head, scan).map(Some)
     }
@@ -235,7 +244,7 @@ mod tests {
 
     fn parse(wire: &str) -> Result<Option<(Head, BytesMut)>, HeadError> {
         let mut buf = BytesMut::from(wire.as_bytes());
-        Ok(HeadParser::default().parse(&mut buf, 100)?.map(|h| (h, buf)))
+        Ok(HeadParser::default().parse(&mut buf, 16 * 1024, 100)?.map(|h| (h, buf)))
     }
 
     #[test]
@@ -305,7 +314,16 @@ mod tests {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         assert!(matches!(parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge)));
         let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
-        assert!(HeadParser::default().parse(&mut buf, 200).unwrap().is_some(), "a higher limit parses on the heap");
+        assert!(
+            HeadParser::default().parse(&mut buf, 16 * 1024, 200).unwrap().is_some(),
+            "a higher limit parses on the heap"
+        );
+        let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(9000));
+        let mut buf = BytesMut::from(long.as_bytes());
+        assert!(
+            matches!(HeadParser::default().parse(&mut buf, 8192, 100), Err(HeadError::TooLarge)),
+            "whole but too long"
+        );
         for garbage in [
             "GARBAGE\r\n\r\n",
             "GET / HTTP/9.9\r\n\r\n",
