@@ -11,6 +11,7 @@
 //! routing and policies, with the protocol work in the `tollgate-websocket` bridge.
 
 pub mod admin;
+pub mod alloc;
 pub mod body;
 pub mod clock;
 pub mod config;

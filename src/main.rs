@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request
 /// (headers, frames); measured faster than glibc malloc in bench/RESULTS.md.
+/// Called through `tollgate::alloc` rather than the `mimalloc` crate's
+/// adapter, which takes mimalloc's slower aligned path for every block.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tollgate::alloc::Allocator = tollgate::alloc::Allocator;
 use tollgate::config::{self, Config, LogFormat};
 
 #[derive(Parser)]

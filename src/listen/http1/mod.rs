@@ -310,7 +310,12 @@ where
     /// Waits for a complete request head and starts its exchange.
     fn poll_head(&mut self, cx: &mut Context<'_>, in_flight: Pin<&mut Option<F>>) -> Poll<Result<(), Http1Error>> {
         loop {
-            match self.parser.parse(&mut self.read_buf, self.settings.max_head_bytes, self.settings.max_headers) {
+            let parsed = if self.read_buf.is_empty() {
+                Ok(None)
+            } else {
+                self.parser.parse(&mut self.read_buf, self.settings.max_head_bytes, self.settings.max_headers)
+            };
+            match parsed {
                 Ok(Some(head)) => {
                     self.start_exchange(head, in_flight);
                     return Poll::Ready(Ok(()));

@@ -143,7 +143,8 @@ impl HeadParser {
             Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
         let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
 
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what the pipeline adds (`x-request-id`) without growing the map.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 2);
         let mut keep_alive = version == Version::HTTP_11;
         let mut length: Option<u64> = None;
         let mut chunked: Option<bool> = None;

@@ -158,7 +158,8 @@ impl HeadParser {
     }
 
     fn build(&mut self, status: StatusCode, minor: u8, head: &Bytes, head_request: bool) -> Result<Head, H1Error> {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what the pipeline adds (`via`, `x-request-id`, `alt-svc`) without growing the map.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 3);
         let mut keep_alive = minor == 1;
         let mut length: Option<u64> = None;
         let mut chunked = None;
