@@ -108,7 +108,7 @@ fn an_http10_client_asking_for_keep_alive_keeps_its_connection() {
 }
 
 #[test]
-fn smuggling_attempts_get_400_and_never_reach_the_backend() {
+fn smuggling_and_host_confusion_attempts_get_400_and_never_reach_the_backend() {
     let backend = echo_backend();
     let mut tollgate = start_proxy(backend.addr, "", "", "");
     let cases: &[&[u8]] = &[
@@ -118,6 +118,10 @@ fn smuggling_attempts_get_400_and_never_reach_the_backend() {
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
         // HTTP/1.0 has no Transfer-Encoding.
         b"POST / HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // Two Hosts: routing and the backend could each pick a different one (RFC 9112 §3.2).
+        b"GET / HTTP/1.1\r\nHost: public\r\nHost: internal\r\n\r\n",
+        // HTTP/1.1 without Host.
+        b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
     ];
     for case in cases {
         let response = raw_exchange(tollgate.addr, case);

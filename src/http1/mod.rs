@@ -3,6 +3,7 @@
 //! (`upstream::h1`).
 
 pub mod chunked;
+pub mod names;
 
 use http::HeaderMap;
 

@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
+use crate::http1::names::NameCache;
+
 /// Header slots on the stack; a listener allowing more parses again on the heap.
 const INLINE_HEADERS: usize = 128;
 
@@ -68,10 +70,44 @@ struct Field {
     value: (u32, u32),
 }
 
-/// Parses request heads for one connection, keeping its field table.
+/// Parses request heads for one connection, keeping what the next head can
+/// reuse: the field table and the names by position (`http1::names`).
 #[derive(Default)]
 pub(super) struct HeadParser {
     fields: Vec<Field>,
+    names: NameCache<Meaning>,
+}
+
+/// What a field means to the connection, worked out once per name.
+#[derive(Clone, Copy)]
+enum Meaning {
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Upgrade,
+    Host,
+}
+
+impl Meaning {
+    fn of(name: &HeaderName) -> Self {
+        if name == header::CONTENT_LENGTH {
+            Meaning::ContentLength
+        } else if name == header::TRANSFER_ENCODING {
+            Meaning::TransferEncoding
+        } else if name == header::CONNECTION {
+            Meaning::Connection
+        } else if name == header::EXPECT {
+            Meaning::Expect
+        } else if name == header::UPGRADE {
+            Meaning::Upgrade
+        } else if name == header::HOST {
+            Meaning::Host
+        } else {
+            Meaning::Other
+        }
+    }
 }
 
 impl HeadParser {
@@ -135,7 +171,7 @@ impl HeadParser {
         }))
     }
 
-    fn build(&self, head: &Bytes, scan: Scan) -> Result<Head, HeadError> {
+    fn build(&mut self, head: &Bytes, scan: Scan) -> Result<Head, HeadError> {
         let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
         let method =
             Method::from_bytes(&slice(scan.method)).map_err(|_| HeadError::Malformed("invalid request method"))?;
@@ -150,44 +186,58 @@ impl HeadParser {
         let mut chunked: Option<bool> = None;
         let mut expect_continue = false;
         let mut upgrade = method == Method::CONNECT;
-        for field in &self.fields {
+        let mut hosts = 0usize;
+        for position in 0..self.fields.len() {
+            let field = self.fields[position];
             let (at, len) = (field.name.0 as usize, field.name.1 as usize);
-            let name =
-                HeaderName::from_bytes(&head[at..at + len]).map_err(|_| HeadError::Malformed("invalid header name"))?;
+            let (name, meaning) = self
+                .names
+                .get(position, &head[at..at + len], Meaning::of)
+                .map_err(|_| HeadError::Malformed("invalid header name"))?;
             let (at, len) = (field.value.0 as usize, field.value.1 as usize);
             // SAFETY: httparse accepts in a value only HTAB, SP, visible
             // ASCII and obs-text (0x80-0xFF), exactly the bytes a
             // `HeaderValue` allows; `httparse_values_are_valid_header_values`
             // (upstream::h1::response) checks that for every byte.
             let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
-            if name == header::CONTENT_LENGTH {
-                for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    let n = parse_length(item).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-                    if length.is_some_and(|seen| seen != n) {
-                        return Err(HeadError::Malformed("conflicting Content-Length values"));
-                    }
-                    length = Some(n);
-                }
-            } else if name == header::TRANSFER_ENCODING {
-                // The final coding of the final field decides (RFC 9112 §6.3).
-                let last = value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION {
-                for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        keep_alive = true;
+            match meaning {
+                Meaning::Other => {}
+                Meaning::ContentLength => {
+                    for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        let n = parse_length(item).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                        if length.is_some_and(|seen| seen != n) {
+                            return Err(HeadError::Malformed("conflicting Content-Length values"));
+                        }
+                        length = Some(n);
                     }
                 }
-            } else if name == header::EXPECT {
-                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-            } else if name == header::UPGRADE {
-                upgrade |= version == Version::HTTP_11;
+                Meaning::TransferEncoding => {
+                    // The final coding of the final field decides (RFC 9112 §6.3).
+                    let last =
+                        value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
+                Meaning::Connection => {
+                    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            keep_alive = false;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                            keep_alive = true;
+                        }
+                    }
+                }
+                Meaning::Expect => expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
+                Meaning::Upgrade => upgrade |= version == Version::HTTP_11,
+                Meaning::Host => hosts += 1,
             }
             headers.append(name, value);
         }
 
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (at most one in 1.0), or
+        // routing by host and the backend could each pick a different one.
+        if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+            return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host field"));
+        }
         let framing = match (chunked, length) {
             // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             (Some(_), _) if version == Version::HTTP_10 => {
@@ -271,7 +321,7 @@ mod tests {
 
     #[test]
     fn body_framing_follows_rfc_9112() {
-        let framing = |wire: &str| parse(wire).map(|h| h.unwrap().0.framing);
+        let framing = |wire: &str| parse(&wire.replacen("\r\n", "\r\nHost: t\r\n", 1)).map(|h| h.unwrap().0.framing);
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(Framing::Length(5)));
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), Ok(Framing::Length(5)));
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Ok(Framing::None));
@@ -289,22 +339,36 @@ mod tests {
     }
 
     #[test]
+    fn http11_requests_need_exactly_one_host() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some(), "HTTP/1.0 may leave it out");
+        for wire in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        ] {
+            assert!(matches!(parse(wire), Err(HeadError::Malformed(_))), "{wire:?}");
+        }
+    }
+
+    #[test]
     fn keep_alive_defaults_by_version_and_follows_connection() {
         let keep_alive = |wire: &str| parse(wire).unwrap().unwrap().0.keep_alive;
-        assert!(keep_alive("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!keep_alive("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(keep_alive("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert!(!keep_alive("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
         assert!(!keep_alive("GET / HTTP/1.0\r\n\r\n"));
         assert!(keep_alive("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
 
     #[test]
     fn expect_continue_and_upgrade_are_noticed() {
-        let (head, _) = parse("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let (head, _) =
+            parse("PUT / HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert!(head.expect_continue);
-        let (head, _) = parse("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
+        let (head, _) = parse("GET / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
         assert!(!head.expect_continue, "no body, nothing to wait for");
         let (head, _) =
-            parse("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+            parse("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(head.upgrade);
         let (head, _) = parse("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(!head.upgrade, "HTTP/1.0 has no Upgrade");
@@ -314,12 +378,12 @@ mod tests {
     fn too_many_headers_is_too_large_and_garbage_is_malformed() {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         assert!(matches!(parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge)));
-        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes());
         assert!(
             HeadParser::default().parse(&mut buf, 16 * 1024, 200).unwrap().is_some(),
             "a higher limit parses on the heap"
         );
-        let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(9000));
+        let long = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n", "a".repeat(9000));
         let mut buf = BytesMut::from(long.as_bytes());
         assert!(
             matches!(HeadParser::default().parse(&mut buf, 8192, 100), Err(HeadError::TooLarge)),

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::{H1Error, MAX_HEADERS};
+use crate::http1::names::NameCache;
 
 /// Fields that describe this connection and are consumed here rather than
 /// passed on (RFC 9110 §7.6.1; `Transfer-Encoding` is read above first).
@@ -57,18 +58,12 @@ struct Field {
     value: (u32, u32),
 }
 
-/// Names remembered per connection; later positions are parsed each time.
-const CACHED_NAMES: usize = 24;
-
 /// Parses response heads for one connection, keeping what the next head
 /// can reuse: the field table, and the header names already parsed, by
-/// position. A backend sends the same names in the same order response
-/// after response, so comparing the raw bytes and cloning the name costs
-/// less than parsing it again (a case-folding pass and a lookup among the
-/// standard names).
+/// position (see `http1::names`).
 #[derive(Default)]
 pub(super) struct HeadParser {
-    names: Vec<(Box<[u8]>, HeaderName, Role)>,
+    names: NameCache<Role>,
     fields: Vec<Field>,
 }
 
@@ -141,22 +136,6 @@ impl HeadParser {
         }
     }
 
-    fn name(&mut self, position: usize, raw: &[u8]) -> Result<(HeaderName, Role), H1Error> {
-        if let Some((seen, name, role)) = self.names.get(position)
-            && **seen == *raw
-        {
-            return Ok((name.clone(), *role));
-        }
-        let name = HeaderName::from_bytes(raw).map_err(|_| H1Error::Malformed("invalid header name"))?;
-        let role = Role::of(&name);
-        if position < self.names.len() {
-            self.names[position] = (raw.into(), name.clone(), role);
-        } else if position == self.names.len() && position < CACHED_NAMES {
-            self.names.push((raw.into(), name.clone(), role));
-        }
-        Ok((name, role))
-    }
-
     fn build(&mut self, status: StatusCode, minor: u8, head: &Bytes, head_request: bool) -> Result<Head, H1Error> {
         // Room for what the pipeline adds (`via`, `x-request-id`, `alt-svc`) without growing the map.
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 3);
@@ -166,7 +145,10 @@ impl HeadParser {
         for position in 0..self.fields.len() {
             let field = self.fields[position];
             let (at, len) = (field.name.0 as usize, field.name.1 as usize);
-            let (name, role) = self.name(position, &head[at..at + len])?;
+            let (name, role) = self
+                .names
+                .get(position, &head[at..at + len], Role::of)
+                .map_err(|_| H1Error::Malformed("invalid header name"))?;
             let (at, len) = (field.value.0 as usize, field.value.1 as usize);
             // SAFETY: httparse accepts in a value only HTAB, SP, visible
             // ASCII and obs-text (0x80-0xFF), exactly the bytes a
