@@ -3,9 +3,35 @@
 //! (`upstream::h1`).
 
 pub mod chunked;
+pub mod fields;
 pub mod names;
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
 use http::HeaderMap;
+use tokio::io::AsyncRead;
+
+/// Reads more of `io` into `read_buf`: `read_size` bytes of room, doubled
+/// (up to `max`) each time a read fills it, so a body streams in large
+/// reads while a head costs a small buffer. `Ok(0)` at end of stream.
+pub fn poll_read_more<I: AsyncRead + ?Sized>(
+    io: Pin<&mut I>,
+    read_buf: &mut BytesMut,
+    read_size: &mut usize,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    read_buf.reserve(*read_size);
+    let spare = read_buf.capacity() - read_buf.len();
+    let n = ready!(tokio_util::io::poll_read_buf(io, cx, read_buf))?;
+    if n == spare && *read_size < max {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
+}
 
 /// `0\r\n`, the trailers, and the final CRLF of a chunked body.
 pub fn encode_last_chunk(wire: &mut Vec<u8>, trailers: Option<&HeaderMap>) {

@@ -37,6 +37,7 @@ pub use body::{RequestBody, RequestBodyError};
 
 use crate::body::{Body, BoxError, ClientBody};
 use crate::http1::chunked::{Chunked, Decoded};
+use crate::http1::poll_read_more;
 use body::{Flow, Shared};
 use request::{Framing as RequestFraming, HeadError, HeadParser};
 use response::{Exchange, Framing, FramingError, Output};
@@ -513,7 +514,13 @@ where
                     // The rest of the stream cannot be delimited.
                     exchange.exchange.keep_alive = false;
                 }
-                Ok(Decoded::NeedMore) => match poll_fill(&mut self.io, &mut self.read_buf, &mut self.read_size, cx) {
+                Ok(Decoded::NeedMore) => match poll_read_more(
+                    Pin::new(self.io.as_mut().expect("the connection was handed over")),
+                    &mut self.read_buf,
+                    &mut self.read_size,
+                    MAX_READ,
+                    cx,
+                ) {
                     Poll::Pending => {
                         drop(slot);
                         exchange.inbound = Some(inbound);
@@ -711,24 +718,7 @@ where
 
     /// Reads more of the socket into `read_buf`; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill(&mut self.io, &mut self.read_buf, &mut self.read_size, cx)
+        let io = Pin::new(self.io.as_mut().expect("the connection was handed over"));
+        poll_read_more(io, &mut self.read_buf, &mut self.read_size, MAX_READ, cx)
     }
-}
-
-/// Reads more of `io` into `read_buf`, growing the read size while reads
-/// fill it; `Ok(0)` at end of stream.
-fn poll_fill<I: AsyncRead + Unpin>(
-    io: &mut Option<I>,
-    read_buf: &mut BytesMut,
-    read_size: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    read_buf.reserve(*read_size);
-    let spare = read_buf.capacity() - read_buf.len();
-    let io = io.as_mut().expect("the connection was handed over");
-    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, read_buf))?;
-    if n == spare && *read_size < MAX_READ {
-        *read_size *= 2;
-    }
-    Poll::Ready(Ok(n))
 }

@@ -6,9 +6,10 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, StatusCode, Uri, Version};
 
+use crate::http1::fields::{self, Field};
 use crate::http1::names::NameCache;
 
 /// Header slots on the stack; a listener allowing more parses again on the heap.
@@ -61,13 +62,6 @@ impl HeadError {
             HeadError::Malformed(what) => what,
         }
     }
-}
-
-/// Where one field's name and value sit in the head's bytes.
-#[derive(Clone, Copy)]
-struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
 }
 
 /// Parses request heads for one connection, keeping what the next head can
@@ -152,14 +146,11 @@ impl HeadParser {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(parse_error(e))),
+            Err(e) => return Err(HeadError::Malformed(fields::parse_error(e))),
         };
         let start = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-        self.fields.extend(request.headers.iter().map(|h| Field {
-            name: (offset(h.name.as_bytes()), h.name.len() as u32),
-            value: (offset(h.value), h.value.len() as u32),
-        }));
+        self.fields.extend(request.headers.iter().map(|h| Field::locate(buf, h)));
         let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version) else {
             return Err(HeadError::Malformed("incomplete request line"));
         };
@@ -189,39 +180,22 @@ impl HeadParser {
         let mut hosts = 0usize;
         for position in 0..self.fields.len() {
             let field = self.fields[position];
-            let (at, len) = (field.name.0 as usize, field.name.1 as usize);
             let (name, meaning) = self
                 .names
-                .get(position, &head[at..at + len], Meaning::of)
+                .get(position, field.name(head), Meaning::of)
                 .map_err(|_| HeadError::Malformed("invalid header name"))?;
-            let (at, len) = (field.value.0 as usize, field.value.1 as usize);
-            // SAFETY: httparse accepts in a value only HTAB, SP, visible
-            // ASCII and obs-text (0x80-0xFF), exactly the bytes a
-            // `HeaderValue` allows; `httparse_values_are_valid_header_values`
-            // (upstream::h1::response) checks that for every byte.
-            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
+            let value = field.value(head);
             match meaning {
                 Meaning::Other => {}
                 Meaning::ContentLength => {
-                    for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                        let n = parse_length(item).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-                        if length.is_some_and(|seen| seen != n) {
-                            return Err(HeadError::Malformed("conflicting Content-Length values"));
-                        }
-                        length = Some(n);
-                    }
+                    fields::merge_content_length(value.as_bytes(), &mut length).map_err(HeadError::Malformed)?;
                 }
-                Meaning::TransferEncoding => {
-                    // The final coding of the final field decides (RFC 9112 §6.3).
-                    let last =
-                        value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-                }
+                Meaning::TransferEncoding => chunked = Some(fields::ends_chunked(value.as_bytes())),
                 Meaning::Connection => {
-                    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                        if token.eq_ignore_ascii_case(b"close") {
+                    for option in fields::connection_options(value.as_bytes()) {
+                        if option.eq_ignore_ascii_case(b"close") {
                             keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        } else if option.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
                             keep_alive = true;
                         }
                     }
@@ -268,25 +242,6 @@ struct Scan {
     method: (u32, u32),
     target: (u32, u32),
     minor: u8,
-}
-
-/// A Content-Length value: digits only (no sign, no spaces), fitting in a u64.
-fn parse_length(item: &[u8]) -> Option<u64> {
-    if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn parse_error(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Token => "invalid request method",
-        httparse::Error::Version => "not HTTP/1.x",
-        _ => "invalid request head",
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::Response;
@@ -119,13 +119,7 @@ impl Connection {
 
     /// Reads more of the socket into `read_buf`; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read_buf.reserve(self.read_size);
-        let spare = self.read_buf.capacity() - self.read_buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf))?;
-        if n == spare && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        crate::http1::poll_read_more(Pin::new(&mut self.io), &mut self.read_buf, &mut self.read_size, MAX_READ, cx)
     }
 }
 

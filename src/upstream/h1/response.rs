@@ -4,10 +4,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Version};
 
 use super::{H1Error, MAX_HEADERS};
+use crate::http1::fields::{self, Field};
 use crate::http1::names::NameCache;
 
 /// Fields that describe this connection and are consumed here rather than
@@ -49,13 +50,6 @@ impl Head {
         *response.headers_mut() = self.headers;
         (response.into_parts().0, self.framing)
     }
-}
-
-/// Where one header's name and value sit in the head's bytes.
-#[derive(Clone, Copy)]
-struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
 }
 
 /// Parses response heads for one connection, keeping what the next head
@@ -113,14 +107,9 @@ impl HeadParser {
                     Ok(httparse::Status::Complete(len)) => len,
                     Ok(httparse::Status::Partial) => return Ok(None),
                     Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
-                    Err(e) => return Err(H1Error::Malformed(parse_error(e))),
+                    Err(e) => return Err(H1Error::Malformed(fields::parse_error(e))),
                 };
-                let start = buf.as_ptr() as usize;
-                let offset = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-                self.fields.extend(response.headers.iter().map(|h| Field {
-                    name: (offset(h.name.as_bytes()), h.name.len() as u32),
-                    value: (offset(h.value), h.value.len() as u32),
-                }));
+                self.fields.extend(response.headers.iter().map(|h| Field::locate(buf, h)));
                 (len, response.code.unwrap_or(0), response.version.unwrap_or(1))
             };
             let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("status code out of range"))?;
@@ -144,25 +133,19 @@ impl HeadParser {
         let mut chunked = None;
         for position in 0..self.fields.len() {
             let field = self.fields[position];
-            let (at, len) = (field.name.0 as usize, field.name.1 as usize);
             let (name, role) = self
                 .names
-                .get(position, &head[at..at + len], Role::of)
+                .get(position, field.name(head), Role::of)
                 .map_err(|_| H1Error::Malformed("invalid header name"))?;
-            let (at, len) = (field.value.0 as usize, field.value.1 as usize);
-            // SAFETY: httparse accepts in a value only HTAB, SP, visible
-            // ASCII and obs-text (0x80-0xFF), exactly the bytes a
-            // `HeaderValue` allows; `httparse_values_are_valid_header_values`
-            // checks that for every byte.
-            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + len)) };
+            let value = field.value(head);
             match role {
                 Role::EndToEnd => {}
                 Role::Connection => {
                     let mut names_fields = false;
-                    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                        if token.eq_ignore_ascii_case(b"close") {
+                    for option in fields::connection_options(value.as_bytes()) {
+                        if option.eq_ignore_ascii_case(b"close") {
                             keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        } else if option.eq_ignore_ascii_case(b"keep-alive") {
                             keep_alive = true;
                         } else {
                             names_fields = true;
@@ -175,23 +158,10 @@ impl HeadParser {
                     continue;
                 }
                 Role::ContentLength => {
-                    for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                        let n = std::str::from_utf8(item)
-                            .ok()
-                            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .ok_or(H1Error::Framing("invalid Content-Length"))?;
-                        if length.is_some_and(|seen| seen != n) {
-                            return Err(H1Error::Framing("conflicting Content-Length values"));
-                        }
-                        length = Some(n);
-                    }
+                    fields::merge_content_length(value.as_bytes(), &mut length).map_err(H1Error::Framing)?;
                 }
                 Role::TransferEncoding => {
-                    // The final coding of the final field decides (RFC 9112 §6.3).
-                    let last =
-                        value.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                    chunked = Some(fields::ends_chunked(value.as_bytes()));
                     continue;
                 }
                 Role::ConnectionLevel => continue,
@@ -219,17 +189,6 @@ impl HeadParser {
     }
 }
 
-fn parse_error(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Status => "invalid status",
-        httparse::Error::Version => "not HTTP/1.x",
-        _ => "invalid response head",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,20 +196,6 @@ mod tests {
     fn parsed(wire: &str, head_request: bool) -> Result<Option<(Head, BytesMut)>, H1Error> {
         let mut buf = BytesMut::from(wire.as_bytes());
         Ok(HeadParser::default().parse(&mut buf, head_request)?.map(|h| (h, buf)))
-    }
-
-    #[test]
-    fn httparse_values_are_valid_header_values() {
-        // What makes `from_maybe_shared_unchecked` in `build` sound.
-        for byte in 0..=255u8 {
-            let wire = [b"HTTP/1.1 200 OK\r\nX-A: a".as_slice(), &[byte], b"a\r\n\r\n"].concat();
-            let mut slots = [httparse::EMPTY_HEADER; 4];
-            let mut response = httparse::Response::new(&mut slots);
-            if let Ok(httparse::Status::Complete(_)) = response.parse(&wire) {
-                let value = response.headers[0].value;
-                assert!(HeaderValue::from_bytes(value).is_ok(), "byte {byte:#04x} passes httparse only");
-            }
-        }
     }
 
     #[test]
