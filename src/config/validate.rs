@@ -266,7 +266,7 @@ impl Validator<'_> {
         let max_header_bytes =
             self.positive(&raw.max_header_bytes, &key("max_header_bytes"), 16 * 1024, 1 << 20)? as usize;
         if max_header_bytes < 8192 {
-            // hyper's HTTP/1.1 read buffer cannot go below 8 KiB.
+            // Below 8 KiB ordinary browser requests (cookies, long URLs) start to be refused.
             let span = raw.max_header_bytes.as_ref().map(|v| v.span()).unwrap_or(0..0);
             return self.err(span, key("max_header_bytes"), "must be at least 8192");
         }

@@ -520,7 +520,7 @@ impl StreamTask {
         }
     }
 
-    /// What hyper checks for us on TCP: the header count, and the header
+    /// What the TCP listeners' HTTP servers check: the header count, and the header
     /// fields HTTP/3 forbids (RFC 9114 §4.2); plus the replay rule for
     /// early data (RFC 8470 §5.2: 425 Too Early).
     fn precheck<B>(&self, req: &http::Request<B>) -> Option<ProxyError> {

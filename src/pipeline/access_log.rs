@@ -116,9 +116,9 @@ where
                     *this.bytes += data.len() as u64;
                 }
                 if this.inner.is_end_stream() || this.expected.is_some_and(|n| *this.bytes >= n) {
-                    // hyper stops polling once the size hint is met (some bodies, such
-                    // as static files, never say they ended); finish here, and free
-                    // the target's slot now rather than when hyper drops us.
+                    // The servers stop polling once the size hint is met (some bodies,
+                    // such as static files, never say they ended); finish here, and free
+                    // the target's slot now rather than when the server drops us.
                     *this.done = true;
                     this.guard.take();
                 }
@@ -127,7 +127,7 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
                 *this.done = true;
-                // The upstream exchange is over: free its slot now, not when hyper drops us.
+                // The upstream exchange is over: free its slot now, not when the server drops us.
                 this.guard.take();
                 Poll::Ready(None)
             }

@@ -579,7 +579,15 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     progress = true;
                     match frame.into_data() {
-                        Ok(data) => self.out.push_data(framing, data)?,
+                        Ok(data) => {
+                            self.out.push_data(framing, data)?;
+                            if *framing == Framing::Length(0) {
+                                // All the length promised is out: done, without waiting for the
+                                // body to say so (some, like static files, never do).
+                                exchange.response = Outgoing::Done;
+                                return Ok(true);
+                            }
+                        }
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {
                                 self.out.push_end(*framing, Some(&trailers))?;
