@@ -175,3 +175,28 @@ fn a_backend_that_dies_mid_body_leaves_the_client_with_an_incomplete_response() 
         assert!(summary.starts_with("200 "), "{summary}");
     }
 }
+
+#[test]
+fn a_client_still_uploading_when_refused_gets_the_refusal_not_a_reset() {
+    // The body limit refuses this upload from its Content-Length, before the
+    // body is read. A client that sends the whole body anyway (no `Expect`)
+    // must still be able to finish writing and read the 413: closing on the
+    // unread bytes would reset the connection under it.
+    let backend = echo_backend();
+    let tollgate = start_proxy(backend.addr, "max_body_bytes = 1000", "", "");
+    let body = vec![b'x'; 4 << 20];
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(tollgate.addr).unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).unwrap();
+        let written = stream.write_all(&body);
+        let mut response = String::new();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let read = stream.read_to_string(&mut response);
+        assert!(written.is_ok() && read.is_ok(), "write {written:?}, read {read:?}, got {response:?}");
+        assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
+        assert!(response.contains("body_too_large"), "{response}");
+    }
+    assert!(backend.requests().is_empty());
+}

@@ -173,6 +173,44 @@ struct Core<I, S> {
     exchange: Option<Box<InFlight>>,
     /// Finish the request in progress, then close.
     graceful: bool,
+    /// Closing: our side is shut down.
+    write_closed: bool,
+    /// Closing with a request body unread: read it away first.
+    linger: Option<Linger>,
+}
+
+/// Most bytes read away, and for how long, when closing on a request body
+/// the client is still sending (a 413, a 401 before the upload ended).
+/// Closing a socket with unread bytes makes the kernel reset the
+/// connection, and a client still writing could then lose the response we
+/// just sent it; reading the rest lets it finish and read the answer.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what a client still sends after our last response.
+struct Linger {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    drained: usize,
+}
+
+impl Linger {
+    fn new() -> Self {
+        Self { deadline: Box::pin(tokio::time::sleep(LINGER_TIME)), drained: 0 }
+    }
+
+    /// Ready at the client's end of stream, an error, the byte budget or the deadline.
+    fn poll_drain<I: AsyncRead + Unpin>(&mut self, mut io: Pin<&mut I>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); 8 * 1024];
+        while self.drained < LINGER_BYTES {
+            let mut buf = ReadBuf::uninit(&mut scratch);
+            match io.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => self.drained += buf.filled().len(),
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return self.deadline.as_mut().poll(cx),
+            }
+        }
+        Poll::Ready(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +287,8 @@ where
                 phase: Phase::Head,
                 exchange: None,
                 graceful: false,
+                write_closed: false,
+                linger: None,
             },
         }
     }
@@ -365,6 +405,8 @@ where
             }
         }
         self.read_buf.clear();
+        // The rest of an oversized head may still be on its way.
+        self.linger = Some(Linger::new());
         self.phase = Phase::Closing;
     }
 
@@ -651,7 +693,12 @@ where
                 Decoder::Length(left) if slot.abandoned && left <= self.read_buf.len() as u64 => {
                     self.read_buf.advance(left as usize);
                 }
-                _ => keep_alive = false,
+                _ => {
+                    keep_alive = false;
+                    // The client may still be sending it: read it away after the response
+                    // rather than close on unread bytes, which resets the connection.
+                    self.linger = Some(Linger::new());
+                }
             }
             slot.finish(Flow::Failed(RequestBodyError::Incomplete), None, std::task::Waker::noop());
         }
@@ -713,12 +760,17 @@ where
         let _ = upgrade.send(Handover { io, read_ahead });
     }
 
-    /// Writes what is queued, then closes the write side.
+    /// Writes what is queued, closes the write side, then (when a request
+    /// body was left unread) reads away what the client still sends.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        if self.io.is_some() {
+        if self.io.is_some() && !self.write_closed {
             ready!(self.poll_write(cx)).map_err(Http1Error::Io)?;
             // A peer that reset the connection first is not our failure.
             let _ = ready!(self.io().poll_shutdown(cx));
+            self.write_closed = true;
+        }
+        if let (Some(linger), Some(io)) = (self.linger.as_mut(), self.io.as_mut()) {
+            ready!(linger.poll_drain(Pin::new(io), cx));
         }
         self.phase = Phase::Done;
         Poll::Ready(Ok(()))
