@@ -145,3 +145,31 @@ impl RequestContext {
         self.id.to_str().unwrap_or("-")
     }
 }
+
+/// Something a listener hands, once, to whoever answers the request, after
+/// the answer is out: an upgraded HTTP/1.1 connection, a WebTransport
+/// session. It travels in the request's extensions, which must be
+/// cloneable; only one clone takes the value.
+pub struct Handoff<T>(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<T>>>>);
+
+impl<T> Clone for Handoff<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Handoff<T> {
+    /// A pending hand-off and the sender the listener fulfils it with.
+    pub fn new() -> (Self, tokio::sync::oneshot::Sender<T>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Arc::new(std::sync::Mutex::new(Some(rx)))), tx)
+    }
+
+    /// Waits for the value; `None` if the listener dropped its sender (the
+    /// answer was something else, or the connection failed first) or
+    /// another clone took it.
+    pub async fn wait(self) -> Option<T> {
+        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        receiver.await.ok()
+    }
+}

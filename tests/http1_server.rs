@@ -137,7 +137,7 @@ fn smuggling_and_host_confusion_attempts_get_400_and_never_reach_the_backend() {
 fn responses_we_make_ourselves_carry_a_date() {
     let backend = Backend::fixed("x");
     let tollgate = start_proxy(backend.addr, "", "", "");
-    // The admin-free 404 comes from Tollgate, not from a backend.
+    // The 200 passes the backend's Date on; the 404 (no route) is made by Tollgate, which adds its own.
     let tollgate_404 = Tollgate::start_with(&format!(
         "{}{}",
         upstream_toml("b", &[backend.addr], ""),

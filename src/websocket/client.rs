@@ -5,13 +5,12 @@
 //! ([`Switched::WebSocket`]) and re-frames a session's messages.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
 use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tollgate_h3::webtransport::{self as wt, MessageError, MessagePipe};
 use tollgate_websocket::handshake::{ClientHandshake, Negotiated};
 use tollgate_websocket::{Limits, WebSocketStream};
@@ -22,24 +21,12 @@ use tungstenite::{Message, Utf8Bytes};
 
 use super::stream::UpgradedStream;
 use crate::listen::http1::PendingUpgrade;
+use crate::model::Handoff;
 
 /// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
-/// counterpart of hyper's `OnUpgrade`): resolves to the session's messages
-/// once the route has said yes and the listener has opened the session.
-#[derive(Clone)]
-pub struct WebTransportUpgrade(Arc<Mutex<Option<oneshot::Receiver<MessagePipe>>>>);
-
-impl WebTransportUpgrade {
-    /// A pending upgrade and the sender the listener fulfils it with.
-    pub fn new() -> (Self, oneshot::Sender<MessagePipe>) {
-        let (tx, rx) = oneshot::channel();
-        (Self(Arc::new(Mutex::new(Some(rx)))), tx)
-    }
-
-    fn take(&self) -> Option<oneshot::Receiver<MessagePipe>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
+/// counterpart of `PendingUpgrade`): yields the session's messages once the
+/// route has said yes and the listener has opened the session.
+pub type WebTransportUpgrade = Handoff<MessagePipe>;
 
 /// Set on a route's answer to a WebTransport CONNECT: the largest message
 /// the listener may read from the client.
@@ -86,22 +73,21 @@ impl ClientSide {
     /// Waits for the switch to happen.
     pub async fn switch(self) -> Option<Switched> {
         match self {
-            ClientSide::WebSocket { upgrade: ClientUpgrade::Http1(upgrade), .. } => match upgrade.wait().await {
-                Ok(handover) => Some(Switched::WebSocket(UpgradedStream::from(handover))),
-                Err(e) => {
-                    tracing::debug!(error = %e, "client upgrade failed");
-                    None
-                }
-            },
-            ClientSide::WebSocket { upgrade: ClientUpgrade::Hyper(upgrade), .. } => match upgrade.await {
-                Ok(io) => Some(Switched::WebSocket(UpgradedStream::new(io))),
-                Err(e) => {
-                    tracing::debug!(error = %e, "client upgrade failed");
-                    None
-                }
-            },
+            ClientSide::WebSocket { upgrade, .. } => {
+                let io = match upgrade {
+                    ClientUpgrade::Http1(upgrade) => upgrade.wait().await.map(UpgradedStream::from),
+                    ClientUpgrade::Hyper(upgrade) => match upgrade.await {
+                        Ok(io) => Some(UpgradedStream::new(io)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "client upgrade failed");
+                            None
+                        }
+                    },
+                };
+                Some(Switched::WebSocket(io?))
+            }
             ClientSide::WebTransport(upgrade) => {
-                let pipe = upgrade.take()?.await.ok()?;
+                let pipe = upgrade.wait().await?;
                 Some(Switched::WebTransport(WebTransportChannel::new(pipe)))
             }
         }

@@ -23,7 +23,6 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,6 +37,7 @@ pub use body::{RequestBody, RequestBodyError};
 use crate::body::{Body, BoxError, ClientBody};
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::poll_read_more;
+use crate::model::Handoff;
 use body::{Flow, Shared};
 use request::{Framing as RequestFraming, HeadError, HeadParser};
 use response::{Exchange, Framing, FramingError, Output};
@@ -119,33 +119,8 @@ pub struct Handover {
 
 /// The client's side of an HTTP/1.1 upgrade, in the request's extensions
 /// when it asked for one: yields the connection once our `101` has been
-/// written (an error if the response was anything else). Cloneable because
-/// request extensions must be; only one clone can take the connection.
-#[derive(Clone)]
-pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Handover>>>>);
-
-impl PendingUpgrade {
-    /// Waits for the `101` to be written and takes the connection.
-    pub async fn wait(self) -> Result<Handover, UpgradeRefused> {
-        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match receiver {
-            Some(receiver) => receiver.await.map_err(|_| UpgradeRefused),
-            None => Err(UpgradeRefused),
-        }
-    }
-}
-
-/// The request was answered without switching protocols, or the connection failed first.
-#[derive(Debug)]
-pub struct UpgradeRefused;
-
-impl std::fmt::Display for UpgradeRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the connection was not upgraded")
-    }
-}
-
-impl std::error::Error for UpgradeRefused {}
+/// written (`None` if the answer was anything else).
+pub type PendingUpgrade = Handoff<Handover>;
 
 pin_project_lite::pin_project! {
     /// One client connection, served until it closes (see the module doc).
@@ -414,7 +389,7 @@ where
         let request::Head { request, framing, keep_alive, expect_continue, upgrade } = head;
         let exchange = Exchange {
             version: request.version(),
-            head_request: response::is_head(request.method()),
+            head_request: request.method() == http::Method::HEAD,
             keep_alive: keep_alive && !self.graceful,
         };
         let (body, inbound) = match framing {
@@ -436,9 +411,9 @@ where
         }
         let mut request = request.map(|()| body);
         let upgrade = upgrade.then(|| {
-            let (tx, rx) = oneshot::channel();
-            request.extensions_mut().insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
+            let (upgrade, fulfil) = PendingUpgrade::new();
+            request.extensions_mut().insert(upgrade);
+            fulfil
         });
         in_flight.set(Some((self.service)(request)));
         let state = InFlight { exchange, inbound, expect_continue, response: Outgoing::Waiting, upgrade };

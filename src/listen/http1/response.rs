@@ -9,10 +9,10 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap};
 use http::response::Parts;
-use http::{Method, StatusCode, Version};
+use http::{StatusCode, Version};
 
 use super::date;
-use crate::http1::{encode_chunk_size, encode_last_chunk, itoa};
+use crate::http1::{encode_chunk_size, encode_last_chunk, fields, itoa};
 
 /// Data frames up to this size are copied into the output buffer; larger
 /// ones are queued as they are and written with vectored I/O.
@@ -65,7 +65,8 @@ pub(super) fn encode_head(
     let mut has_date = false;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
-            declared = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse().ok());
+            let mut length = None;
+            declared = fields::merge_content_length(value.as_bytes(), &mut length).ok().and(length);
             if declared.is_none() {
                 // Unusable; the framing below replaces it.
                 continue;
@@ -95,7 +96,7 @@ pub(super) fn encode_head(
         Framing::Length(n)
     } else if let Some(n) = body_length {
         write_length(out, n);
-        if n == 0 { Framing::None } else { Framing::Length(n) }
+        Framing::Length(n)
     } else if exchange.version == Version::HTTP_11 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
@@ -125,11 +126,6 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa(n, &mut [0u8; 20]));
     out.extend_from_slice(b"\r\n");
-}
-
-/// True for a request whose response has no body whatever its head says.
-pub(super) fn is_head(method: &Method) -> bool {
-    method == Method::HEAD
 }
 
 /// Why a response body could not be framed as its head promised.
