@@ -129,6 +129,8 @@ pub(crate) fn test_route(name: &str, matcher: RouteMatch) -> RouteConfig {
         strip_prefix: false,
         rewrite: None,
         preserve_host: true,
+        forward_headers: crate::config::ForwardHeaders::ALL,
+        request_id_header: true,
         max_body_bytes: None,
         policies: Vec::new(),
         websocket: None,

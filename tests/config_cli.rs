@@ -119,6 +119,21 @@ fn check_names_a_bad_duration_and_a_duplicate_name() {
 }
 
 #[test]
+fn check_names_an_unknown_forwarding_field_and_accepts_known_ones_in_any_case() {
+    let config =
+        VALID.replace("strip_prefix = true", "strip_prefix = true\nforward_headers = [\"X-Forwarded-For\", \"via\"]");
+    let (out, _) = run_check(&config, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let config = VALID.replace(
+        "strip_prefix = true",
+        "strip_prefix = true\nrequest_id_header = false\nforward_headers = [\"via\", \"x-real-ip\"]",
+    );
+    let line = config.lines().position(|l| l.starts_with("forward_headers")).unwrap() + 1;
+    assert_check_fails_at(&config, &[], line, "route.api.forward_headers", "`x-real-ip` is not one of x-forwarded-for");
+}
+
+#[test]
 fn check_of_a_missing_file_fails_naming_it() {
     let out = std::process::Command::new(Tollgate::binary())
         .args(["check", "--config", "/nonexistent/tollgate.toml"])

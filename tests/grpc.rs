@@ -58,6 +58,31 @@ fn error_status_details_and_metadata_pass_through_both_ways() {
 }
 
 #[test]
+fn a_grpc_route_adds_only_the_forwarding_metadata_it_lists() {
+    let backend = GrpcBackend::start("b1");
+    let lean = "forward_headers = [\"x-forwarded-for\"]\nrequest_id_header = false";
+    let tollgate = Tollgate::start_with(&grpc_config(&[backend.addr], lean, ""));
+    let meta = grpc_client(tollgate.addr, "metadata");
+    let seen = &meta["seen"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{meta}");
+    assert_eq!(seen["x-plain"], "hello", "{meta}");
+    for absent in ["x-forwarded-proto", "x-forwarded-host", "forwarded", "via", "x-request-id"] {
+        assert!(seen.get(absent).is_none(), "{absent} reached the backend: {meta}");
+        assert!(meta["initial"].get(absent).is_none(), "{absent} reached the client: {meta}");
+    }
+    assert_eq!(meta["trailers"]["x-trailer"], "done");
+
+    // The default adds all of them, and the request id both ways.
+    let full = gateway(&[backend.addr]);
+    let meta = grpc_client(full.addr, "metadata");
+    for present in ["x-forwarded-proto", "forwarded", "via", "x-request-id"] {
+        assert!(meta["seen"].get(present).is_some(), "{present} missing at the backend: {meta}");
+    }
+    assert_eq!(meta["initial"]["via"], "2 tollgate", "{meta}");
+    assert_eq!(meta["initial"]["x-request-id"], meta["seen"]["x-request-id"], "{meta}");
+}
+
+#[test]
 fn a_deadline_ends_the_call_and_the_backend_sees_it_cancelled() {
     let backend = GrpcBackend::start("b1");
     let tollgate = gateway(&[backend.addr]);

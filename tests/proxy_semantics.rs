@@ -136,6 +136,61 @@ fn forwarding_headers_describe_the_client_and_the_hop() {
 }
 
 #[test]
+fn a_route_adds_only_the_forwarding_fields_it_lists_and_can_leave_the_request_id_alone() {
+    let backend =
+        Backend::start(|_req| async { Response::builder().header("via", "1.1 backend").body(full("ok")).unwrap() });
+    let nothing_there: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let lean = "forward_headers = [\"X-Forwarded-For\"]\nrequest_id_header = false";
+    let tollgate = Tollgate::start_with(&format!(
+        "{}{}{}{}",
+        upstream_toml("b", &[backend.addr], ""),
+        upstream_toml("gone", &[nothing_there], ""),
+        route_toml("lean", "path_prefix = \"/\"", "b", lean),
+        route_toml("down", "path_prefix = \"/down\"", "gone", lean),
+    ));
+    for proto in Proto::ALL {
+        let (code, headers, _) = curl_proto(proto, &[&tollgate.url("/f")]);
+        assert_eq!(code, 200, "{proto:?}");
+        let seen = backend.requests().pop().unwrap();
+        assert_eq!(seen_header(&seen, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{proto:?}");
+        for absent in ["x-forwarded-proto", "x-forwarded-host", "forwarded", "via", "x-request-id"] {
+            assert_eq!(seen_header(&seen, absent), None, "{proto:?}: {absent} was added");
+        }
+        // No Via of ours on the response either, and no request id.
+        assert_eq!(header_value(&headers, "via").as_deref(), Some("1.1 backend"), "{proto:?}");
+        assert_eq!(header_value(&headers, "x-request-id"), None, "{proto:?}: {headers}");
+
+        // What the client sent of the kinds left out passes through unchanged.
+        let (code, _, _) = curl_proto(
+            proto,
+            &[
+                "-H",
+                "X-Forwarded-Proto: https",
+                "-H",
+                "Via: 1.1 edge",
+                "-H",
+                "X-Request-Id: client-id-9",
+                "-H",
+                "X-Forwarded-For: 203.0.113.9",
+                &tollgate.url("/f"),
+            ],
+        );
+        assert_eq!(code, 200);
+        let seen = backend.requests().pop().unwrap();
+        assert_eq!(seen_header(&seen, "x-forwarded-proto").as_deref(), Some("https"), "{proto:?}");
+        assert_eq!(seen_header(&seen, "via").as_deref(), Some("1.1 edge"), "{proto:?}");
+        assert_eq!(seen_header(&seen, "x-request-id").as_deref(), Some("client-id-9"), "{proto:?}");
+        assert_eq!(seen_header(&seen, "x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"), "{proto:?}");
+
+        // Tollgate's own error response still names the request.
+        let (code, headers, body) = curl_proto(proto, &[&tollgate.url("/down")]);
+        assert_eq!(code, 502, "{proto:?}");
+        let id = header_value(&headers, "x-request-id").expect("an error response carries the request id");
+        assert_eq!(json(&body)["request_id"], id.as_str());
+    }
+}
+
+#[test]
 fn request_id_is_kept_from_the_client_or_generated_and_echoed() {
     let backend = Backend::fixed("ok");
     let tollgate = start_proxy(backend.addr, "", "", "");

@@ -308,6 +308,14 @@ pub struct RouteConfig {
     pub rewrite: Option<String>,
     /// Forward the client's `Host` (default) instead of the target address.
     pub preserve_host: bool,
+    /// The forwarding fields this route's requests gain upstream (`Via`
+    /// also on its responses); the client's own fields of a kind left out
+    /// pass through unchanged.
+    pub forward_headers: ForwardHeaders,
+    /// `X-Request-Id` set on the upstream request and the proxied response.
+    /// Off, Tollgate neither adds nor replaces it; the id still names the
+    /// request in the access log and in Tollgate's own error responses.
+    pub request_id_header: bool,
     /// Overrides the listener's body limit for this route.
     pub max_body_bytes: Option<u64>,
     /// Policies applied to this route (after the listener's).
@@ -315,6 +323,62 @@ pub struct RouteConfig {
     /// WebSocket requests on this route are bridged (`websocket = ...`);
     /// `None` proxies them like any request (the upgrade headers are dropped).
     pub websocket: Option<WebSocketRoute>,
+}
+
+/// One of the fields a proxy adds to say where a request came from.
+/// The discriminant is the field's bit in [`ForwardHeaders`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardHeader {
+    XForwardedFor = 0,
+    XForwardedProto = 1,
+    XForwardedHost = 2,
+    /// RFC 7239.
+    Forwarded = 3,
+    /// RFC 9110 §7.6.3, on requests and responses.
+    Via = 4,
+}
+
+impl ForwardHeader {
+    /// Every kind, in the order they are written.
+    pub const ALL: [ForwardHeader; 5] =
+        [Self::XForwardedFor, Self::XForwardedProto, Self::XForwardedHost, Self::Forwarded, Self::Via];
+
+    /// The field name, as written in `forward_headers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::XForwardedProto => "x-forwarded-proto",
+            Self::XForwardedHost => "x-forwarded-host",
+            Self::Forwarded => "forwarded",
+            Self::Via => "via",
+        }
+    }
+}
+
+/// A set of [`ForwardHeader`]s, one bit each: the per-request check is a mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardHeaders(u8);
+
+impl ForwardHeaders {
+    /// All five: the default, what a client-facing gateway usually owes its backends.
+    pub const ALL: ForwardHeaders = ForwardHeaders(0b1_1111);
+    /// None at all.
+    pub const NONE: ForwardHeaders = ForwardHeaders(0);
+
+    /// This set with `field` added.
+    pub fn with(self, field: ForwardHeader) -> Self {
+        Self(self.0 | 1 << field as u8)
+    }
+
+    /// Whether `field` is in the set.
+    pub fn contains(self, field: ForwardHeader) -> bool {
+        self.0 & 1 << field as u8 != 0
+    }
+
+    /// The set as bits, bit `i` for `ForwardHeader::ALL[i]`.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
 }
 
 /// What a route does with WebSocket clients.

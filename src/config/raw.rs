@@ -171,6 +171,8 @@ pub struct RawRoute {
     pub strip_prefix: Option<bool>,
     pub rewrite: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
+    pub forward_headers: Option<Vec<Spanned<String>>>,
+    pub request_id_header: Option<bool>,
     pub max_body_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub policies: Vec<Spanned<String>>,

@@ -675,6 +675,7 @@ impl Validator<'_> {
             None => None,
             Some(_) => Some(self.positive(&raw.max_body_bytes, &key("max_body_bytes"), 0, u64::MAX >> 1)?),
         };
+        let forward_headers = self.forward_headers(raw.forward_headers.as_deref(), &key("forward_headers"))?;
         Ok(RouteConfig {
             name,
             matcher,
@@ -682,10 +683,30 @@ impl Validator<'_> {
             strip_prefix,
             rewrite,
             preserve_host: raw.preserve_host.unwrap_or(true),
+            forward_headers,
+            request_id_header: raw.request_id_header.unwrap_or(true),
             max_body_bytes,
             policies: policy_names,
             websocket,
         })
+    }
+
+    /// `forward_headers = ["x-forwarded-for", ...]`: names from
+    /// [`ForwardHeader::ALL`], any case; absent means all of them.
+    fn forward_headers(&self, raw: Option<&[Spanned<String>]>, key: &str) -> Result<ForwardHeaders> {
+        let Some(names) = raw else { return Ok(ForwardHeaders::ALL) };
+        let mut set = ForwardHeaders::NONE;
+        for name in names {
+            let text = self.string(name, key)?;
+            match ForwardHeader::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(&text)) {
+                Some(field) => set = set.with(field),
+                None => {
+                    let known = ForwardHeader::ALL.map(ForwardHeader::name).join(", ");
+                    return self.err(name.span(), key, format!("`{text}` is not one of {known}"));
+                }
+            }
+        }
+        Ok(set)
     }
 
     /// `websocket = "tunnel" | "http"` and its `websocket_*` keys; those

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 use crate::body::Body;
-use crate::config::RouteConfig;
+use crate::config::{ForwardHeader, RouteConfig};
 use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, DownstreamProtocol, RequestContext};
 
@@ -117,7 +117,8 @@ pub struct Forwarding {
     pending: u8,
 }
 
-/// The names of [`Forwarding`]'s fields, in the order they are written.
+/// The names of [`Forwarding`]'s fields, in the order they are written:
+/// that of [`ForwardHeader::ALL`], so that a route's set masks them.
 static FORWARDING_NAMES: [&HeaderName; 5] =
     [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED, &header::VIA];
 const XFF: usize = 0;
@@ -302,7 +303,12 @@ pub fn prepare_request_deferred(
         host: host.clone(),
         pending: 0,
     };
+    let wanted = route.forward_headers.bits();
     for (field, name) in FORWARDING_NAMES.iter().enumerate() {
+        // A kind the route leaves out is neither added nor changed.
+        if wanted & (1 << field) == 0 {
+            continue;
+        }
         if !seen.forwarding[field] {
             forwarding.pending |= 1 << field;
             continue;
@@ -344,19 +350,24 @@ pub fn prepare_request_deferred(
     Ok((Request::from_parts(parts, body), forwarding))
 }
 
-/// Cleans a backend response for the client: hop-by-hop headers removed, `Via` added.
-pub fn prepare_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol) {
+/// Cleans a backend response for the client: hop-by-hop headers removed,
+/// `Via` added unless the route leaves it out.
+pub fn prepare_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol, route: &RouteConfig) {
     let headers = response.headers_mut();
     remove_hop_by_hop(headers);
-    append_value(headers, &header::VIA, via(protocol));
+    if route.forward_headers.contains(ForwardHeader::Via) {
+        append_value(headers, &header::VIA, via(protocol));
+    }
 }
 
 /// [`prepare_response`] for a response that came over HTTP/2 (a gRPC
 /// backend's), whose headers h2 has already checked.
-pub fn prepare_h2_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol) {
+pub fn prepare_h2_response<B>(response: &mut Response<B>, protocol: DownstreamProtocol, route: &RouteConfig) {
     let headers = response.headers_mut();
     remove_hop_by_hop_h2(headers);
-    append_value(headers, &header::VIA, via(protocol));
+    if route.forward_headers.contains(ForwardHeader::Via) {
+        append_value(headers, &header::VIA, via(protocol));
+    }
 }
 
 /// Writes one `Forwarded` element: the connection's `for=...;proto=...`

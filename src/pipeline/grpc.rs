@@ -41,7 +41,7 @@ pub(super) async fn forward(
     };
     ctx.target = Some(sent.target);
     let mut response = sent.response;
-    forwarded::prepare_h2_response(&mut response, ctx.protocol);
+    forwarded::prepare_h2_response(&mut response, ctx.protocol, route);
     if let Some((encoding, slot)) = web {
         let (mut head, body) = response.into_parts();
         let status_in_head = translate_response_head(&mut head.status, &mut head.headers, encoding);

@@ -181,8 +181,6 @@ impl Gateway {
         let holds_connection = in_progress.is_some();
         let active = ActiveRequest::new(&self.stats, in_progress);
         let id = request_id::take_or_generate(req.headers());
-        // The backend logs the same id the client gets back.
-        req.headers_mut().insert(&X_REQUEST_ID, id.clone());
         let client_ip = connection.peer.ip();
         let mut ctx = RequestContext {
             id: id.clone(),
@@ -204,6 +202,11 @@ impl Gateway {
         let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
 
         let route = self.find_route(&req);
+        let id_header = route.is_none_or(|r| r.config.request_id_header);
+        if id_header {
+            // The backend logs the same id the client gets back.
+            req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+        }
         let listener = &*ctx.connection.listener.name;
         let chains = route.map_or(&self.listener_chains[..], |r| &r.chains[..]);
         let chain = chain_for(chains, listener);
@@ -245,7 +248,10 @@ impl Gateway {
             chain.on_response(&mut parts.headers, parts.status, &ctx);
         }
         self.stats.count(parts.status);
-        parts.headers.insert(&X_REQUEST_ID, id);
+        // Tollgate's own error responses always say which request failed.
+        if id_header || error.is_some() {
+            parts.headers.insert(&X_REQUEST_ID, id);
+        }
         // A HEAD (or 204/304) response declares a length it does not send.
         let is_head = method == http::Method::HEAD;
         let record =
@@ -343,7 +349,7 @@ impl Gateway {
                 let sent = upstream.send(upstream_req, forwarding, ctx.client_ip).await?;
                 ctx.target = Some(sent.target);
                 let mut response = sent.response;
-                forwarded::prepare_response(&mut response, ctx.protocol);
+                forwarded::prepare_response(&mut response, ctx.protocol, &route.config);
                 Ok(Outcome::Proxied(response, sent.guard))
             }
         }

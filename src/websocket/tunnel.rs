@@ -48,7 +48,7 @@ pub(super) async fn open(
         match handshake::check_backend_response(response.status(), response.headers(), &key, offered.as_ref()) {
             Ok(n) => n,
             Err(BackendHandshakeError::NotSwitching(_)) => {
-                forwarded::prepare_response(&mut response, ctx.protocol);
+                forwarded::prepare_response(&mut response, ctx.protocol, route);
                 return Ok(Accepted::Refused(response, sent.guard));
             }
             Err(source) => {
