@@ -15,7 +15,9 @@
 # ws-echo`, 50 connections of 64-byte echo round-trips for 10 s (as
 # bench/ws.py), counted between the load's `start` and `end` lines; prints
 # instructions per round-trip. The dump stays in the temp dir printed at the
-# end for `callgrind_annotate`.
+# end for `callgrind_annotate`. ROUTE_KEYS adds lines to the route, e.g.
+# ROUTE_KEYS='forward_headers = ["x-forwarded-for"]' for the benchmark's
+# header set (bench/grpc.py).
 set -euo pipefail
 
 BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]}
@@ -62,6 +64,7 @@ max_idle_per_target = 1024
 name = "all"
 upstream = "origin"
 $([ "$MODE" = ws ] && echo 'websocket = "tunnel"')
+${ROUTE_KEYS:-}
 EOF
 
 if [ "$MODE" = grpc ] || [ "$MODE" = ws ]; then

@@ -71,32 +71,46 @@ fn joined(existing: &HeaderValue, value: &str) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names costs less than
-    // nine hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for connection in headers.get_all(header::CONNECTION) {
-        let tokens = connection.to_str().unwrap_or("").split(',');
-        named.extend(tokens.filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()));
-    }
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    let present = present_among(headers, &HOP_BY_HOP);
+    remove_present(headers, &HOP_BY_HOP, present);
 }
 
-/// [`remove_hop_by_hop`] for a header map the h2 crate decoded: three
-/// lookups instead of nine, since h2 already refused the rest.
+/// [`remove_hop_by_hop`] for a header map the h2 crate decoded: of the
+/// fixed set only three can be there, since h2 already refused the rest.
 pub fn remove_hop_by_hop_h2(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP_H2.contains(&name)) {
+    let present = present_among(headers, &HOP_BY_HOP_H2);
+    remove_present(headers, &HOP_BY_HOP_H2, present);
+}
+
+/// Bit `i` set when `names[i]` is in `headers`: one pass over the fields,
+/// since most messages carry none and a hashed removal per name would cost more.
+fn present_among(headers: &HeaderMap, names: &[&HeaderName]) -> u16 {
+    headers.keys().fold(0, |found, name| match names.iter().position(|n| *n == name) {
+        Some(i) => found | 1 << i,
+        None => found,
+    })
+}
+
+/// Removes the names of `names` that `present` marks (see [`present_among`])
+/// and, when `Connection` is among them, the fields it lists.
+fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName], present: u16) {
+    if present == 0 {
         return;
     }
-    for name in HOP_BY_HOP_H2 {
-        headers.remove(name);
+    if names.first() == Some(&&header::CONNECTION) && present & 1 != 0 {
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for connection in headers.get_all(header::CONNECTION) {
+            let tokens = connection.to_str().unwrap_or("").split(',');
+            listed.extend(tokens.filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()));
+        }
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -222,7 +236,8 @@ impl Forwarding {
 /// which has none of these, costs no hashed lookup at all.
 #[derive(Default)]
 struct Seen {
-    hop_by_hop: bool,
+    /// Per the hop-by-hop list scanned for (see [`present_among`]).
+    hop_by_hop: u16,
     expect: bool,
     cookie: bool,
     host: Option<HeaderValue>,
@@ -242,8 +257,8 @@ impl Seen {
                 seen.cookie = true;
             } else if let Some(i) = FORWARDING_NAMES.iter().position(|n| *n == name) {
                 seen.forwarding[i] = true;
-            } else if hop_by_hop.contains(&name) {
-                seen.hop_by_hop = true;
+            } else if let Some(i) = hop_by_hop.iter().position(|n| *n == name) {
+                seen.hop_by_hop |= 1 << i;
             }
         }
         seen
@@ -274,20 +289,15 @@ pub fn prepare_request_deferred(
 ) -> Result<(Request<Body>, Forwarding), ProxyError> {
     let headers = &mut parts.headers;
     let h2 = ctx.protocol == DownstreamProtocol::Http2;
-    let seen = Seen::scan(headers, if h2 { &HOP_BY_HOP_H2 } else { &HOP_BY_HOP });
+    let hop_by_hop: &[&HeaderName] = if h2 { &HOP_BY_HOP_H2 } else { &HOP_BY_HOP };
+    let seen = Seen::scan(headers, hop_by_hop);
     // HTTP/2 and HTTP/3 carry the host as `:authority`; HTTP/1.1 in `Host`.
     let authority = match parts.uri.authority() {
         Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid :authority"))?),
         None => None,
     };
     let host = authority.clone().or(seen.host);
-    if seen.hop_by_hop {
-        if h2 {
-            remove_hop_by_hop_h2(headers);
-        } else {
-            remove_hop_by_hop(headers);
-        }
-    }
+    remove_present(headers, hop_by_hop, seen.hop_by_hop);
     // We answered `Expect: 100-continue` ourselves when we started reading the body.
     if seen.expect {
         headers.remove(header::EXPECT);
