@@ -32,7 +32,8 @@ fi
 
 # Python test peers: one pip line for every package the tests need (append
 # yours here); pip leaves installed ones alone, so reruns are quick and offline.
-PIP_PACKAGES=(grpcio websockets aioquic)
+# protobuf: the transcoding tests' catalog backend builds its messages from a descriptor set.
+PIP_PACKAGES=(grpcio protobuf websockets aioquic)
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 # Node test peer (WebSocket `ws` client), pinned by its lockfile.

@@ -151,16 +151,17 @@ where
     }
 }
 
-/// True when `err` (or anything in its source chain) is a [`BodyTooLarge`].
-pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The limit of the [`BodyTooLarge`] that `err` is, or has in its source
+/// chain; `None` for any other failure.
+pub fn body_too_large_limit(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if e.is::<BodyTooLarge>() {
-            return true;
+        if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(too_large.limit);
         }
         current = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -194,6 +195,6 @@ mod tests {
     async fn limited_body_fails_with_body_too_large_past_the_limit() {
         let body = Limited::new(chunks(&[b"hello", b" world"]), 10);
         let err = body.collect().await.unwrap_err();
-        assert!(is_body_too_large(&*err));
+        assert_eq!(body_too_large_limit(&*err), Some(10));
     }
 }

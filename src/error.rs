@@ -8,6 +8,8 @@
 use http::{HeaderValue, Response, StatusCode, header};
 use tollgate_grpc_web::{Code, GRPC_MESSAGE, GRPC_STATUS, GrpcKind, GrpcWebError, percent_encode_message};
 
+use tollgate_grpc_json::TranscodeError;
+
 use crate::body::{self, Body};
 
 /// Which side of the proxy a failure came from.
@@ -49,13 +51,20 @@ pub enum ProxyError {
     UpstreamWebSocket { upstream: String, source: tollgate_websocket::handshake::BackendHandshakeError },
     /// A gRPC-Web request body is malformed (bad base64, bad framing).
     GrpcWeb(GrpcWebError),
+    /// A `grpc_json` route has no HTTP rule for this method and path.
+    NoTranscodingRule,
+    /// A JSON request that does not fit its gRPC method's message, or a
+    /// backend message that does not decode as the method's answer.
+    Transcode(tollgate_grpc_json::TranscodeError),
 }
 
 impl ProxyError {
     /// The HTTP status this failure is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoRoute | ProxyError::NoTranscodingRule => StatusCode::NOT_FOUND,
+            ProxyError::Transcode(TranscodeError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Transcode(TranscodeError::BadResponse(_)) => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -80,7 +89,9 @@ impl ProxyError {
     /// would invite an immediate retry).
     pub fn grpc_code(&self) -> Code {
         match self {
-            ProxyError::NoRoute => Code::Unimplemented,
+            ProxyError::NoRoute | ProxyError::NoTranscodingRule => Code::Unimplemented,
+            ProxyError::Transcode(TranscodeError::BadRequest(_)) => Code::InvalidArgument,
+            ProxyError::Transcode(TranscodeError::BadResponse(_)) => Code::Internal,
             ProxyError::BadRequest(_) => Code::Internal,
             ProxyError::BodyTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::UpstreamConnect { .. }
@@ -114,6 +125,9 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => "request_timeout",
             ProxyError::UpstreamWebSocket { .. } => "upstream_websocket_handshake",
             ProxyError::GrpcWeb(_) => "grpc_web_malformed",
+            ProxyError::NoTranscodingRule => "no_transcoding_rule",
+            ProxyError::Transcode(TranscodeError::BadRequest(_)) => "transcode_bad_request",
+            ProxyError::Transcode(TranscodeError::BadResponse(_)) => "transcode_bad_response",
         }
     }
 
@@ -126,6 +140,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::GrpcWeb(_)
+            | ProxyError::NoTranscodingRule
+            | ProxyError::Transcode(TranscodeError::BadRequest(_))
             | ProxyError::Rejected(_) => ErrorSource::Downstream,
             ProxyError::Static(_) => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
@@ -159,6 +175,10 @@ impl ProxyError {
                 format!("upstream `{upstream}` failed the WebSocket handshake: {source}")
             }
             ProxyError::GrpcWeb(e) => e.to_string(),
+            ProxyError::NoTranscodingRule => {
+                "no HTTP rule of this route's gRPC methods matches this method and path".into()
+            }
+            ProxyError::Transcode(e) => e.to_string(),
         }
     }
 

@@ -131,6 +131,7 @@ pub(crate) fn test_route(name: &str, matcher: RouteMatch) -> RouteConfig {
         preserve_host: true,
         forward_headers: crate::config::ForwardHeaders::ALL,
         request_id_header: true,
+        grpc_json: None,
         max_body_bytes: None,
         policies: Vec::new(),
         websocket: None,

@@ -134,6 +134,37 @@ fn check_names_an_unknown_forwarding_field_and_accepts_known_ones_in_any_case() 
 }
 
 #[test]
+fn check_names_grpc_json_mistakes_on_their_line() {
+    let descriptors = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/grpc/catalog.pb");
+    let grpc = format!(
+        "{VALID}\n[[upstream]]\nname = \"catalog\"\nprotocol = \"grpc\"\ntargets = [\"127.0.0.1:9100\"]\n\n\
+         [[route]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/v1/\" }}\nupstream = \"catalog\"\n"
+    );
+    let with = |table: &str| format!("{grpc}grpc_json = {table}\n");
+    let line = |config: &str| config.lines().position(|l| l.starts_with("grpc_json")).unwrap() + 1;
+
+    let good = with(&format!("{{ descriptors = \"{descriptors}\", services = [\"shop.v1.Catalog\"] }}"));
+    let (out, _) = run_check(&good, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let missing = with("{ descriptors = \"/nonexistent/api.pb\" }");
+    assert_check_fails_at(&missing, &[], line(&missing), "route.rest.grpc_json.descriptors", "does not exist");
+
+    let not_a_set = with(&format!(
+        "{{ descriptors = \"{}\" }}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/grpc/catalog.proto")
+    ));
+    assert_check_fails_at(&not_a_set, &[], line(&not_a_set), "route.rest.grpc_json", "not a usable descriptor set");
+
+    let no_service = with(&format!("{{ descriptors = \"{descriptors}\", services = [\"shop.v1.Nope\"] }}"));
+    assert_check_fails_at(&no_service, &[], line(&no_service), "route.rest.grpc_json", "no service `shop.v1.Nope`");
+
+    let http1 = with(&format!("{{ descriptors = \"{descriptors}\" }}"))
+        .replace("upstream = \"catalog\"", "upstream = \"legacy\"");
+    assert_check_fails_at(&http1, &[], line(&http1), "route.rest.grpc_json", "protocol = \"grpc\"");
+}
+
+#[test]
 fn check_of_a_missing_file_fails_naming_it() {
     let out = std::process::Command::new(Tollgate::binary())
         .args(["check", "--config", "/nonexistent/tollgate.toml"])

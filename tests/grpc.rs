@@ -125,30 +125,6 @@ fn gateway_failures_are_grpc_statuses() {
     assert!(unavailable["details"].as_str().unwrap().contains("unreachable"), "{unavailable}");
 }
 
-/// curl as a raw gRPC client over h2c: returns (headers incl. trailers, body).
-fn raw_grpc(tollgate: &Tollgate, path: &str, extra: &[&str]) -> (String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let body = write_file(dir.path(), "req", &frame(b"ping"));
-    let data = format!("@{}", body.display());
-    let url = tollgate.url(path);
-    let mut args = vec![
-        "--http2-prior-knowledge",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "--data-binary",
-        &data,
-        "--max-time",
-        "10",
-    ];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    let (code, headers, body) = curl_full(&args);
-    assert_eq!(code, 200, "{headers}");
-    (headers, body)
-}
-
 #[test]
 fn grpc_timeout_is_enforced_by_the_gateway_before_and_after_the_response_head() {
     let backend = StallingBackend::start();
@@ -156,13 +132,13 @@ fn grpc_timeout_is_enforced_by_the_gateway_before_and_after_the_response_head() 
 
     // No head by the deadline: a trailers-only DEADLINE_EXCEEDED.
     let start = Instant::now();
-    let (headers, body) = raw_grpc(&tollgate, "/stall.Svc/Head", &["-H", "grpc-timeout: 300m"]);
+    let (headers, body) = raw_grpc(&tollgate, b"ping", "/stall.Svc/Head", &["-H", "grpc-timeout: 300m"]);
     assert_eq!(header_value(&headers, "grpc-status").as_deref(), Some("4"), "{headers}");
     assert!(body.is_empty());
     assert!(start.elapsed() < Duration::from_secs(3));
 
     // Head and one message, then silence: the message, then DEADLINE_EXCEEDED trailers.
-    let (headers, body) = raw_grpc(&tollgate, "/stall.Svc/Body", &["-H", "grpc-timeout: 300m"]);
+    let (headers, body) = raw_grpc(&tollgate, b"ping", "/stall.Svc/Body", &["-H", "grpc-timeout: 300m"]);
     assert_eq!(frames(&body), vec![(0, b"first".to_vec())]);
     assert_eq!(header_value(&headers, "grpc-status").as_deref(), Some("4"), "trailers: {headers}");
 

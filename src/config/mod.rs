@@ -316,6 +316,10 @@ pub struct RouteConfig {
     /// Off, Tollgate neither adds nor replaces it; the id still names the
     /// request in the access log and in Tollgate's own error responses.
     pub request_id_header: bool,
+    /// HTTP/JSON requests transcoded to the gRPC upstream's methods
+    /// (`grpc_json = { descriptors, services }`); gRPC and gRPC-Web
+    /// requests on the route pass through as before.
+    pub grpc_json: Option<tollgate_grpc_json::Transcoder>,
     /// Overrides the listener's body limit for this route.
     pub max_body_bytes: Option<u64>,
     /// Policies applied to this route (after the listener's).

@@ -173,6 +173,7 @@ pub struct RawRoute {
     pub preserve_host: Option<bool>,
     pub forward_headers: Option<Vec<Spanned<String>>>,
     pub request_id_header: Option<bool>,
+    pub grpc_json: Option<RawGrpcJson>,
     pub max_body_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub policies: Vec<Spanned<String>>,
@@ -188,6 +189,15 @@ pub struct RawRoute {
     pub websocket_headers: BTreeMap<String, Spanned<String>>,
     pub websocket_in_flight: Option<Spanned<i64>>,
     pub websocket_push_path: Option<Spanned<String>>,
+}
+
+/// `grpc_json = { descriptors = "api.pb", services = ["pkg.Service"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcJson {
+    pub descriptors: Spanned<String>,
+    #[serde(default)]
+    pub services: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,6 +1,6 @@
 //! Raw → typed: every check that needs more than one key, with locations.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,10 +86,10 @@ impl Validator<'_> {
         };
 
         let mut upstreams = Vec::new();
-        let mut upstream_names = HashSet::new();
+        let mut upstream_names = HashMap::new();
         for u in &raw.upstream {
             let up = self.upstream(u)?;
-            if !upstream_names.insert(up.name.clone()) {
+            if upstream_names.insert(up.name.clone(), up.protocol).is_some() {
                 return self.err(u.name.span(), "upstream.name", format!("upstream `{}` is defined twice", up.name));
             }
             upstreams.push(up);
@@ -618,7 +618,12 @@ impl Validator<'_> {
         Ok(Some(UpstreamTls { ca, server_name }))
     }
 
-    fn route(&self, raw: &RawRoute, upstreams: &HashSet<String>, policies: &HashSet<String>) -> Result<RouteConfig> {
+    fn route(
+        &self,
+        raw: &RawRoute,
+        upstreams: &HashMap<String, UpstreamProtocol>,
+        policies: &HashSet<String>,
+    ) -> Result<RouteConfig> {
         let name = self.string(&raw.name, "route.name")?;
         let key = |k: &str| format!("route.{name}.{k}");
         let policy_names = self.policy_refs(&raw.policies, &key("policies"), policies)?;
@@ -626,7 +631,7 @@ impl Validator<'_> {
         let action = match (&raw.upstream, &raw.static_dir) {
             (Some(u), None) => {
                 let upstream = self.string(u, &key("upstream"))?;
-                if !upstreams.contains(&upstream) {
+                if !upstreams.contains_key(&upstream) {
                     return self.err(u.span(), key("upstream"), format!("no upstream named `{upstream}`"));
                 }
                 RouteAction::Proxy { upstream }
@@ -676,6 +681,30 @@ impl Validator<'_> {
             Some(_) => Some(self.positive(&raw.max_body_bytes, &key("max_body_bytes"), 0, u64::MAX >> 1)?),
         };
         let forward_headers = self.forward_headers(raw.forward_headers.as_deref(), &key("forward_headers"))?;
+        let grpc_json = match &raw.grpc_json {
+            None => None,
+            Some(g) => {
+                let grpc_upstream = match &action {
+                    RouteAction::Proxy { upstream } => upstreams.get(upstream) == Some(&UpstreamProtocol::Grpc),
+                    RouteAction::Static { .. } => false,
+                };
+                if !grpc_upstream {
+                    return self.err(
+                        g.descriptors.span(),
+                        key("grpc_json"),
+                        "needs an upstream with `protocol = \"grpc\"`",
+                    );
+                }
+                if strip_prefix || rewrite.is_some() {
+                    return self.err(
+                        g.descriptors.span(),
+                        key("grpc_json"),
+                        "the gRPC method names the backend path: no `strip_prefix` or `rewrite` with it",
+                    );
+                }
+                Some(self.grpc_json(g, &key("grpc_json"))?)
+            }
+        };
         Ok(RouteConfig {
             name,
             matcher,
@@ -685,9 +714,31 @@ impl Validator<'_> {
             preserve_host: raw.preserve_host.unwrap_or(true),
             forward_headers,
             request_id_header: raw.request_id_header.unwrap_or(true),
+            grpc_json,
             max_body_bytes,
             policies: policy_names,
             websocket,
+        })
+    }
+
+    /// `grpc_json = { descriptors, services }`: the descriptor set read
+    /// and its rules built now, so that a bad file or rule stops the load.
+    fn grpc_json(&self, raw: &RawGrpcJson, key: &str) -> Result<tollgate_grpc_json::Transcoder> {
+        let descriptors_key = format!("{key}.descriptors");
+        let path = self.existing_file(&raw.descriptors, &descriptors_key)?;
+        let bytes = std::fs::read(&path).or_else(|e| {
+            self.err(raw.descriptors.span(), &descriptors_key, format!("cannot read `{}`: {e}", path.display()))
+        })?;
+        let services =
+            raw.services.iter().map(|s| self.string(s, &format!("{key}.services"))).collect::<Result<Vec<_>>>()?;
+        tollgate_grpc_json::Transcoder::from_descriptor_set(&bytes, &services).or_else(|e| {
+            let span = match &e {
+                tollgate_grpc_json::LoadError::NoSuchService(name) => {
+                    raw.services.iter().find(|s| s.get_ref() == name).map_or(raw.descriptors.span(), |s| s.span())
+                }
+                _ => raw.descriptors.span(),
+            };
+            self.err(span, key, format!("`{}`: {e}", path.display()))
         })
     }
 

@@ -1,11 +1,15 @@
 //! The gRPC leg of the data path: a request routed to a `protocol = "grpc"`
 //! upstream is re-shaped for HTTP/2 (`te: trailers`, RFC 9113 / PROTOCOL-HTTP2.md
 //! "Requests"), and a gRPC-Web request is translated both ways by the
-//! `tollgate-grpc-web` bridge around the same call. Policies already ran on
-//! the request as it came; they see gRPC-Web exactly as any other request.
+//! `tollgate-grpc-web` bridge around the same call; an HTTP/JSON request on a
+//! route with `grpc_json` is transcoded instead (`grpc_json.rs`). Policies
+//! already ran on the request as it came; they see gRPC-Web and JSON exactly
+//! as any other request.
 
 use http::{HeaderValue, Request, Response, Version};
-use tollgate_grpc_web::{ErrorSlot, RequestBody, ResponseBody, TE, translate_request_head, translate_response_head};
+use tollgate_grpc_web::{
+    ErrorSlot, GrpcKind, RequestBody, ResponseBody, TE, translate_request_head, translate_response_head,
+};
 
 use super::{Outcome, forwarded};
 use crate::body::{self, Body};
@@ -22,6 +26,10 @@ pub(super) async fn forward(
     ctx: &mut RequestContext,
     route: &RouteConfig,
 ) -> Result<Outcome, ProxyError> {
+    // An HTTP/JSON client of a transcoding route; gRPC and gRPC-Web clients pass through.
+    if route.grpc_json.is_some() && GrpcKind::of(&parts.headers).is_none() {
+        return Box::pin(super::grpc_json::forward(upstream, parts, body, ctx, route)).await;
+    }
     // gRPC-Web: the head becomes gRPC, the body is decoded (and checked) as it streams.
     let web = translate_request_head(&mut parts.headers).map(|encoding| (encoding, ErrorSlot::default()));
     let body = match &web {

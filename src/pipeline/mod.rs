@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod forwarded;
 pub mod grpc;
+mod grpc_json;
 pub mod request_id;
 
 use std::collections::HashMap;

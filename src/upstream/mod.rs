@@ -165,7 +165,7 @@ impl Upstream {
     /// The client's fault (its body broke or went over the limit) or the backend's.
     fn exchange_error(&self, e: h1::H1Error) -> ProxyError {
         match e {
-            h1::H1Error::ClientBody(body) => match body_limit_in(&*body) {
+            h1::H1Error::ClientBody(body) => match crate::body::body_too_large_limit(&*body) {
                 Some(limit) => ProxyError::BodyTooLarge { limit },
                 None => ProxyError::BadRequest("the request body is malformed or incomplete"),
             },
@@ -272,15 +272,4 @@ fn spawn_idle_reaper(targets: &[Arc<Target>], idle_timeout: std::time::Duration)
             }
         }
     });
-}
-
-fn body_limit_in(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(too_large) = e.downcast_ref::<crate::body::BodyTooLarge>() {
-            return Some(too_large.limit);
-        }
-        current = e.source();
-    }
-    None
 }

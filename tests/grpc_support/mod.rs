@@ -24,6 +24,11 @@ fn peer(script: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(script)
 }
 
+/// `fixtures/grpc/catalog.proto`'s descriptor set.
+pub fn catalog_descriptors() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/grpc/catalog.pb")
+}
+
 /// A `grpcio` server (tests/peers/grpc_backend.py) on a free port.
 pub struct GrpcBackend {
     child: Child,
@@ -43,11 +48,22 @@ impl GrpcBackend {
     }
 
     fn start_with(name: &str, extra: &[&std::path::Path]) -> GrpcBackend {
+        let mut args = vec![std::ffi::OsStr::new(name)];
+        args.extend(extra.iter().map(|p| p.as_os_str()));
+        Self::start_script("grpc_backend.py", &args)
+    }
+
+    /// `shop.v1.Catalog` (tests/peers/catalog_backend.py) on a free port:
+    /// the protobuf backend of the HTTP/JSON transcoding tests.
+    pub fn start_catalog() -> GrpcBackend {
+        Self::start_script("catalog_backend.py", &[catalog_descriptors().as_os_str()])
+    }
+
+    fn start_script(script: &str, args: &[&std::ffi::OsStr]) -> GrpcBackend {
         let mut child = Command::new(python())
             .arg("-u")
-            .arg(peer("grpc_backend.py"))
-            .arg(name)
-            .args(extra)
+            .arg(peer(script))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -101,6 +117,31 @@ pub fn grpc_client(addr: SocketAddr, scenario: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!("client `{scenario}` printed no JSON: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
     })
+}
+
+/// curl as a raw gRPC client over h2c, sending `message` in one frame to
+/// `path`; asserts HTTP 200 and returns (headers incl. trailers, body).
+pub fn raw_grpc(tollgate: &super::common::Tollgate, message: &[u8], path: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = super::common::write_file(dir.path(), "req", &frame(message));
+    let data = format!("@{}", body.display());
+    let url = tollgate.url(path);
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        &data,
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (code, headers, body) = super::common::curl_full(&args);
+    assert_eq!(code, 200, "{headers}");
+    (headers, body)
 }
 
 /// A gRPC upstream `g` with `targets`, routed for `/test.Echo/` and `/stall.Svc/`.
