@@ -100,6 +100,10 @@ fn failed_calls_get_the_http_status_of_their_grpc_status() {
         assert_eq!(code, 404, "{proto:?}: {error}");
         assert_eq!(error, json!({"code": 5, "message": "no item 404 (gone %)"}));
 
+        // A backend answer that is no message of the method's type is the gateway's error.
+        let (code, _, error) = call(proto, &[&tollgate.url("/v1/items/500")]);
+        assert_eq!((code, &error["error"]), (502, &json!("transcode_bad_response")), "{proto:?}: {error}");
+
         // A stream that fails before its first message: still a proper status.
         let (code, _, error) = call(proto, &[&tollgate.url("/v1/shelves/g/items?limit=-1&fail_with=14")]);
         assert_eq!(code, 503, "{proto:?}: {error}");

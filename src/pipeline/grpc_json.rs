@@ -66,7 +66,7 @@ pub(super) async fn forward(
     let trailers_only = grpc_status(&head.headers);
     let headers = metadata(head.headers);
     if let Some(status) = trailers_only {
-        return Ok(Outcome::Streamed(finished(call, status, Vec::new(), headers), sent.guard));
+        return Ok(Outcome::Streamed(finished(call, status, Vec::new(), headers)?, sent.guard));
     }
 
     // A unary answer waits for its status; a stream for its first message.
@@ -106,7 +106,7 @@ pub(super) async fn forward(
     if reader.pending() > 0 {
         return Err(failed(upstream, "the backend's last message is cut off".into()));
     }
-    Ok(Outcome::Streamed(finished(call, status, messages, headers), sent.guard))
+    Ok(Outcome::Streamed(finished(call, status, messages, headers)?, sent.guard))
 }
 
 /// The backend broke the call's protocol: a 502 naming the upstream.
@@ -115,10 +115,16 @@ fn failed(upstream: &Upstream, why: String) -> ProxyError {
 }
 
 /// The response to a call that has ended: the JSON of its message(s) when
-/// it succeeded, else the error its status maps to.
-fn finished(call: Call, (code, message): (u32, String), messages: Vec<Bytes>, headers: HeaderMap) -> Response<Body> {
+/// it succeeded, else the error its status maps to. A message that does
+/// not decode is Tollgate's error (`transcode_bad_response`), not the call's.
+fn finished(
+    call: Call,
+    (code, message): (u32, String),
+    messages: Vec<Bytes>,
+    headers: HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
     if code != 0 {
-        return json_response(http_status(code), headers, body::full(error_body(code, &message)));
+        return Ok(json_response(http_status(code), headers, body::full(error_body(code, &message))));
     }
     let json = if call.server_streaming() {
         let mut out = b"[".to_vec();
@@ -126,27 +132,20 @@ fn finished(call: Call, (code, message): (u32, String), messages: Vec<Bytes>, he
             if i > 0 {
                 out.push(b',');
             }
-            match call.response_json(message) {
-                Ok(json) => out.extend_from_slice(&json),
-                Err(e) => return bad_response(e, headers),
-            }
+            out.extend_from_slice(&call.response_json(message).map_err(ProxyError::Transcode)?);
         }
         out.push(b']');
-        Ok(out)
+        out
     } else {
         match &messages[..] {
-            [one] => call.response_json(one),
-            _ => Err(TranscodeError::BadResponse(format!("a unary call answered with {} messages", messages.len()))),
+            [one] => call.response_json(one).map_err(ProxyError::Transcode)?,
+            _ => {
+                let why = format!("a unary call answered with {} messages", messages.len());
+                return Err(ProxyError::Transcode(TranscodeError::BadResponse(why)));
+            }
         }
     };
-    match json {
-        Ok(json) => json_response(StatusCode::OK, headers, body::full(json)),
-        Err(e) => bad_response(e, headers),
-    }
-}
-
-fn bad_response(e: TranscodeError, headers: HeaderMap) -> Response<Body> {
-    json_response(StatusCode::BAD_GATEWAY, headers, body::full(error_body(13, &e.to_string())))
+    Ok(json_response(StatusCode::OK, headers, body::full(json)))
 }
 
 fn json_response(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response<Body> {

@@ -74,9 +74,12 @@ def upload(requests, context):
 
 
 def main():
+    def serialize(item):
+        # Item 500 plays a broken backend: bytes that are no protobuf message.
+        return b"\xff\xff\xff" if getattr(item, "item_id", 0) == 500 else item.SerializeToString()
+
     def handler(kind, function, request_type):
-        return kind(function, request_deserializer=request_type.FromString,
-                    response_serializer=lambda m: m.SerializeToString())
+        return kind(function, request_deserializer=request_type.FromString, response_serializer=serialize)
 
     handlers = {
         "GetItem": handler(grpc.unary_unary_rpc_method_handler, get_item, GetItemRequest),
