@@ -12,11 +12,16 @@ use grpc_support::*;
 use serde_json::json;
 
 fn transcoding_gateway(backend: std::net::SocketAddr) -> Tollgate {
+    transcoding_gateway_with(backend, "", "")
+}
+
+/// The catalog behind a `grpc_json` route with `route_extra` lines, then `rest` (policies).
+fn transcoding_gateway_with(backend: std::net::SocketAddr, route_extra: &str, rest: &str) -> Tollgate {
     let descriptors = catalog_descriptors();
     Tollgate::start_with(&format!(
         "[[upstream]]\nname = \"catalog\"\nprotocol = \"grpc\"\ntargets = [\"{backend}\"]\nconnect_timeout = \"1s\"\n\n\
          [[route]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"catalog\"\n\
-         grpc_json = {{ descriptors = \"{}\", services = [\"shop.v1.Catalog\"] }}\n",
+         grpc_json = {{ descriptors = \"{}\", services = [\"shop.v1.Catalog\"] }}\n{route_extra}\n\n{rest}",
         descriptors.display()
     ))
 }
@@ -163,5 +168,21 @@ fn an_unreachable_backend_is_a_json_error() {
     for proto in Proto::ALL {
         let (code, _, error) = call(proto, &[&tollgate.url("/v1/items/1")]);
         assert_eq!((code, &error["error"]), (502, &json!("upstream_unreachable")), "{proto:?}: {error}");
+    }
+}
+
+#[test]
+fn route_policies_apply_to_transcoded_requests_as_to_any_other() {
+    let backend = GrpcBackend::start_catalog();
+    let tollgate = transcoding_gateway_with(
+        backend.addr,
+        "policies = [\"keys\"]",
+        "[policy.keys]\nkind = \"api_key\"\nheader = \"x-api-key\"\nkeys = { alice = \"alice-key-0123456789\" }\n",
+    );
+    for proto in Proto::ALL {
+        let (code, _, error) = call(proto, &[&tollgate.url("/v1/items/7")]);
+        assert_eq!(code, 401, "{proto:?}: {error}");
+        let (code, _, item) = call(proto, &["-H", "x-api-key: alice-key-0123456789", &tollgate.url("/v1/items/7")]);
+        assert_eq!((code, &item["name"]), (200, &json!("item-7")), "{proto:?}: {item}");
     }
 }
