@@ -66,25 +66,25 @@ pub(super) async fn forward(
     let trailers_only = grpc_status(&head.headers);
     let headers = metadata(head.headers);
     if let Some(status) = trailers_only {
-        return Ok(Outcome::Streamed(finished(call, status, Vec::new(), headers)?, sent.guard));
+        return Ok(Outcome::Streamed(finished(&call, status, None, headers)?, sent.guard));
     }
 
     // A unary answer waits for its status; a stream for its first message.
     let mut reader = MessageReader::new(MAX_MESSAGE_BYTES);
-    let mut messages = Vec::new();
+    let mut answer = None;
     let status = loop {
         match reader.next_message() {
+            Ok(Some(message)) if call.server_streaming() => {
+                let first = opening(&call, &message).map_err(ProxyError::Transcode)?;
+                let stream = JsonArray { call, inner: body, reader, pending: Some(first), done: false };
+                let response = json_response(StatusCode::OK, headers, body::boxed(stream));
+                return Ok(Outcome::Streamed(response, sent.guard));
+            }
+            Ok(Some(_)) if answer.is_some() => {
+                return Err(failed(upstream, "a unary call answered with more than one message".into()));
+            }
             Ok(Some(message)) => {
-                messages.push(message);
-                if call.server_streaming() {
-                    let first = Some(opening(&call, &messages[0]).map_err(|e| ProxyError::Transcode(e.clone()))?);
-                    let stream = JsonArray { call, inner: body, reader, pending: first, done: false };
-                    let response = json_response(StatusCode::OK, headers, body::boxed(stream));
-                    return Ok(Outcome::Streamed(response, sent.guard));
-                }
-                if messages.len() > 1 {
-                    return Err(failed(upstream, "a unary call answered with more than one message".into()));
-                }
+                answer = Some(message);
                 continue;
             }
             Ok(None) => {}
@@ -106,7 +106,7 @@ pub(super) async fn forward(
     if reader.pending() > 0 {
         return Err(failed(upstream, "the backend's last message is cut off".into()));
     }
-    Ok(Outcome::Streamed(finished(call, status, messages, headers)?, sent.guard))
+    Ok(Outcome::Streamed(finished(&call, status, answer, headers)?, sent.guard))
 }
 
 /// The backend broke the call's protocol: a 502 naming the upstream.
@@ -114,35 +114,25 @@ fn failed(upstream: &Upstream, why: String) -> ProxyError {
     ProxyError::UpstreamProtocol { upstream: upstream.config.name.clone(), source: why.into() }
 }
 
-/// The response to a call that has ended: the JSON of its message(s) when
-/// it succeeded, else the error its status maps to. A message that does
-/// not decode is Tollgate's error (`transcode_bad_response`), not the call's.
+/// The response to a call that has ended without a stream being started:
+/// the JSON of its answer (`[]` for a stream that sent nothing) when it
+/// succeeded, else the error its status maps to. An answer that does not
+/// decode is Tollgate's error (`transcode_bad_response`), not the call's.
 fn finished(
-    call: Call,
+    call: &Call,
     (code, message): (u32, String),
-    messages: Vec<Bytes>,
+    answer: Option<Bytes>,
     headers: HeaderMap,
 ) -> Result<Response<Body>, ProxyError> {
     if code != 0 {
         return Ok(json_response(http_status(code), headers, body::full(error_body(code, &message))));
     }
-    let json = if call.server_streaming() {
-        let mut out = b"[".to_vec();
-        for (i, message) in messages.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&call.response_json(message).map_err(ProxyError::Transcode)?);
-        }
-        out.push(b']');
-        out
-    } else {
-        match &messages[..] {
-            [one] => call.response_json(one).map_err(ProxyError::Transcode)?,
-            _ => {
-                let why = format!("a unary call answered with {} messages", messages.len());
-                return Err(ProxyError::Transcode(TranscodeError::BadResponse(why)));
-            }
+    let json = match answer {
+        _ if call.server_streaming() => b"[]".to_vec(),
+        Some(answer) => call.response_json(&answer).map_err(ProxyError::Transcode)?,
+        None => {
+            let why = "a unary call answered with no message".to_owned();
+            return Err(ProxyError::Transcode(TranscodeError::BadResponse(why)));
         }
     };
     Ok(json_response(StatusCode::OK, headers, body::full(json)))

@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
+};
 use serde_json::{Map, Value as Json};
 
 pub use error::{LoadError, TranscodeError};
@@ -119,21 +121,22 @@ impl Call {
             BodyMapping::Field(field) => Map::from_iter([(field.clone(), body_json()?)]),
         };
         for (name, value) in query_pairs(query.unwrap_or(""))? {
+            // A parameter naming no field is ignored, as are those the body or the path set.
+            let Some(field) = FieldPath::resolve(&input, &name) else { continue };
+            let path = field.proto_path();
             let in_body = match &self.rule().body {
                 BodyMapping::Whole => true,
-                BodyMapping::Field(f) => name == *f || name.starts_with(&format!("{f}.")),
+                BodyMapping::Field(f) => path == *f || path.starts_with(&format!("{f}.")),
                 BodyMapping::None => false,
             };
-            if in_body || self.bound.iter().any(|b| b.field == name) {
-                continue;
-            }
-            if let Some(kind) = field_kind(&input, &name) {
-                set_path(&mut root, &name, text_to_json(&kind, value), true);
+            if !in_body && !self.bound.iter().any(|b| b.field == path) {
+                field.set(&mut root, value, true);
             }
         }
         for bound in &self.bound {
-            let kind = field_kind(&input, &bound.field).ok_or_else(|| bad(format!("no field `{}`", bound.field)))?;
-            set_path(&mut root, &bound.field, text_to_json(&kind, bound.value.clone()), false);
+            let field =
+                FieldPath::resolve(&input, &bound.field).ok_or_else(|| bad(format!("no field `{}`", bound.field)))?;
+            field.set(&mut root, bound.value.clone(), false);
         }
         let message = DynamicMessage::deserialize(input, Json::Object(root)).map_err(|e| bad(e.to_string()))?;
         Ok(frame_message(&message.encode_to_vec()))
@@ -175,19 +178,69 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, TranscodeError> {
         .collect()
 }
 
-/// The kind of the field at `path` (`a.b.c`, proto or JSON names), with
-/// whether it repeats; `None` if some step is not a field.
-fn field_kind(message: &MessageDescriptor, path: &str) -> Option<(Kind, bool)> {
-    let mut current = message.clone();
-    let mut steps = path.split('.').peekable();
-    while let Some(step) = steps.next() {
-        let field = current.get_field_by_name(step).or_else(|| current.get_field_by_json_name(step))?;
-        if steps.peek().is_none() {
-            return Some((field.kind(), field.is_list()));
+/// A field reached through nested messages (`a.b.c`), resolved against the
+/// message's descriptor.
+struct FieldPath(Vec<FieldDescriptor>);
+
+impl FieldPath {
+    /// `path`'s fields, each step named by its proto or its JSON name;
+    /// `None` if a step is no field, or a step before the last no message.
+    fn resolve(message: &MessageDescriptor, path: &str) -> Option<Self> {
+        let mut current = message.clone();
+        let mut fields = Vec::new();
+        let mut steps = path.split('.').peekable();
+        while let Some(step) = steps.next() {
+            let field = current.get_field_by_name(step).or_else(|| current.get_field_by_json_name(step))?;
+            if steps.peek().is_some() {
+                current = field.kind().as_message()?.clone();
+            }
+            fields.push(field);
         }
-        current = field.kind().as_message()?.clone();
+        Some(Self(fields))
     }
-    None
+
+    /// The path in proto names, as templates and `body` name fields.
+    fn proto_path(&self) -> String {
+        self.0.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".")
+    }
+
+    /// Sets the field in `root`, the JSON of the message, to `text` as the
+    /// JSON its type expects, under proto names: a value the JSON had
+    /// under the JSON name of the same field is replaced (or, for a message
+    /// on the way, kept and moved). A repeated field collects values when
+    /// `append`, else is replaced.
+    fn set(&self, root: &mut Map<String, Json>, text: String, append: bool) {
+        let mut current = root;
+        for (i, field) in self.0.iter().enumerate() {
+            let key = field.name();
+            if field.json_name() != key
+                && let Some(aliased) = current.remove(field.json_name())
+            {
+                current.entry(key.to_owned()).or_insert(aliased);
+            }
+            if i + 1 == self.0.len() {
+                let value = text_to_json(&field.kind(), text);
+                match current.get_mut(key) {
+                    Some(Json::Array(items)) if field.is_list() && append => items.push(value),
+                    _ if field.is_list() => {
+                        current.insert(key.to_owned(), Json::Array(vec![value]));
+                    }
+                    _ => {
+                        current.insert(key.to_owned(), value);
+                    }
+                }
+                return;
+            }
+            let next = current.entry(key.to_owned()).or_insert_with(|| Json::Object(Map::new()));
+            if !next.is_object() {
+                *next = Json::Object(Map::new());
+            }
+            current = match next {
+                Json::Object(next) => next,
+                _ => return, // made an object just above
+            };
+        }
+    }
 }
 
 /// A path or query value as the JSON the field's type expects: booleans
@@ -195,8 +248,8 @@ fn field_kind(message: &MessageDescriptor, path: &str) -> Option<(Kind, bool)> {
 /// a string, which protobuf's JSON mapping accepts for 64-bit numbers,
 /// enums, bytes (base64) and the well-known types; the deserializer then
 /// says what does not fit.
-fn text_to_json((kind, repeated): &(Kind, bool), text: String) -> (Json, bool) {
-    let value = match kind {
+fn text_to_json(kind: &Kind, text: String) -> Json {
+    match kind {
         Kind::Bool => match text.as_str() {
             "true" => Json::Bool(true),
             "false" => Json::Bool(false),
@@ -213,37 +266,6 @@ fn text_to_json((kind, repeated): &(Kind, bool), text: String) -> (Json, bool) {
             Err(_) => Json::String(text),
         },
         _ => Json::String(text),
-    };
-    (value, *repeated)
-}
-
-/// Sets `root[a][b][c] = value`, making objects on the way; a repeated
-/// field collects values into an array when `append`, else is replaced.
-fn set_path(root: &mut Map<String, Json>, path: &str, (value, repeated): (Json, bool), append: bool) {
-    let mut current = root;
-    let mut steps = path.split('.').peekable();
-    while let Some(step) = steps.next() {
-        if steps.peek().is_none() {
-            if !repeated {
-                current.insert(step.to_owned(), value);
-            } else {
-                match current.get_mut(step) {
-                    Some(Json::Array(items)) if append => items.push(value),
-                    _ => {
-                        current.insert(step.to_owned(), Json::Array(vec![value]));
-                    }
-                }
-            }
-            return;
-        }
-        let next = current.entry(step.to_owned()).or_insert_with(|| Json::Object(Map::new()));
-        if !next.is_object() {
-            *next = Json::Object(Map::new());
-        }
-        current = match next {
-            Json::Object(next) => next,
-            _ => return, // made an object just above
-        };
     }
 }
 
@@ -319,8 +341,9 @@ mod tests {
             serde_json::json!({"shelf": "tools and more", "limit": 2, "tags": ["a", "b&c", "d e"]})
         );
         assert!(sent(&list, "", Some("limit=lots")).is_err());
-        // The path wins over the query for a field both set.
+        // The path wins over the query for a field both set, by either of its names.
         assert_eq!(sent(&list, "", Some("shelf=other")).unwrap(), serde_json::json!({"shelf": "tools and more"}));
+        assert_eq!(sent(&call, "", Some("itemId=3&item_id=4")).unwrap(), serde_json::json!({"item_id": "7"}));
         // An int64 out of range is refused, not wrapped.
         assert!(sent(&find(Method::GET, "/v1/items/99999999999999999999"), "", None).is_err());
     }
@@ -337,6 +360,17 @@ mod tests {
         assert_eq!(
             sent(&update, r#"{"name": "ignored", "itemId": "5", "tags": ["x"]}"#, None).unwrap(),
             serde_json::json!({"item_id": "5", "name": "shelves/s1/items/i2", "tags": ["x"]})
+        );
+        // The path wins over the body also when the body names the field by its JSON name.
+        let patch = find(Method::PATCH, "/v1/items/9");
+        assert_eq!(
+            sent(&patch, r#"{"itemId": "5", "name": "x"}"#, Some("itemId=3&name=q")).unwrap(),
+            serde_json::json!({"item_id": "9", "name": "x"})
+        );
+        // A query parameter for a field the body carries is ignored.
+        assert_eq!(
+            sent(&create, r#"{"name": "saw"}"#, Some("item.name=x&itemId=1")).unwrap(),
+            serde_json::json!({"shelf": "tools", "item": {"name": "saw"}})
         );
         // An empty body is an empty message.
         assert_eq!(sent(&find(Method::POST, "/shop.v1.Catalog/GetItem"), "", None).unwrap(), serde_json::json!({}));
