@@ -152,7 +152,10 @@ fn metadata(mut headers: HeaderMap) -> HeaderMap {
     for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
         headers.remove(name);
     }
-    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding", "grpc-accept-encoding"] {
+    for name in [&GRPC_STATUS, &GRPC_MESSAGE] {
+        headers.remove(name);
+    }
+    for name in ["grpc-status-details-bin", "grpc-encoding", "grpc-accept-encoding"] {
         headers.remove(name);
     }
     headers

@@ -27,10 +27,9 @@ use serde_json::{Map, Value as Json};
 
 pub use error::{LoadError, TranscodeError};
 pub use frame::{MessageReader, frame_message};
-pub use rule::BodyMapping;
 pub use status::{decode_grpc_message, error_body, http_status};
 
-use rule::Rule;
+use rule::{BodyMapping, Rule};
 use template::{Bound, percent_decode};
 
 /// The rules of one descriptor set, built once at config load and shared by
@@ -68,7 +67,7 @@ impl Transcoder {
         })
     }
 
-    /// How many bindings there are, for the startup log.
+    /// How many bindings the set has, every method's gRPC path included.
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -92,11 +91,6 @@ impl Call {
     /// The answer is a stream of messages, sent on as a JSON array.
     pub fn server_streaming(&self) -> bool {
         self.rule().method.is_server_streaming()
-    }
-
-    /// How the body maps onto the message; `None` means the request has no body.
-    pub fn body(&self) -> &BodyMapping {
-        &self.rule().body
     }
 
     /// The method's input message, framed for gRPC, made from the JSON
@@ -126,7 +120,9 @@ impl Call {
             let path = field.proto_path();
             let in_body = match &self.rule().body {
                 BodyMapping::Whole => true,
-                BodyMapping::Field(f) => path == *f || path.starts_with(&format!("{f}.")),
+                BodyMapping::Field(f) => {
+                    path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                }
                 BodyMapping::None => false,
             };
             if !in_body && !self.bound.iter().any(|b| b.field == path) {
