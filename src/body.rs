@@ -34,21 +34,15 @@ where
 }
 
 /// A client's request body as a listener hands it over: our HTTP/1.1
-/// server's, hyper's for HTTP/2, the HTTP/3 bridge's for QUIC. An enum rather than a
+/// server's, our HTTP/2 server's, the HTTP/3 bridge's for QUIC. An enum rather than a
 /// box, so the common path costs no allocation (the HTTP/3 body, six times
 /// larger, is boxed so it does not make every request's body that large).
 pub enum ClientBody {
     Http1(crate::listen::http1::RequestBody),
-    Hyper(hyper::body::Incoming),
+    Http2(crate::http2::RecvBody),
     H3(Box<tollgate_h3::RequestBody>),
     /// No body (a WebTransport CONNECT, whose stream becomes the session).
     Empty,
-}
-
-impl From<hyper::body::Incoming> for ClientBody {
-    fn from(body: hyper::body::Incoming) -> Self {
-        ClientBody::Hyper(body)
-    }
 }
 
 impl http_body::Body for ClientBody {
@@ -58,7 +52,7 @@ impl http_body::Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http2(b) => Pin::new(b).poll_frame(cx),
             ClientBody::H3(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
             ClientBody::Empty => Poll::Ready(None),
         }
@@ -67,7 +61,7 @@ impl http_body::Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Http1(b) => b.is_end_stream(),
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Http2(b) => b.is_end_stream(),
             ClientBody::H3(b) => b.is_end_stream(),
             ClientBody::Empty => true,
         }
@@ -76,7 +70,7 @@ impl http_body::Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Http1(b) => b.size_hint(),
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Http2(b) => b.size_hint(),
             ClientBody::H3(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }

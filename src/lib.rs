@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http1;
+pub mod http2;
 pub mod listen;
 pub mod model;
 pub mod pipeline;

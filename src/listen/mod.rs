@@ -1,29 +1,27 @@
 //! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1
-//! (our own server, [`http1`]) and HTTP/2 (hyper's) on them, handing every
-//! request to the gateway.
+//! ([`http1`]) and HTTP/2 ([`http2`], on the h2 crate) on them with servers
+//! of our own, handing every request to the gateway.
 //!
 //! Cleartext ports speak HTTP/1.1 and HTTP/2 with prior knowledge (the
 //! connection preface tells them apart, see [`protocol`]); TLS ports pick by
 //! ALPN. `Upgrade: h2c` is not offered (deprecated by RFC 9113 §3.1).
 
 pub mod client_cert;
+mod date;
 pub mod http1;
+pub mod http2;
 pub mod limits;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod quic;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +40,7 @@ pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     http1: http1::Settings,
-    http2: Arc<http2::Builder<TokioExecutor>>,
+    http2: http2::Settings,
     info: Arc<ListenerInfo>,
     connections: Option<Arc<Semaphore>>,
     /// The HTTP/3 twin on the same port over UDP (`http3 = true`).
@@ -109,7 +107,7 @@ impl Listener {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_headers: config.limits.max_headers,
             },
-            http2: Arc::new(http2_builder(config)),
+            http2: http2_settings(config),
             info,
             connections,
             quic,
@@ -152,7 +150,7 @@ impl Listener {
             };
             let connection = Connection {
                 http1: self.http1,
-                http2: Arc::clone(&self.http2),
+                http2: self.http2,
                 tls: self.tls.clone(),
                 listener: Arc::clone(&self.info),
                 gateway: Arc::clone(&gateway),
@@ -177,7 +175,7 @@ impl Listener {
 /// What a connection task needs, cloned from its listener.
 struct Connection {
     http1: http1::Settings,
-    http2: Arc<http2::Builder<TokioExecutor>>,
+    http2: http2::Settings,
     tls: Option<TlsAcceptor>,
     listener: Arc<ListenerInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
@@ -325,26 +323,27 @@ impl Connection {
     {
         let gateway = Arc::clone(&self.gateway);
         let alt_svc = self.alt_svc.clone();
-        let builder = Arc::clone(&self.http2);
+        let settings = self.http2;
         Box::new(move |io: Rewind<I>| {
-            let service = service_fn(move |req| {
+            let service = move |req: http::Request<ClientBody>| {
                 let gateway = gateway.load_full();
                 let info = Arc::clone(&info);
                 let in_progress = activity.request(req.version());
                 let alt_svc = alt_svc.clone();
-                // Boxed: the request's state machine is several KB, and hyper's
-                // HTTP/2 stream task would otherwise be that large; tokio copies a
-                // task's future whole when it spawns it and again when it finishes
-                // (measured: memcpy was 19% of CPU on gRPC unary calls).
-                Box::pin(async move {
-                    let mut response = gateway.handle(info, req.map(ClientBody::Hyper), Some(in_progress)).await;
-                    if let Some(alt_svc) = alt_svc {
-                        response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
-                    }
-                    Ok::<_, Infallible>(response)
-                })
-            });
-            Box::pin(builder.serve_connection(TokioIo::new(io), service)) as Pin<Box<dyn protocol::Http2Connection>>
+                // Boxed: the request's state machine is several KB, and each
+                // stream's state would otherwise be that large, moved whole
+                // into the connection's set of streams.
+                let answer: Pin<Box<dyn std::future::Future<Output = http::Response<crate::body::Body>> + Send>> =
+                    Box::pin(async move {
+                        let mut response = gateway.handle(info, req, Some(in_progress)).await;
+                        if let Some(alt_svc) = alt_svc {
+                            response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+                        }
+                        response
+                    });
+                answer
+            };
+            Box::pin(http2::ServerConnection::new(io, service, &settings)) as Pin<Box<dyn protocol::Http2Connection>>
         })
     }
 }
@@ -357,29 +356,15 @@ pub(crate) fn connection_slot(
     limit.map(|sem| Arc::clone(sem).try_acquire_owned()).transpose()
 }
 
-/// hyper's HTTP/2 settings from the listener's limits.
-fn http2_builder(config: &ListenerConfig) -> http2::Builder<TokioExecutor> {
+/// Our HTTP/2 server's settings from the listener's limits.
+fn http2_settings(config: &ListenerConfig) -> http2::Settings {
     let limits = &config.limits;
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        // HTTP/2 Rapid Reset (CVE-2023-44487): a client that opens streams and
-        // cancels them at once never hits max_concurrent_streams yet makes us
-        // start a request per stream. Past this many streams reset before we
-        // accepted them, the connection is closed with GOAWAY ENHANCE_YOUR_CALM.
-        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        // The mirror flood: frames crafted so that *we* reset streams over and
-        // over (RUSTSEC-2024-0003, CVE-2019-9514-style reset floods); past this
-        // many, GOAWAY as well.
-        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-        // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so WebSocket clients can
-        // open a stream with extended CONNECT (`websocket` routes answer it).
-        .enable_connect_protocol()
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    http2::Settings {
+        max_header_list_bytes: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+        max_concurrent_streams: limits.h2_max_concurrent_streams,
+        max_pending_accept_reset_streams: limits.h2_max_pending_accept_reset_streams,
+        max_local_error_reset_streams: limits.h2_max_local_error_reset_streams,
+    }
 }
 
 /// A listening socket with a deep backlog and address reuse, so restarts

@@ -1,5 +1,5 @@
 //! Tells HTTP/1.1 from HTTP/2 on a new connection and serves it with the
-//! right server: ours for HTTP/1.1 ([`super::http1`]), hyper's for HTTP/2.
+//! right server of ours: [`super::http1`] or [`super::http2`].
 //!
 //! TLS connections that chose `h2` by ALPN go straight to HTTP/2. Any other
 //! connection (cleartext, or TLS without ALPN) is told apart by its first
@@ -17,31 +17,28 @@ use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::http1::{Http1Error, ServerConnection, Settings};
+use super::http2::{Http2Error, ServerConnection as Http2Server};
 use super::proxy_protocol::Rewind;
 use crate::body::{Body, ClientBody};
 
 /// What every HTTP/2 connection starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A running HTTP/2 connection (hyper's), behind a box: it is the rarer
-/// path and its type names the service, which the box hides.
-pub trait Http2Connection: Future<Output = Result<(), hyper::Error>> + Send {
+/// A running HTTP/2 connection, behind a box: its type names the service
+/// (a closure), which the box hides.
+pub trait Http2Connection: Future<Output = Result<(), Http2Error>> + Send {
     /// Sends GOAWAY and lets the open streams finish.
     fn shutdown_gracefully(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Http2Connection for hyper::server::conn::http2::Connection<I, S, hyper_util::rt::TokioExecutor>
+impl<I, S, F> Http2Connection for Http2Server<I, S, F>
 where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
-    S::Error: Into<crate::body::BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send,
-    B: http_body::Body + 'static,
-    B::Error: Into<crate::body::BoxError>,
-    hyper_util::rt::TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-    Self: Send,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+    S: FnMut(Request<ClientBody>) -> F + Unpin + Send,
+    F: Future<Output = Response<Body>> + Unpin + Send,
 {
     fn shutdown_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
+        self.get_mut().graceful_shutdown();
     }
 }
 
@@ -62,7 +59,7 @@ pub enum ServeError {
     /// Reading the first bytes failed.
     Io(io::Error),
     Http1(Http1Error),
-    Http2(hyper::Error),
+    Http2(Http2Error),
 }
 
 impl std::fmt::Display for ServeError {
@@ -70,7 +67,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Io(e) => write!(f, "client connection failed: {e}"),
             ServeError::Http1(e) => e.fmt(f),
-            ServeError::Http2(e) => write!(f, "HTTP/2: {e}"),
+            ServeError::Http2(e) => e.fmt(f),
         }
     }
 }

@@ -37,6 +37,11 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
 /// TE only as `trailers`.
 static HOP_BY_HOP_H2: [&HeaderName; 3] = [&header::PROXY_AUTHORIZATION, &header::TE, &header::TRAILER];
 
+/// The fields HTTP/2 forbids in a message (RFC 9113 §8.2.2; TE too, which
+/// a response has no use for): h2 refuses to send a message carrying any.
+static CONNECTION_SPECIFIC: [&HeaderName; 6] =
+    [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE];
+
 /// `Via` value for each hop we received on (RFC 9110 §7.6.3: received-protocol + pseudonym).
 fn via(protocol: DownstreamProtocol) -> HeaderValue {
     match protocol {
@@ -80,6 +85,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub fn remove_hop_by_hop_h2(headers: &mut HeaderMap) {
     let present = present_among(headers, &HOP_BY_HOP_H2);
     remove_present(headers, &HOP_BY_HOP_H2, present);
+}
+
+/// Removes what HTTP/2 forbids from a response about to be sent over it
+/// (one the gateway made itself; proxied ones were cleaned already).
+pub fn remove_connection_specific(headers: &mut HeaderMap) {
+    let present = present_among(headers, &CONNECTION_SPECIFIC);
+    remove_present(headers, &CONNECTION_SPECIFIC, present);
 }
 
 /// Bit `i` set when `names[i]` is in `headers`: one pass over the fields,
@@ -445,6 +457,23 @@ mod tests {
         untouched.insert("x-hop", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut untouched);
         assert!(untouched.contains_key("x-hop"), "only a Connection header makes x-hop hop-by-hop");
+    }
+
+    #[test]
+    fn a_response_for_http2_loses_what_http2_forbids_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(&PROXY_CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        remove_connection_specific(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["trailer", "content-type"]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::body::{Body, BoxError};
+use crate::http2::{BodySender, RecvBody, ResetMeans, SendEnd, reason_in};
 
 /// What the request body had ready when the call was placed.
 pub enum Start {
@@ -67,7 +68,7 @@ impl Start {
             Start::Whole(data) => stream.send_data(data, true).map(|()| None),
             Start::Streaming(first) => {
                 let (cancel, cancelled) = oneshot::channel();
-                tokio::spawn(Pipe { body, stream, first, held: None, cancelled: Some(cancelled) });
+                tokio::spawn(Pipe { sender: BodySender::new(body, stream, first), cancelled: Some(cancelled) });
                 Ok(Some(PipeCancel(Some(cancel))))
             }
         }
@@ -94,14 +95,10 @@ impl Drop for PipeCancel {
     }
 }
 
-/// Streams a request body into its HTTP/2 stream: one frame at a time,
-/// waiting for send window before taking the next (the backpressure).
+/// Streams a request body into its HTTP/2 stream (see [`BodySender`]),
+/// resetting it when the call is abandoned.
 struct Pipe {
-    body: Body,
-    stream: SendStream<Bytes>,
-    first: Option<Result<Frame<Bytes>, BoxError>>,
-    /// A chunk waiting for send capacity, and whether it ends the body.
-    held: Option<(Bytes, bool)>,
+    sender: BodySender,
     cancelled: Option<oneshot::Receiver<()>>,
 }
 
@@ -113,7 +110,7 @@ impl Future for Pipe {
         if let Some(cancelled) = this.cancelled.as_mut() {
             match Pin::new(cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
-                    this.stream.send_reset(Reason::CANCEL);
+                    this.sender.reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
                 // Disarmed: the response is complete, the body may finish.
@@ -121,98 +118,20 @@ impl Future for Pipe {
                 Poll::Pending => {}
             }
         }
-        loop {
-            // The backend reset the stream: nothing more to send.
-            if this.stream.poll_reset(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            if let Some((_, end)) = this.held {
-                while this.stream.capacity() == 0 {
-                    match ready!(this.stream.poll_capacity(cx)) {
-                        Some(Ok(0)) => {}
-                        Some(Ok(_)) => break,
-                        Some(Err(_)) | None => return Poll::Ready(()),
-                    }
-                }
-                let (data, _) = this.held.take().expect("checked above");
-                if this.stream.send_data(data, end).is_err() || end {
-                    return Poll::Ready(());
-                }
-                continue;
-            }
-            let frame = match this.first.take() {
-                Some(frame) => Some(frame),
-                None => ready!(Pin::new(&mut this.body).poll_frame(cx)),
-            };
-            match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let end = this.body.is_end_stream();
-                        if data.is_empty() {
-                            if this.stream.send_data(data, end).is_err() || end {
-                                return Poll::Ready(());
-                            }
-                        } else {
-                            // Claim a little window, not the whole chunk: h2
-                            // raises the claim to what is buffered, and a large
-                            // up-front claim can starve other streams (hyper #4003).
-                            this.stream.reserve_capacity(1);
-                            this.held = Some((data, end));
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.stream.reserve_capacity(0);
-                            let _ = this.stream.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    // The client's body failed (reset, malformed): so does the call.
-                    tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
-                    this.stream.send_reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
-                    return Poll::Ready(());
-                }
-                None => {
-                    let _ = this.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-            }
+        if let SendEnd::BodyFailed(e) = ready!(this.sender.poll_send(cx)) {
+            // The client's body failed (reset, malformed): so does the call.
+            tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
+            this.sender.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
         }
+        Poll::Ready(())
     }
 }
 
-/// The HTTP/2 reason somewhere in `err`'s source chain (a client's RST_STREAM).
-fn reason_in(err: &(dyn std::error::Error + 'static)) -> Option<Reason> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return Some(reason);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// Small DATA frames already received are passed on together up to this
-/// many bytes.
-const COALESCE_LIMIT: usize = 16 * 1024;
-
-/// A backend's response body: DATA frames (their window handed back as
-/// they are taken, so flow control follows the client's pace), then trailers.
-///
-/// Small DATA frames that have already arrived are handed on as one chunk:
-/// a gRPC stream is a byte stream whose DATA frame boundaries mean nothing,
-/// and a backend streaming small messages sends a frame per message, which
-/// would otherwise cost a frame (and its bookkeeping in h2) each on the
-/// client's side too. Nothing waits to be coalesced: only what is already
-/// there is taken.
+/// A backend's response body (see [`RecvBody`]): a reset with NO_ERROR or
+/// CANCEL after the response ends it; the request body's pipe is cancelled
+/// if this body is dropped unfinished.
 pub struct ResponseBody {
-    recv: RecvStream,
-    data_done: bool,
-    /// An error that came after data passed on in the same call, reported next.
-    failed: Option<h2::Error>,
+    recv: RecvBody,
     /// Cancels the request body's pipe if this body is dropped unfinished.
     pipe: Option<PipeCancel>,
 }
@@ -220,44 +139,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// Wraps a response's stream; `pipe` is the request body's, if it has one.
     pub fn new(recv: RecvStream, pipe: Option<PipeCancel>) -> Self {
-        Self { recv, data_done: false, failed: None, pipe }
-    }
-
-    /// `first` and the DATA frames already received after it, up to [`COALESCE_LIMIT`].
-    fn coalesce(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
-        if first.len() >= COALESCE_LIMIT / 4 {
-            return first;
-        }
-        let mut joined: Option<bytes::BytesMut> = None;
-        while joined.as_ref().map_or(first.len(), |j| j.len()) < COALESCE_LIMIT {
-            match self.recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(more))) => {
-                    let _ = self.recv.flow_control().release_capacity(more.len());
-                    let buf = joined.get_or_insert_with(|| {
-                        let mut buf = bytes::BytesMut::with_capacity(COALESCE_LIMIT);
-                        buf.extend_from_slice(&first);
-                        buf
-                    });
-                    buf.extend_from_slice(&more);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.failed = Some(e);
-                    break;
-                }
-                Poll::Ready(None) => {
-                    self.data_done = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
-        joined.map_or(first, bytes::BytesMut::freeze)
-    }
-
-    fn finished(&mut self) {
-        if let Some(pipe) = self.pipe.as_mut() {
-            pipe.disarm();
-        }
+        Self { recv: RecvBody::new(recv, ResetMeans::End, None), pipe }
     }
 }
 
@@ -267,27 +149,16 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(end_or_error(e));
+        let frame = ready!(Pin::new(&mut this.recv).poll_frame(cx));
+        let finished = match &frame {
+            None => true,
+            Some(Ok(frame)) => frame.is_trailers(),
+            Some(Err(_)) => false,
+        };
+        if finished && let Some(pipe) = this.pipe.as_mut() {
+            pipe.disarm();
         }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    let data = this.coalesce(data, cx);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(end_or_error(e)),
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(this.recv.poll_trailers(cx));
-        this.finished();
-        match trailers {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(end_or_error(e)),
-        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -296,16 +167,6 @@ impl http_body::Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-/// A reset with NO_ERROR or CANCEL ends the body rather than failing it
-/// (RFC 9113 §8.1: a server may reset once its response is complete), as
-/// hyper's client does.
-fn end_or_error(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
-    match e.reason() {
-        Some(Reason::NO_ERROR | Reason::CANCEL) => None,
-        _ => Some(Err(Box::new(e))),
     }
 }
 

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
 use http::{Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
 use tokio::sync::mpsc;
 use tollgate_h3::webtransport::{self as wt, MessageError, MessagePipe};
 use tollgate_websocket::handshake::{ClientHandshake, Negotiated};
@@ -21,6 +20,7 @@ use tungstenite::{Message, Utf8Bytes};
 
 use super::stream::UpgradedStream;
 use crate::listen::http1::PendingUpgrade;
+use crate::listen::http2::PendingConnect;
 use crate::model::Handoff;
 
 /// Put in a WebTransport CONNECT's extensions by the HTTP/3 listener (the
@@ -33,11 +33,11 @@ pub type WebTransportUpgrade = Handoff<MessagePipe>;
 #[derive(Debug, Clone, Copy)]
 pub struct MaxMessageBytes(pub usize);
 
-/// The pending switch of a WebSocket client's connection (HTTP/1.1, our
-/// server) or stream (RFC 8441 over HTTP/2, hyper's).
+/// The pending switch of a WebSocket client's connection (HTTP/1.1) or
+/// stream (RFC 8441 over HTTP/2), from our servers.
 pub enum ClientUpgrade {
     Http1(PendingUpgrade),
-    Hyper(OnUpgrade),
+    Http2(PendingConnect),
 }
 
 /// How the client reached the route.
@@ -76,13 +76,7 @@ impl ClientSide {
             ClientSide::WebSocket { upgrade, .. } => {
                 let io = match upgrade {
                     ClientUpgrade::Http1(upgrade) => upgrade.wait().await.map(UpgradedStream::from),
-                    ClientUpgrade::Hyper(upgrade) => match upgrade.await {
-                        Ok(io) => Some(UpgradedStream::new(io)),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "client upgrade failed");
-                            None
-                        }
-                    },
+                    ClientUpgrade::Http2(upgrade) => upgrade.wait().await.map(UpgradedStream::Http2),
                 };
                 Some(Switched::WebSocket(io?))
             }

@@ -13,7 +13,7 @@
 //! (RFC 6455 §4) and HTTP/2 extended CONNECT (RFC 8441, enabled on every
 //! listener with SETTINGS_ENABLE_CONNECT_PROTOCOL). Once our 101/200 response
 //! has been written, our HTTP/1.1 server hands over the connection through
-//! `PendingUpgrade`, hyper the HTTP/2 stream through `OnUpgrade`.
+//! `PendingUpgrade`, our HTTP/2 server the stream through `PendingConnect`.
 
 pub mod client;
 mod message;
@@ -27,9 +27,9 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{Method, Response};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use crate::listen::http1::PendingUpgrade;
+use crate::listen::http2::PendingConnect;
 use tollgate_websocket::handshake::{self, HandshakeError};
 
 use crate::body::Body;
@@ -49,7 +49,7 @@ pub enum Accepted {
 
 /// The `:protocol` pseudo-header of an HTTP/2 extended CONNECT (RFC 8441 §4).
 fn protocol(parts: &Parts) -> Option<&str> {
-    parts.extensions.get::<hyper::ext::Protocol>().map(hyper::ext::Protocol::as_str)
+    parts.extensions.get::<h2::ext::Protocol>().map(h2::ext::Protocol::as_str)
 }
 
 /// True when the request asks for a WebSocket, in either shape, or is a
@@ -84,8 +84,8 @@ pub async fn accept(
                 Some(upgrade) => client::ClientUpgrade::Http1(upgrade),
                 None => parts
                     .extensions
-                    .remove::<OnUpgrade>()
-                    .map(client::ClientUpgrade::Hyper)
+                    .remove::<PendingConnect>()
+                    .map(client::ClientUpgrade::Http2)
                     .ok_or(ProxyError::BadRequest("this connection cannot be upgraded"))?,
             };
             client::ClientSide::WebSocket { handshake, upgrade }

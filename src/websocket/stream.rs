@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::listen::http1::{Handover, UpgradeIo, UpgradedIo};
+use crate::listen::http2::StreamIo;
 use crate::listen::proxy_protocol::Rewind;
 
 /// An upgraded connection: the bare socket when hyper's IO was one.
@@ -35,6 +36,8 @@ pub enum UpgradedStream {
     /// Any other client connection our HTTP/1.1 server handed over (TLS,
     /// PROXY protocol), after the bytes it had read past the handshake.
     Boxed(Rewind<Box<dyn UpgradeIo>>),
+    /// An HTTP/2 stream our server handed over (RFC 8441 extended CONNECT).
+    Http2(StreamIo),
 }
 
 impl UpgradedStream {
@@ -154,12 +157,14 @@ impl AsyncWrite for Socket {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
+
 impl AsyncRead for UpgradedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_read(cx, buf),
             UpgradedStream::Boxed(io) => Pin::new(io).poll_read(cx, buf),
+            UpgradedStream::Http2(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -170,6 +175,7 @@ impl AsyncWrite for UpgradedStream {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_write(cx, data),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_write(cx, data),
             UpgradedStream::Boxed(io) => Pin::new(io).poll_write(cx, data),
+            UpgradedStream::Http2(io) => Pin::new(io).poll_write(cx, data),
         }
     }
 
@@ -182,6 +188,7 @@ impl AsyncWrite for UpgradedStream {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpgradedStream::Boxed(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpgradedStream::Http2(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -190,6 +197,7 @@ impl AsyncWrite for UpgradedStream {
             UpgradedStream::Tcp(io) => io.is_write_vectored(),
             UpgradedStream::Wrapped(io) => io.is_write_vectored(),
             UpgradedStream::Boxed(io) => io.is_write_vectored(),
+            UpgradedStream::Http2(io) => io.is_write_vectored(),
         }
     }
 
@@ -198,6 +206,7 @@ impl AsyncWrite for UpgradedStream {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_flush(cx),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_flush(cx),
             UpgradedStream::Boxed(io) => Pin::new(io).poll_flush(cx),
+            UpgradedStream::Http2(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -206,6 +215,7 @@ impl AsyncWrite for UpgradedStream {
             UpgradedStream::Tcp(io) => Pin::new(io).poll_shutdown(cx),
             UpgradedStream::Wrapped(io) => Pin::new(io).poll_shutdown(cx),
             UpgradedStream::Boxed(io) => Pin::new(io).poll_shutdown(cx),
+            UpgradedStream::Http2(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

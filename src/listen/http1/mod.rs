@@ -14,7 +14,6 @@
 //! read buffer until the response before it has been written.
 
 mod body;
-mod date;
 mod request;
 mod response;
 

@@ -11,8 +11,8 @@ use http::header::{self, HeaderMap};
 use http::response::Parts;
 use http::{StatusCode, Version};
 
-use super::date;
 use crate::http1::{encode_chunk_size, encode_last_chunk, fields, itoa};
+use crate::listen::date;
 
 /// Data frames up to this size are copied into the output buffer; larger
 /// ones are queued as they are and written with vectored I/O.
