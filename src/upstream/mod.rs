@@ -111,15 +111,28 @@ impl Upstream {
     /// `forwarding`: the fields [`prepare_request_deferred`] left to write.
     ///
     /// [`prepare_request_deferred`]: crate::pipeline::forwarded::prepare_request_deferred
-    pub async fn send(
+    pub fn send(
         &self,
         req: Request<Body>,
         forwarding: Forwarding,
         client_ip: IpAddr,
-    ) -> Result<UpstreamResponse, ProxyError> {
+    ) -> impl Future<Output = Result<UpstreamResponse, ProxyError>> + '_ {
+        // Everything up to the first wait happens here, before the future is
+        // built: it then holds the prepared request, not the request and the
+        // result of preparing it (a future is moved whole when it is awaited).
         let hash_input = self.hash_input(&req, &forwarding, client_ip);
         let had_host = req.headers().contains_key(http::header::HOST);
-        let mut prepared = h1::Prepared::gather(req, forwarding).await.map_err(|e| self.exchange_error(e))?;
+        let prepared = h1::Prepared::gather(req, forwarding).map_err(|e| self.exchange_error(e));
+        self.send_prepared(prepared, hash_input, had_host)
+    }
+
+    async fn send_prepared(
+        &self,
+        prepared: Result<h1::Prepared, ProxyError>,
+        hash_input: Vec<u8>,
+        had_host: bool,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let mut prepared = prepared?;
         let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
         let mut last_connect_error = None;
 

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -58,14 +58,19 @@ pub struct Prepared {
 impl Prepared {
     /// Takes the body frames that have already arrived (without waiting)
     /// and decides the framing. Fails only when reading the client's body does.
-    pub async fn gather(req: Request<Body>, forwarding: Forwarding) -> Result<Self, super::H1Error> {
+    ///
+    /// Not async: it never waits, and a future here would be built and moved
+    /// whole (request and all) on every request. A frame not there yet is
+    /// polled again, with the task's waker, by the pump that sends the rest.
+    pub fn gather(req: Request<Body>, forwarding: Forwarding) -> Result<Self, super::H1Error> {
         let (parts, mut body) = req.into_parts();
+        let mut cx = Context::from_waker(Waker::noop());
         let mut gathered = Vec::new();
         let mut gathered_len = 0usize;
         let mut trailers = None;
         let mut ended = body.is_end_stream();
         while !ended && gathered_len < GATHER_LIMIT {
-            let next = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let next = Pin::new(&mut body).poll_frame(&mut cx);
             match next {
                 Poll::Pending => break,
                 Poll::Ready(None) => ended = true,
@@ -356,7 +361,7 @@ mod tests {
     }
 
     async fn encoded(req: Request<Body>) -> String {
-        let mut prepared = Prepared::gather(req, Forwarding::default()).await.unwrap();
+        let mut prepared = Prepared::gather(req, Forwarding::default()).unwrap();
         prepared.set_host("backend:80");
         prepared.encode();
         String::from_utf8(prepared.wire().to_vec()).unwrap()
@@ -376,7 +381,7 @@ mod tests {
             let route = crate::route::test_route("r", Default::default());
             crate::pipeline::forwarded::prepare_request_deferred(parts, body, &ctx, &route).unwrap()
         };
-        let mut prepared = Prepared::gather(req, forwarding).await.unwrap();
+        let mut prepared = Prepared::gather(req, forwarding).unwrap();
         prepared.set_host("backend:80");
         prepared.encode();
         let wire = String::from_utf8(prepared.wire().to_vec()).unwrap();
@@ -403,7 +408,7 @@ mod tests {
     async fn a_declared_length_the_body_does_not_match_is_refused() {
         let req = request(Method::POST, &[("content-length", "9")], body::full("hello"));
         assert!(matches!(
-            Prepared::gather(req, Forwarding::default()).await,
+            Prepared::gather(req, Forwarding::default()),
             Err(super::super::H1Error::RequestLength("shorter"))
         ));
     }
