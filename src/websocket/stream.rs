@@ -1,16 +1,16 @@
 //! The byte stream of an upgraded connection, unwrapped down to its socket
-//! where hyper lets us.
+//! where we can.
 //!
-//! hyper hands an upgrade over as an `Upgraded`: a boxed `dyn` IO behind
-//! its own read-ahead buffer, so every read and write of a tunnel goes
-//! through several wrappers (about five polls per read, one of them
-//! dynamic) before it reaches the socket. When the connection hyper was
-//! given is a plain `TcpStream` (always for backends, see
-//! `upstream::upgrade`; for clients on a cleartext listener without PROXY
-//! protocol), a downcast gives the socket back with the bytes hyper had
-//! read past the handshake, and the tunnel reads and writes the socket
-//! itself ([`Socket`]). Anything else (TLS, an HTTP/2 stream) stays behind
-//! hyper's wrappers.
+//! Client connections come from our own servers: HTTP/1.1 hands over the
+//! socket itself when it is plain TCP ([`Handover`]), HTTP/2 the stream of
+//! an RFC 8441 CONNECT ([`StreamIo`]). Backend connections come from
+//! hyper's HTTP/1.1 client as an `Upgraded`: a boxed `dyn` IO behind its
+//! own read-ahead buffer, so every read and write would go through several
+//! wrappers (about five polls per read, one of them dynamic). When hyper
+//! was given a plain `TcpStream` (see `upstream::upgrade`), a downcast
+//! gives the socket back with the bytes hyper had read past the handshake,
+//! and the tunnel reads and writes the socket itself ([`Socket`]). Anything
+//! else (TLS) stays behind hyper's wrappers.
 
 use std::io;
 use std::pin::Pin;
@@ -19,7 +19,6 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -41,16 +40,9 @@ pub enum UpgradedStream {
 }
 
 impl UpgradedStream {
-    /// Unwraps `io` if hyper was given a `TokioIo<TcpStream>`, directly (a
-    /// client connection of ours) or through hyper-util's `auto` server,
-    /// which puts a private wrapper of its own around it (its `downcast`
-    /// sees through that).
+    /// Unwraps a backend's `io` if hyper was given a `TokioIo<TcpStream>`.
     pub fn new(io: Upgraded) -> Self {
-        let io = match io.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => return UpgradedStream::Tcp(Socket::new(parts.read_buf, parts.io.into_inner())),
-            Err(io) => io,
-        };
-        match auto::upgrade::downcast::<TokioIo<TcpStream>>(io) {
+        match io.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => UpgradedStream::Tcp(Socket::new(parts.read_buf, parts.io.into_inner())),
             Err(io) => UpgradedStream::Wrapped(TokioIo::new(io)),
         }
@@ -67,8 +59,8 @@ impl From<Handover> for UpgradedStream {
     }
 }
 
-/// A TCP connection taken over from hyper or our HTTP/1.1 server: first the bytes hyper had read
-/// past the handshake, then the socket.
+/// A TCP connection taken over from hyper or our HTTP/1.1 server: first the bytes read past the
+/// handshake, then the socket.
 ///
 /// A tunnel polls both of its sockets each time its task wakes, though
 /// only one of them woke it. Polling a socket that has nothing to read
