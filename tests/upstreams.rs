@@ -546,6 +546,46 @@ fn an_h2_stream_reset_cancels_its_backend_request_and_keeps_the_connection() {
 }
 
 #[test]
+fn an_h2_upload_the_client_resets_reaches_the_backend_broken_not_short() {
+    // What the backend made of the request body: Ok (complete) or Err (cut).
+    let outcome: Arc<Mutex<Option<Result<usize, String>>>> = Arc::default();
+    let record = Arc::clone(&outcome);
+    let backend = Backend::start(move |req| {
+        let record = Arc::clone(&record);
+        async move {
+            let read = http_body_util::BodyExt::collect(req.into_body()).await;
+            *record.lock().unwrap() = Some(read.map(|c| c.to_bytes().len()).map_err(|e| e.to_string()));
+            Response::new(full("read"))
+        }
+    });
+    let tollgate = start_upstream(&plain_targets(&[backend.addr]), "", "");
+    let addr = tollgate.addr;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        // No Content-Length: the backend gets it chunked, so only the framing can say it was cut.
+        let request = http::Request::post(format!("http://{addr}/upload")).body(()).unwrap();
+        let (_response, mut upload) = client.send_request(request, false).unwrap();
+        for _ in 0..16 {
+            upload.send_data(Bytes::from(vec![b'x'; 16 * 1024]), false).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        upload.send_reset(h2::Reason::CANCEL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while outcome.lock().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the backend never saw the upload end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let seen = outcome.lock().unwrap().clone();
+    assert!(matches!(seen, Some(Err(_))), "the backend must see a broken body, not a short one: {seen:?}");
+}
+
+#[test]
 fn a_client_leaving_mid_response_frees_the_targets_connection_slot() {
     let (backend, stopped) = ticking_backend();
     let admin = free_addr();
