@@ -269,10 +269,7 @@ fn a_client_that_stops_reading_stalls_the_backend_over_h2c() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
+        let mut client = h2c_client(addr).await;
         let request = http::Request::get(format!("http://{addr}/big")).body(()).unwrap();
         let (response, _) = client.send_request(request, true).unwrap();
         let response = response.await.unwrap();

@@ -510,10 +510,7 @@ fn an_h2_stream_reset_cancels_its_backend_request_and_keeps_the_connection() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
+        let mut client = h2c_client(addr).await;
         let request = http::Request::get(format!("http://{addr}/stream")).body(()).unwrap();
         let (response, _) = client.send_request(request, true).unwrap();
         let mut body = response.await.unwrap().into_body();
@@ -563,10 +560,7 @@ fn an_h2_upload_the_client_resets_reaches_the_backend_broken_not_short() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
+        let mut client = h2c_client(addr).await;
         // No Content-Length: the backend gets it chunked, so only the framing can say it was cut.
         let request = http::Request::post(format!("http://{addr}/upload")).body(()).unwrap();
         let (_response, mut upload) = client.send_request(request, false).unwrap();

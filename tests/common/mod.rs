@@ -245,6 +245,15 @@ pub fn curl_full(args: &[&str]) -> (u16, String, Vec<u8>) {
     (code, headers, body)
 }
 
+/// An HTTP/2 client (the `h2` crate) on a fresh h2c connection to `addr`,
+/// ready to send; its connection is driven on a task of its own.
+pub async fn h2c_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    client.ready().await.unwrap()
+}
+
 /// The value of header `name` (case-insensitive) in a curl `-D` dump; the last one if repeated.
 pub fn header_value(headers: &str, name: &str) -> Option<String> {
     headers
