@@ -18,12 +18,16 @@
 # end for `callgrind_annotate`. ROUTE_KEYS adds lines to the route, e.g.
 # ROUTE_KEYS='forward_headers = ["x-forwarded-for"]' for the benchmark's
 # header set (bench/grpc.py).
+#
+# PEER=haproxy counts HAProxy instead (one thread, the config of bench/grpc.py
+# or bench/bench.py, h2 to the backend in grpc mode; BINARY is then ignored):
+# the same load, so the two counts compare user-space work like for like.
 set -euo pipefail
 
 BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]}
 MODE=${2:-h1}
 N=${3:-20000}
-BIN=$(realpath "$BIN")
+BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
 DIR=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORIGIN=$(free_port)
@@ -82,11 +86,37 @@ elif [ "$MODE" = grpc ]; then
 else
     nginx -c "$DIR/nginx.conf" & NGINX=$!
 fi
-valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out" "$BIN" --config "$DIR/tollgate.toml" \
+if [ "${PEER:-}" = haproxy ]; then
+    [ "$MODE" = ws ] && { echo "PEER=haproxy counts h1, h2c and grpc" >&2; exit 2; }
+    cat > "$DIR/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend bench
+    bind 127.0.0.1:$PROXY$([ "$MODE" = h1 ] || echo " proto h2")
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$ORIGIN$([ "$MODE" = grpc ] && echo " proto h2")
+EOF
+    PROXY_CMD=(haproxy -f "$DIR/haproxy.cfg" -db)
+else
+    PROXY_CMD=("$BIN" --config "$DIR/tollgate.toml")
+fi
+valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out" "${PROXY_CMD[@]}" \
     > "$DIR/tollgate.log" 2>&1 & TOLLGATE=$!
 trap 'kill $TOLLGATE $NGINX 2>/dev/null || true' EXIT
 URL="http://127.0.0.1:$PROXY/small"
-for _ in $(seq 100); do curl -s -o /dev/null "$URL" && break; sleep 0.2; done
+CURL_PROTO=$([ "$MODE" = h1 ] || [ "$MODE" = ws ] || echo --http2-prior-knowledge)
+for _ in $(seq 100); do curl -s $CURL_PROTO -o /dev/null "$URL" && break; sleep 0.2; done
 if [ "$MODE" = ws ]; then
     "$LOADGEN" ws-load echo "ws://127.0.0.1:$PROXY/chat" --conns 50 --seconds 10 --warmup 3 --size 64 \
         > "$DIR/load.out" 2> "$DIR/load.err" & LOAD=$!

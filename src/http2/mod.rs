@@ -5,7 +5,12 @@
 //!
 //! - [`send`]: a body streamed into a stream under flow control.
 //! - [`recv`]: a stream's DATA frames and trailers as a body.
+//! - [`client`]: our own HTTP/2 client connection, for gRPC upstreams, on
+//!   [`frame`] and [`hpack`].
 
+pub mod client;
+pub mod frame;
+pub mod hpack;
 pub mod recv;
 pub mod send;
 
@@ -17,6 +22,9 @@ pub fn reason_in(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> 
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return Some(reason);
+        }
+        if let Some(reason) = e.downcast_ref::<client::Error>().and_then(client::Error::reason) {
             return Some(reason);
         }
         current = e.source();

@@ -2,8 +2,8 @@
 //! targets' multiplexed HTTP/2 connections, with passive health and the
 //! call's `grpc-timeout` deadline.
 //!
-//! Calls go out on `h2` directly (see `h2_stream` for why not hyper's
-//! client). Bodies stream both ways frame by frame; HTTP/2 flow control is
+//! Calls go out on our own HTTP/2 client (`crate::http2::client`, which
+//! says why not the h2 crate's). Bodies stream both ways frame by frame; HTTP/2 flow control is
 //! the backpressure (the request pipe takes the next frame only once the
 //! stream has window, and response window is handed back only as the client
 //! takes frames). A request body that has fully arrived is sent inline.
@@ -21,6 +21,7 @@ use super::h2_stream::{ResponseBody, Start};
 use super::{ConnectError, MAX_CONNECT_ATTEMPTS, TargetGuard, Upstream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::http2::client;
 use crate::pipeline::forwarded::Forwarding;
 
 /// A gRPC response head with its streaming body, and the guard that holds
@@ -75,10 +76,11 @@ impl Upstream {
             let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
             let target = &self.targets[index];
             head.uri = absolute_uri(&head.uri, authority.as_ref(), &target.authority)?;
+            let block = client::encode_request(&head);
             // A connection may close between checkout and send (GOAWAY): the
             // call goes on a fresh connection, nothing having been sent.
             for _ in 0..2 {
-                let mut sender = match self.grpc[index].sender().await {
+                let sender = match self.grpc[index].sender().await {
                     Ok(s) => s,
                     Err(e) => {
                         self.note_connect_failure(target);
@@ -86,17 +88,16 @@ impl Upstream {
                         break;
                     }
                 };
-                if std::future::poll_fn(|cx| sender.send.poll_ready(cx)).await.is_err() {
-                    sender.mark_closed();
-                    continue;
-                }
-                let request = Request::from_parts(head, ());
-                let sent = sender.send.send_request(request, start.is_empty()).map_err(|e| self.protocol_error(e))?;
-                let (response, stream) = sent;
-                let pipe = start.send(body, stream).map_err(|e| self.protocol_error(e))?;
-                let response = response.await.map_err(|e| self.protocol_error(e))?;
+                let (send, mut recv) = match sender.open(&block, start.is_empty()).await {
+                    Ok(halves) => halves,
+                    Err(client::Error::Refused) => continue,
+                    Err(e) => return Err(self.protocol_error(e)),
+                };
+                let pipe = start.send(body, send).map_err(|e| self.protocol_error(e))?;
+                let response =
+                    std::future::poll_fn(|cx| recv.poll_response(cx)).await.map_err(|e| self.protocol_error(e))?;
                 target.record_success();
-                let response = response.map(|recv| body::boxed(ResponseBody::new(recv, pipe)));
+                let response = response.map(|()| body::boxed(ResponseBody::new(recv, pipe)));
                 return Ok((response, guard, Arc::clone(&target.label)));
             }
         }
@@ -109,7 +110,7 @@ impl Upstream {
         }
     }
 
-    fn protocol_error(&self, e: h2::Error) -> ProxyError {
+    fn protocol_error(&self, e: client::Error) -> ProxyError {
         ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: Box::new(e) }
     }
 }

@@ -10,14 +10,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::Authority;
 
 use super::ConnectError;
 use super::tls::Transport;
+use crate::http2::client::{self, Client, Settings};
 
 /// HTTP/2 PINGs keep NAT and load-balancer state alive on quiet connections
 /// and detect a dead peer (RFC 9113 §6.7).
@@ -26,15 +26,15 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest response header list accepted from a backend (hyper's default).
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-/// Bytes h2 buffers per stream for sending (hyper's default).
-const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
-
 /// Per-call receive window towards a gRPC backend: what one call may have
 /// buffered here unread (128 KiB × the backend's stream limit per connection).
 const STREAM_WINDOW: u32 = 128 * 1024;
-/// Connection receive window: large, so h2's small-frame budget (half of it)
-/// never trips before the stream windows stop the backend.
+/// Connection receive window: large, so that the stream windows are what
+/// stops a fast backend, each call at its own reader's pace.
 const CONNECTION_WINDOW: u32 = 1 << 30;
+
+/// One connection to a gRPC target, shared by the calls placed on it.
+pub type H2Sender = Arc<Client>;
 
 /// Multiplexed connections to one target.
 pub struct H2Pool {
@@ -99,21 +99,20 @@ impl H2Pool {
             Transport::Unusable(why) => return Err(ConnectError::Io(std::io::Error::other(why.to_string()))),
         };
         let host = self.authority.host();
-        // One budget for TCP and TLS, as for a backend that accepts but never answers.
+        // One budget for TCP, TLS and the HTTP/2 handshake, as for a backend
+        // that accepts but never answers.
         let connected = tokio::time::timeout(self.connect_timeout, async {
-            let stream = connecting.await?;
+            let stream = connecting.await.map_err(ConnectError::Io)?;
             let _ = stream.set_nodelay(true);
             match tls {
-                None => Ok(Io::Plain(stream)),
-                Some(tls) => Ok(Io::Tls(Box::new(tls.connect(host, stream).await?))),
+                None => handshake(Io::Plain(stream)).await,
+                Some(tls) => {
+                    let stream = tls.connect(host, stream).await.map_err(ConnectError::Io)?;
+                    handshake(Io::Tls(Box::new(stream))).await
+                }
             }
         });
-        match connected.await {
-            Ok(Ok(Io::Plain(stream))) => handshake(stream).await,
-            Ok(Ok(Io::Tls(stream))) => handshake(*stream).await,
-            Ok(Err(e)) => Err(ConnectError::Io(e)),
-            Err(_) => Err(ConnectError::Timeout),
-        }
+        connected.await.unwrap_or(Err(ConnectError::Timeout))
     }
 }
 
@@ -123,72 +122,30 @@ enum Io {
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
-/// A cloneable handle to one upstream HTTP/2 connection.
-#[derive(Clone)]
-pub struct H2Sender {
-    /// h2's own handle: calls open streams on it from their own task, with
-    /// no hand-off to the connection's task.
-    pub send: h2::client::SendRequest<Bytes>,
-    /// Set when the connection ended or refused a new stream (GOAWAY).
-    closed: Arc<AtomicBool>,
+/// Starts HTTP/2 on `stream`, spawns its I/O task, and waits for the
+/// backend's SETTINGS: a backend that does not speak HTTP/2 fails here, as
+/// a connect failure, not on the first call.
+async fn handshake(stream: Io) -> Result<H2Sender, ConnectError> {
+    let settings = Settings {
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        max_header_list_size: MAX_HEADER_LIST_SIZE,
+        keep_alive_interval: KEEP_ALIVE_INTERVAL,
+        keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
+    };
+    let client = match stream {
+        Io::Plain(stream) => spawn_connection(stream, settings),
+        Io::Tls(stream) => spawn_connection(*stream, settings),
+    };
+    std::future::poll_fn(|cx| client.poll_ready(cx)).await.map_err(ConnectError::H2Handshake)?;
+    Ok(Arc::new(client))
 }
 
-impl H2Sender {
-    /// True once the connection can take no new calls: its slot reconnects.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
-    /// Marks the connection unusable for new calls (it refused one).
-    pub fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Starts HTTP/2 on `stream` and spawns its I/O task.
-async fn handshake<T>(stream: T) -> Result<H2Sender, ConnectError>
+fn spawn_connection<T>(stream: T, settings: Settings) -> Client
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, mut connection) = h2::client::Builder::new()
-        // h2 closes a connection holding too many small unread DATA frames
-        // (its budget is half the connection window): a fast backend streaming
-        // small messages to a slow client got every call on the connection
-        // reset with ENHANCE_YOUR_CALM. Bytes buffered are bounded by the
-        // stream window × streams; the connection window only sets the budget.
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
-        // A proxy has no use for server push (RFC 9113 §8.4).
-        .enable_push(false)
-        .handshake::<_, Bytes>(stream)
-        .await
-        .map_err(ConnectError::H2Handshake)?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let ended = Arc::clone(&closed);
-    let mut ping_pong = connection.ping_pong().expect("taken once, here");
-    tokio::spawn(async move {
-        let keep_alive = async {
-            loop {
-                tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
-                match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
-                    Ok(Ok(_pong)) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::debug!("gRPC upstream connection missed a keep-alive PING; closing it");
-                        return;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            ended = &mut connection => if let Err(e) = ended {
-                tracing::debug!(error = %e, "gRPC upstream connection ended with an error");
-            },
-            () = keep_alive => {}
-        }
-        ended.store(true, Ordering::Relaxed);
-    });
-    Ok(H2Sender { send, closed })
+    let (client, connection) = client::handshake(stream, settings);
+    tokio::spawn(connection);
+    client
 }

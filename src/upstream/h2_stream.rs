@@ -1,28 +1,24 @@
-//! The two bodies of one call on a gRPC upstream's HTTP/2 connection, driven
-//! with `h2` directly: the request body sent into the stream and the
+//! The two bodies of one call on a gRPC upstream's HTTP/2 connection
+//! (`crate::http2::client`): the request body sent into the stream and the
 //! response body read out of it.
 //!
-//! Why not hyper's HTTP/2 client: it hands each request to the connection's
-//! task over a channel, spawns one task per call to wait for the response,
-//! and another to pipe any non-empty request body (a new stream is always
-//! still "pending open" when hyper first tries the body inline, so that try
-//! never succeeds). A unary call whose message has already arrived needs
-//! none of that: h2 buffers a DATA frame until its stream opens and has
-//! window, so the call is sent from the request's own task. Only a body
-//! still arriving (client streaming, bidi) gets a task, which streams it
-//! frame by frame under HTTP/2 flow control.
+//! A unary call whose message has already arrived is sent from the
+//! request's own task: the client buffers a DATA frame until the stream
+//! has window. Only a body still arriving (client streaming, bidi) gets a
+//! task, which streams it frame by frame under HTTP/2 flow control.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use h2::{Reason, RecvStream, SendStream};
+use h2::Reason;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::body::{Body, BoxError};
-use crate::http2::{BodySender, RecvBody, ResetMeans, SendEnd, reason_in};
+use crate::http2::client::{Error, RecvHalf, SendHalf};
+use crate::http2::reason_in;
 
 /// What the request body had ready when the call was placed.
 pub enum Start {
@@ -62,13 +58,13 @@ impl Start {
 
     /// Sends the body on the stream just opened. Returns the handle that
     /// cancels the pipe task, when one was spawned.
-    pub fn send(self, body: Body, mut stream: SendStream<Bytes>) -> Result<Option<PipeCancel>, h2::Error> {
+    pub fn send(self, body: Body, mut stream: SendHalf) -> Result<Option<PipeCancel>, Error> {
         match self {
             Start::Empty => Ok(None),
             Start::Whole(data) => stream.send_data(data, true).map(|()| None),
             Start::Streaming(first) => {
                 let (cancel, cancelled) = oneshot::channel();
-                tokio::spawn(Pipe { sender: BodySender::new(body, stream, first), cancelled: Some(cancelled) });
+                tokio::spawn(Pipe { body, send: stream, first, cancelled: Some(cancelled) });
                 Ok(Some(PipeCancel(Some(cancel))))
             }
         }
@@ -95,10 +91,14 @@ impl Drop for PipeCancel {
     }
 }
 
-/// Streams a request body into its HTTP/2 stream (see [`BodySender`]),
-/// resetting it when the call is abandoned.
+/// Streams a request body into its HTTP/2 stream, one frame at a time,
+/// taking the next only once the last has gone out (the backpressure);
+/// resets the stream when the call is abandoned or the body fails.
 struct Pipe {
-    sender: BodySender,
+    body: Body,
+    send: SendHalf,
+    /// A frame read before the call was placed (`Start::peek`).
+    first: Option<Result<Frame<Bytes>, BoxError>>,
     cancelled: Option<oneshot::Receiver<()>>,
 }
 
@@ -110,7 +110,7 @@ impl Future for Pipe {
         if let Some(cancelled) = this.cancelled.as_mut() {
             match Pin::new(cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
-                    this.sender.reset(Reason::CANCEL);
+                    this.send.reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
                 // Disarmed: the response is complete, the body may finish.
@@ -118,28 +118,85 @@ impl Future for Pipe {
                 Poll::Pending => {}
             }
         }
-        if let SendEnd::BodyFailed(e) = ready!(this.sender.poll_send(cx)) {
-            // The client's body failed (reset, malformed): so does the call.
-            tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
-            this.sender.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
+        loop {
+            match this.send.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+            let frame = match this.first.take() {
+                Some(frame) => Some(frame),
+                None => match Pin::new(&mut this.body).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    // Waiting on the client: a reset by the backend ends the wait.
+                    Poll::Pending => return this.send.poll_reset(cx).map(drop),
+                },
+            };
+            match frame {
+                None => {
+                    let _ = this.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = this.body.is_end_stream();
+                        if data.is_empty() && !end {
+                            continue;
+                        }
+                        if this.send.send_data(data, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = this.send.send_trailers(&trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    // The client's body failed (reset, malformed): so does the call.
+                    tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
+                    this.send.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
+                    return Poll::Ready(());
+                }
+            }
         }
-        Poll::Ready(())
     }
 }
 
-/// A backend's response body (see [`RecvBody`]): a reset with NO_ERROR or
-/// CANCEL after the response ends it; the request body's pipe is cancelled
-/// if this body is dropped unfinished.
+/// A backend's response body: DATA as it arrives, then the trailers. A
+/// reset with NO_ERROR or CANCEL ends it (a server may reset once its
+/// response is complete, RFC 9113 §8.1); any other failure is an error,
+/// never a body passed on as complete. The request body's pipe is
+/// cancelled if this body is dropped unfinished.
 pub struct ResponseBody {
-    recv: RecvBody,
+    recv: RecvHalf,
+    data_done: bool,
     /// Cancels the request body's pipe if this body is dropped unfinished.
     pipe: Option<PipeCancel>,
 }
 
 impl ResponseBody {
     /// Wraps a response's stream; `pipe` is the request body's, if it has one.
-    pub fn new(recv: RecvStream, pipe: Option<PipeCancel>) -> Self {
-        Self { recv: RecvBody::new(recv, ResetMeans::End, None), pipe }
+    pub fn new(recv: RecvHalf, pipe: Option<PipeCancel>) -> Self {
+        Self { recv, data_done: false, pipe }
+    }
+
+    fn end_or_error(&mut self, e: Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match e {
+            Error::Reset(Reason::NO_ERROR | Reason::CANCEL) => {
+                self.finished();
+                None
+            }
+            e => Some(Err(Box::new(e))),
+        }
+    }
+
+    fn finished(&mut self) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            pipe.disarm();
+        }
     }
 }
 
@@ -149,16 +206,22 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.recv).poll_frame(cx));
-        let finished = match &frame {
-            None => true,
-            Some(Ok(frame)) => frame.is_trailers(),
-            Some(Err(_)) => false,
-        };
-        if finished && let Some(pipe) = this.pipe.as_mut() {
-            pipe.disarm();
+        if !this.data_done {
+            match this.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(this.end_or_error(e)),
+                Poll::Ready(None) => this.data_done = true,
+            }
         }
-        Poll::Ready(frame)
+        match this.recv.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(trailers)) => {
+                this.finished();
+                Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(this.end_or_error(e)),
+        }
     }
 
     fn is_end_stream(&self) -> bool {

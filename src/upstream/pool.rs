@@ -25,7 +25,7 @@ pub enum ConnectError {
     /// The HTTP/1.1 handshake of an upgrade connection failed.
     Handshake(hyper::Error),
     /// The HTTP/2 handshake with a gRPC target failed.
-    H2Handshake(h2::Error),
+    H2Handshake(crate::http2::client::Error),
 }
 
 impl std::fmt::Display for ConnectError {

@@ -1,0 +1,685 @@
+//! The connection's I/O task: writes what calls queued in [`State::out`],
+//! reads frames and dispatches them to their streams, answers SETTINGS and
+//! PING, sends keep-alive PINGs. Protocol violations by the backend end
+//! their stream (RST_STREAM) or the connection (GOAWAY), as RFC 9113 §5.4
+//! says, never a panic.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::Reason;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use super::state::{OUT_HIGH_WATER, State};
+use super::{Error, Settings, Shared};
+use crate::http2::frame::{self, Head, flag, kind, setting};
+use crate::http2::hpack::{self, Decoder, Name};
+
+/// The largest frame we accept: our SETTINGS_MAX_FRAME_SIZE stays at its default.
+const MAX_FRAME: usize = frame::DEFAULT_MAX_FRAME_SIZE;
+/// HPACK table size we announce (the default).
+const HEADER_TABLE_SIZE: usize = 4096;
+
+/// A header block that has begun (HEADERS without END_HEADERS) and waits for CONTINUATION.
+struct PartialBlock {
+    stream: u32,
+    end_stream: bool,
+    block: BytesMut,
+}
+
+enum Ping {
+    /// Next PING when the timer fires.
+    Idle,
+    /// A PING is out; the connection fails when the timer fires first.
+    Awaiting,
+}
+
+/// See the module doc; spawned by whoever called [`super::handshake`].
+pub struct Connection<T> {
+    io: T,
+    shared: Arc<Shared>,
+    settings: Settings,
+    read_buf: BytesMut,
+    /// Bytes being written; swapped with [`State::out`] when written.
+    write_buf: BytesMut,
+    written: usize,
+    decoder: Decoder,
+    partial: Option<PartialBlock>,
+    /// The backend's first frame must be SETTINGS (§3.4).
+    preface_seen: bool,
+    read_closed: bool,
+    keep_alive: Pin<Box<Sleep>>,
+    ping: Ping,
+}
+
+impl<T> Connection<T> {
+    pub(super) fn new(io: T, shared: Arc<Shared>, settings: Settings) -> Self {
+        Connection {
+            io,
+            shared,
+            read_buf: BytesMut::with_capacity(MAX_FRAME + frame::HEAD_LEN),
+            write_buf: BytesMut::with_capacity(16 * 1024),
+            written: 0,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
+            partial: None,
+            preface_seen: false,
+            read_closed: false,
+            keep_alive: Box::pin(tokio::time::sleep(settings.keep_alive_interval)),
+            ping: Ping::Idle,
+            settings,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Connection<T> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.poll_keep_alive(cx);
+        if !this.read_closed {
+            this.poll_read(cx);
+        }
+        match this.poll_write(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                this.shared.lock().fail(Error::Io(Arc::new(e)));
+                return Poll::Ready(());
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+        let state = this.shared.lock();
+        let done = state.failed.is_some() || (state.clients == 0 && state.streams.is_empty());
+        drop(state);
+        if done {
+            if this.shared.lock().failed.is_none() {
+                // Nobody can place calls any more and none is running: close politely.
+                let mut state = this.shared.lock();
+                frame::put_goaway(&mut state.out, 0, Reason::NO_ERROR.into());
+                state.failed = Some(Error::Closed);
+                drop(state);
+                let _ = this.poll_write(cx);
+            }
+            let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) {
+        while self.keep_alive.as_mut().poll(cx).is_ready() {
+            let mut state = self.shared.lock();
+            match self.ping {
+                Ping::Idle => {
+                    frame::put_ping(&mut state.out, *b"tollgate", false);
+                    self.ping = Ping::Awaiting;
+                    self.keep_alive.as_mut().reset(Instant::now() + self.settings.keep_alive_timeout);
+                }
+                Ping::Awaiting => {
+                    tracing::debug!("gRPC upstream connection missed a keep-alive PING; closing it");
+                    state.fail(Error::KeepAliveTimedOut);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and dispatches until the socket has nothing more.
+    fn poll_read(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if let Err(e) = self.dispatch_buffered() {
+                self.connection_error(e);
+                return;
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+                self.read_buf.reserve(MAX_FRAME + frame::HEAD_LEN);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(0)) => {
+                    self.read_closed = true;
+                    self.shared.lock().fail(Error::Closed);
+                    return;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.read_closed = true;
+                    self.shared.lock().fail(Error::Io(Arc::new(e)));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A connection error of ours: GOAWAY with its code, and every call fails.
+    fn connection_error(&mut self, error: Error) {
+        tracing::debug!(%error, "gRPC upstream connection error");
+        self.read_closed = true;
+        let mut state = self.shared.lock();
+        if let Some(reason) = error.reason() {
+            frame::put_goaway(&mut state.out, 0, reason.into());
+        }
+        state.fail(error);
+    }
+
+    /// Handles every complete frame in the read buffer.
+    fn dispatch_buffered(&mut self) -> Result<(), Error> {
+        if self.read_buf.len() < frame::HEAD_LEN {
+            return Ok(());
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut state = shared.lock();
+        while self.read_buf.len() >= frame::HEAD_LEN {
+            let head = Head::parse(&self.read_buf);
+            if head.len > MAX_FRAME {
+                return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "frame larger than allowed" });
+            }
+            if self.read_buf.len() < frame::HEAD_LEN + head.len {
+                break;
+            }
+            let mut payload = self.read_buf.split_to(frame::HEAD_LEN + head.len).freeze();
+            payload.advance(frame::HEAD_LEN);
+            if !self.preface_seen {
+                if head.kind != kind::SETTINGS || head.has(flag::ACK) {
+                    return Err(Error::protocol("server preface is not SETTINGS"));
+                }
+                self.preface_seen = true;
+            }
+            if let Some(partial) = &self.partial
+                && (head.kind != kind::CONTINUATION || head.stream != partial.stream)
+            {
+                return Err(Error::protocol("header block interrupted"));
+            }
+            self.frame(&mut state, head, payload)?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, state: &mut State, head: Head, payload: Bytes) -> Result<(), Error> {
+        match head.kind {
+            kind::DATA => data(state, head, payload),
+            kind::HEADERS => {
+                let block = header_block_of(&head, payload)?;
+                let end_stream = head.has(flag::END_STREAM);
+                if head.has(flag::END_HEADERS) {
+                    self.headers(state, head.stream, &block, end_stream)
+                } else {
+                    self.partial =
+                        Some(PartialBlock { stream: head.stream, end_stream, block: BytesMut::from(&block[..]) });
+                    Ok(())
+                }
+            }
+            kind::CONTINUATION => {
+                let Some(mut partial) = self.partial.take() else {
+                    return Err(Error::protocol("CONTINUATION without HEADERS"));
+                };
+                partial.block.extend_from_slice(&payload);
+                // A block far past the list limit is a flood (CVE-2024-27316), not a response.
+                if partial.block.len() > 2 * self.settings.max_header_list_size as usize + MAX_FRAME {
+                    return Err(Error::Protocol { reason: Reason::ENHANCE_YOUR_CALM, what: "header block too large" });
+                }
+                if head.has(flag::END_HEADERS) {
+                    let block = partial.block.freeze();
+                    self.headers(state, partial.stream, &block, partial.end_stream)
+                } else {
+                    self.partial = Some(partial);
+                    Ok(())
+                }
+            }
+            kind::RST_STREAM => {
+                if head.len != 4 {
+                    return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "RST_STREAM length" });
+                }
+                check_stream(state, head.stream)?;
+                let reason = Reason::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
+                reset_by_peer(state, head.stream, reason);
+                Ok(())
+            }
+            kind::SETTINGS => settings(state, head, &payload),
+            kind::PING => {
+                if head.stream != 0 {
+                    return Err(Error::protocol("PING on a stream"));
+                }
+                if head.len != 8 {
+                    return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "PING length" });
+                }
+                if head.has(flag::ACK) {
+                    if matches!(self.ping, Ping::Awaiting) {
+                        self.ping = Ping::Idle;
+                        self.keep_alive.as_mut().reset(Instant::now() + self.settings.keep_alive_interval);
+                    }
+                } else {
+                    let mut echo = [0u8; 8];
+                    echo.copy_from_slice(&payload);
+                    frame::put_ping(&mut state.out, echo, true);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                if head.stream != 0 || head.len < 8 {
+                    return Err(Error::protocol("malformed GOAWAY"));
+                }
+                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & frame::MAX_WINDOW;
+                let code = Reason::from(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+                goaway(state, last, code);
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => window_update(state, head, &payload),
+            kind::PUSH_PROMISE => Err(Error::protocol("PUSH_PROMISE with push disabled")),
+            kind::PRIORITY => {
+                if head.len != 5 {
+                    return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "PRIORITY length" });
+                }
+                Ok(())
+            }
+            // Unknown frame types are ignored (§4.1).
+            _ => Ok(()),
+        }
+    }
+
+    /// A complete header block for `id`: the response head, a 1xx to skip, or the trailers.
+    fn headers(&mut self, state: &mut State, id: u32, block: &Bytes, end_stream: bool) -> Result<(), Error> {
+        // Decoded whatever becomes of the stream: the table must stay in step.
+        let mut fields = Vec::with_capacity(8);
+        self.decoder
+            .decode(block, |f| fields.push(f))
+            .map_err(|_| Error::Protocol { reason: Reason::COMPRESSION_ERROR, what: "undecodable header block" })?;
+        check_stream(state, id)?;
+        let Some(stream) = state.streams.get_mut(&id) else { return Ok(()) };
+        if stream.error.is_some() || stream.recv_end {
+            if stream.recv_end {
+                state.reset_stream(id, Error::protocol("frame after END_STREAM"), Some(Reason::STREAM_CLOSED));
+            }
+            return Ok(());
+        }
+        let size: usize = fields.iter().map(hpack::Field::size).sum();
+        if size > self.settings.max_header_list_size as usize {
+            let error = Error::protocol("response header list larger than allowed");
+            state.reset_stream(id, error, Some(Reason::PROTOCOL_ERROR));
+            return Ok(());
+        }
+        let parsed =
+            if stream.got_response { parse_trailers(fields, end_stream) } else { parse_head(fields, end_stream) };
+        let stream = state.streams.get_mut(&id).expect("checked");
+        match parsed {
+            Err(what) => {
+                state.reset_stream(id, Error::protocol(what), Some(Reason::PROTOCOL_ERROR));
+                return Ok(());
+            }
+            Ok(Parsed::Informational) => return Ok(()),
+            Ok(Parsed::Head(response)) => {
+                stream.expect_len = content_length(response.headers());
+                stream.response = Some(response);
+                stream.got_response = true;
+            }
+            Ok(Parsed::Trailers(trailers)) => stream.trailers = Some(trailers),
+        }
+        if end_stream {
+            end_recv(state, id);
+        } else if let Some(w) = stream.recv_waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Writes what calls have queued; `Ready(Ok)` once all of it is out and flushed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.written == self.write_buf.len() {
+                self.write_buf.clear();
+                self.written = 0;
+                let mut state = self.shared.lock();
+                if state.io_waker.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+                    state.io_waker = Some(cx.waker().clone());
+                }
+                if state.out.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut state.out, &mut self.write_buf);
+                if self.write_buf.len() >= OUT_HIGH_WATER {
+                    // Senders held back by a full buffer may go on.
+                    for stream in state.streams.values_mut() {
+                        if let Some(w) = stream.send_waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.write_buf[self.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// Frames on a stream we never opened are a connection error (§5.1: idle streams).
+fn check_stream(state: &State, id: u32) -> Result<(), Error> {
+    if id == 0 {
+        return Err(Error::protocol("stream frame on stream 0"));
+    }
+    if id.is_multiple_of(2) || id >= state.next_id {
+        return Err(Error::protocol("frame on a stream the client never opened"));
+    }
+    Ok(())
+}
+
+/// The header block inside a HEADERS payload: padding and priority removed.
+fn header_block_of(head: &Head, mut payload: Bytes) -> Result<Bytes, Error> {
+    if head.has(flag::PADDED) {
+        let pad = usize::from(*payload.first().ok_or(Error::protocol("padded frame without padding length"))?);
+        payload.advance(1);
+        if pad > payload.len() {
+            return Err(Error::protocol("padding longer than the frame"));
+        }
+        payload.truncate(payload.len() - pad);
+    }
+    if head.has(flag::PRIORITY) {
+        if payload.len() < 5 {
+            return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "HEADERS priority" });
+        }
+        payload.advance(5);
+    }
+    Ok(payload)
+}
+
+fn data(state: &mut State, head: Head, mut payload: Bytes) -> Result<(), Error> {
+    check_stream(state, head.stream)?;
+    let flow_len = head.len as i64;
+    state.recv_window -= flow_len;
+    if state.recv_window < 0 {
+        return Err(Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "connection window exceeded" });
+    }
+    if head.has(flag::PADDED) {
+        let pad = usize::from(*payload.first().ok_or(Error::protocol("padded frame without padding length"))?);
+        payload.advance(1);
+        if pad > payload.len() {
+            return Err(Error::protocol("padding longer than the frame"));
+        }
+        payload.truncate(payload.len() - pad);
+    }
+    let padding = head.len - payload.len();
+    let id = head.stream;
+    let Some(stream) = state.streams.get_mut(&id) else {
+        // A stream we already reset or finished: its window goes straight back.
+        state.release_connection(head.len as u32);
+        return Ok(());
+    };
+    if stream.error.is_some() {
+        state.release_connection(head.len as u32);
+        return Ok(());
+    }
+    if !stream.got_response || stream.recv_end {
+        state.release_connection(head.len as u32);
+        state.reset_stream(
+            id,
+            Error::protocol("DATA before the response head or after END_STREAM"),
+            Some(Reason::STREAM_CLOSED),
+        );
+        return Ok(());
+    }
+    stream.recv_window -= flow_len;
+    if stream.recv_window < 0 {
+        state.release_connection(head.len as u32);
+        state.reset_stream(
+            id,
+            Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "stream window exceeded" },
+            Some(Reason::FLOW_CONTROL_ERROR),
+        );
+        return Ok(());
+    }
+    if let Some(left) = stream.expect_len {
+        match left.checked_sub(payload.len() as u64) {
+            Some(left) => stream.expect_len = Some(left),
+            None => {
+                state.release_connection(head.len as u32);
+                state.reset_stream(id, Error::protocol("more DATA than Content-Length"), Some(Reason::PROTOCOL_ERROR));
+                return Ok(());
+            }
+        }
+    }
+    if !payload.is_empty() {
+        stream.data.push_back(payload);
+    }
+    if padding > 0 {
+        state.release(id, padding as u32);
+    }
+    if head.has(flag::END_STREAM) {
+        end_recv(state, id);
+    } else if let Some(stream) = state.streams.get_mut(&id)
+        && let Some(w) = stream.recv_waker.take()
+    {
+        w.wake();
+    }
+    Ok(())
+}
+
+/// END_STREAM received on `id`.
+fn end_recv(state: &mut State, id: u32) {
+    let Some(stream) = state.streams.get_mut(&id) else { return };
+    if stream.expect_len.is_some_and(|left| left > 0) {
+        state.reset_stream(id, Error::protocol("response shorter than Content-Length"), Some(Reason::PROTOCOL_ERROR));
+        return;
+    }
+    stream.recv_end = true;
+    if let Some(w) = stream.recv_waker.take() {
+        w.wake();
+    }
+    state.settle(id);
+}
+
+fn reset_by_peer(state: &mut State, id: u32, reason: Reason) {
+    let Some(stream) = state.streams.get_mut(&id) else { return };
+    if stream.recv_end && reason == Reason::NO_ERROR {
+        // The response is complete; the backend wants no more of the request (§8.1).
+        stream.send_end = true;
+        stream.pending.clear();
+        if let Some(w) = stream.send_waker.take() {
+            w.wake();
+        }
+        state.settle(id);
+        return;
+    }
+    let error = if reason == Reason::REFUSED_STREAM { Error::Refused } else { Error::Reset(reason) };
+    state.reset_stream(id, error, None);
+}
+
+fn goaway(state: &mut State, last: u32, code: Reason) {
+    state.goaway = Some(state.goaway.map_or(last, |before| before.min(last)));
+    let ids: Vec<u32> = state.streams.keys().copied().filter(|&id| id > last).collect();
+    for id in ids {
+        state.reset_stream(id, Error::Refused, None);
+    }
+    if code != Reason::NO_ERROR {
+        tracing::debug!(%code, "gRPC upstream sent GOAWAY");
+        let ids: Vec<u32> = state.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = state.streams.get(&id)
+                && !s.recv_end
+            {
+                state.reset_stream(id, Error::GoAway(code), None);
+            }
+        }
+    }
+    // Queued calls go to another connection.
+    state.slots.close();
+}
+
+fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> {
+    if head.stream != 0 {
+        return Err(Error::protocol("SETTINGS on a stream"));
+    }
+    if head.has(flag::ACK) {
+        if head.len != 0 {
+            return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "SETTINGS ack with a payload" });
+        }
+        return Ok(());
+    }
+    if !head.len.is_multiple_of(6) {
+        return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "SETTINGS length" });
+    }
+    let mut max_concurrent = None;
+    for param in payload.chunks_exact(6) {
+        let id = u16::from_be_bytes([param[0], param[1]]);
+        let value = u32::from_be_bytes([param[2], param[3], param[4], param[5]]);
+        match id {
+            setting::MAX_CONCURRENT_STREAMS => max_concurrent = Some(value),
+            setting::INITIAL_WINDOW_SIZE => {
+                if value > frame::MAX_WINDOW {
+                    return Err(Error::Protocol {
+                        reason: Reason::FLOW_CONTROL_ERROR,
+                        what: "initial window too large",
+                    });
+                }
+                let delta = i64::from(value) - i64::from(state.peer.initial_window);
+                state.peer.initial_window = value;
+                for stream in state.streams.values_mut() {
+                    stream.send_window += delta;
+                    if stream.send_window > i64::from(frame::MAX_WINDOW) {
+                        return Err(Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "window overflow" });
+                    }
+                }
+            }
+            setting::MAX_FRAME_SIZE => {
+                if !(frame::DEFAULT_MAX_FRAME_SIZE as u32..1 << 24).contains(&value) {
+                    return Err(Error::protocol("invalid SETTINGS_MAX_FRAME_SIZE"));
+                }
+                state.peer.max_frame = value as usize;
+            }
+            setting::ENABLE_PUSH if value > 1 => return Err(Error::protocol("invalid SETTINGS_ENABLE_PUSH")),
+            // HEADER_TABLE_SIZE: our encoder never indexes. MAX_HEADER_LIST_SIZE: advisory.
+            _ => {}
+        }
+    }
+    frame::put_settings(&mut state.out, &[], true);
+    let old = state.peer.max_concurrent;
+    let new = match max_concurrent {
+        Some(limit) => limit,
+        // The first SETTINGS without a limit: unlimited (§6.5.2).
+        None if !state.peer.received => u32::MAX,
+        None => old,
+    };
+    if new != old {
+        state.peer.max_concurrent = new;
+        state.set_stream_limit(old, new);
+    }
+    if !state.peer.received {
+        state.peer.received = true;
+        for w in state.ready_waiters.drain(..) {
+            w.wake();
+        }
+    }
+    state.flush_blocked();
+    Ok(())
+}
+
+fn window_update(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> {
+    if head.len != 4 {
+        return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "WINDOW_UPDATE length" });
+    }
+    let increment = i64::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & frame::MAX_WINDOW);
+    if head.stream == 0 {
+        if increment == 0 {
+            return Err(Error::protocol("WINDOW_UPDATE of 0"));
+        }
+        state.send_window += increment;
+        if state.send_window > i64::from(frame::MAX_WINDOW) {
+            return Err(Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "connection window overflow" });
+        }
+    } else {
+        check_stream(state, head.stream)?;
+        let id = head.stream;
+        let Some(stream) = state.streams.get_mut(&id) else { return Ok(()) };
+        if increment == 0 {
+            state.reset_stream(id, Error::protocol("WINDOW_UPDATE of 0"), Some(Reason::PROTOCOL_ERROR));
+            return Ok(());
+        }
+        stream.send_window += increment;
+        if stream.send_window > i64::from(frame::MAX_WINDOW) {
+            let error = Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "stream window overflow" };
+            state.reset_stream(id, error, Some(Reason::FLOW_CONTROL_ERROR));
+            return Ok(());
+        }
+    }
+    if !state.blocked.is_empty() {
+        state.flush_blocked();
+    }
+    Ok(())
+}
+
+enum Parsed {
+    Head(Response<()>),
+    Informational,
+    Trailers(HeaderMap),
+}
+
+/// A response head: `:status` first and only, then regular fields.
+fn parse_head(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
+    let mut status = None;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        match field.name {
+            Name::Pseudo(name) => {
+                if name != ":status" || status.is_some() || !headers.is_empty() {
+                    return Err("unexpected pseudo-header in a response");
+                }
+                status = Some(StatusCode::from_bytes(&field.value).map_err(|_| "invalid :status")?);
+            }
+            Name::Header(name) => {
+                if is_connection_specific(&name) {
+                    return Err("connection-specific field in a response");
+                }
+                headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
+            }
+            Name::Malformed(_) => return Err("invalid field name"),
+        }
+    }
+    let status = status.ok_or("response without :status")?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS || end_stream {
+            return Err("invalid informational response");
+        }
+        return Ok(Parsed::Informational);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = Version::HTTP_2;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Head(response))
+}
+
+/// Trailers: END_STREAM, no pseudo-headers (§8.1).
+fn parse_trailers(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
+    if !end_stream {
+        return Err("a second header block without END_STREAM");
+    }
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        match field.name {
+            Name::Header(name) if !is_connection_specific(&name) => {
+                trailers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
+            }
+            _ => return Err("invalid field in trailers"),
+        }
+    }
+    Ok(Parsed::Trailers(trailers))
+}
+
+fn is_connection_specific(name: &header::HeaderName) -> bool {
+    matches!(*name, header::CONNECTION | header::TRANSFER_ENCODING | header::UPGRADE)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}

@@ -1,0 +1,384 @@
+//! The state one connection's calls and its I/O task share, under one
+//! lock: the streams, the frames waiting to be written, flow-control
+//! windows both ways and the backend's settings.
+//!
+//! Calls encode their own frames into [`State::out`] and wake the I/O task,
+//! which only writes bytes out and dispatches what it reads: no frame
+//! queues, no per-call hand-off.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::Reason;
+use http::{HeaderMap, Response};
+use tokio::sync::Semaphore;
+
+use super::Error;
+use crate::http2::frame;
+
+/// Stream ids are distinct small odd numbers: a multiply spreads them.
+#[derive(Default)]
+pub(super) struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// What the backend's SETTINGS allow us (RFC 9113 §6.5.2).
+#[derive(Debug)]
+pub(super) struct PeerSettings {
+    /// Its first SETTINGS arrived: until then no call opens.
+    pub received: bool,
+    /// Counted as 0 until the first SETTINGS: no stream opens before.
+    pub max_concurrent: u32,
+    pub initial_window: u32,
+    pub max_frame: usize,
+}
+
+/// Something a stream has to send that is waiting for flow-control window.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    Data(Bytes, bool),
+    /// An encoded trailer block (HEADERS with END_STREAM).
+    Trailers(BytesMut),
+}
+
+/// One call's stream.
+#[derive(Debug)]
+pub(super) struct Stream {
+    /// The response head, from its arrival until the call takes it.
+    pub response: Option<Response<()>>,
+    pub got_response: bool,
+    /// DATA received and not yet taken.
+    pub data: VecDeque<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    /// END_STREAM received.
+    pub recv_end: bool,
+    /// Bytes still expected per the response's `Content-Length`.
+    pub expect_len: Option<u64>,
+    /// What the backend may still send on this stream before our next WINDOW_UPDATE.
+    pub recv_window: i64,
+    /// Bytes taken by the call whose window has not been handed back yet.
+    pub unreleased: u32,
+    pub recv_waker: Option<Waker>,
+    pub send_window: i64,
+    /// What waits for send window, in order.
+    pub pending: VecDeque<Outgoing>,
+    /// END_STREAM sent or queued.
+    pub send_end: bool,
+    pub send_waker: Option<Waker>,
+    /// Reset (by either side) or failed with the connection.
+    pub error: Option<Error>,
+    /// Live handles: the send half and the receive half.
+    pub halves: u8,
+    /// Holds a stream slot (open from the backend's point of view).
+    pub counted: bool,
+}
+
+impl Stream {
+    fn closed(&self) -> bool {
+        self.error.is_some() || (self.recv_end && self.send_end && self.pending.is_empty())
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.recv_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.send_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub(super) struct State {
+    pub streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
+    pub next_id: u32,
+    /// Encoded frames for the I/O task to write.
+    pub out: BytesMut,
+    pub io_waker: Option<Waker>,
+    pub peer: PeerSettings,
+    /// Connection-level send window.
+    pub send_window: i64,
+    /// Connection-level: what the backend may still send.
+    pub recv_window: i64,
+    /// Connection-level bytes taken (or discarded) not yet handed back.
+    pub unreleased: u32,
+    /// Our windows, as announced.
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// Streams with something in `pending`.
+    pub blocked: Vec<u32>,
+    /// Callers waiting for the backend's first SETTINGS.
+    pub ready_waiters: Vec<Waker>,
+    /// Stream slots (shared with [`super::Shared`]): a stream takes one to
+    /// open and gives it back when it closes.
+    pub slots: Arc<Semaphore>,
+    /// Slots to withhold after the backend lowered its stream limit below
+    /// what was in use.
+    pub slot_debt: u32,
+    /// The connection is over; every stream fails with this.
+    pub failed: Option<Error>,
+    /// The backend's GOAWAY: the last stream it will process.
+    pub goaway: Option<u32>,
+    /// Live [`super::Client`] handles; none and no streams ends the connection.
+    pub clients: usize,
+}
+
+/// Stream slots when the backend sets no limit (its default is unlimited).
+const MAX_SLOTS: u32 = 1 << 16;
+
+/// Past this much unwritten output, senders wait for the I/O task.
+pub(super) const OUT_HIGH_WATER: usize = 256 * 1024;
+
+impl State {
+    pub fn new(stream_window: u32, connection_window: u32) -> Self {
+        State {
+            streams: HashMap::default(),
+            next_id: 1,
+            out: BytesMut::with_capacity(16 * 1024),
+            io_waker: None,
+            peer: PeerSettings {
+                received: false,
+                max_concurrent: 0,
+                initial_window: frame::DEFAULT_WINDOW,
+                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            },
+            send_window: i64::from(frame::DEFAULT_WINDOW),
+            recv_window: i64::from(connection_window),
+            unreleased: 0,
+            stream_window,
+            connection_window,
+            blocked: Vec::new(),
+            ready_waiters: Vec::new(),
+            slots: Arc::new(Semaphore::new(0)),
+            slot_debt: 0,
+            failed: None,
+            goaway: None,
+            clients: 1,
+        }
+    }
+
+    /// No new stream may open on this connection.
+    pub fn refuses_new_streams(&self) -> bool {
+        self.failed.is_some() || self.goaway.is_some() || self.next_id > frame::MAX_WINDOW
+    }
+
+    pub fn wake_io(&mut self) {
+        if let Some(w) = self.io_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A new stream's state, holding the slot its caller took.
+    pub fn new_stream(&self, end_stream: bool) -> Stream {
+        Stream {
+            response: None,
+            got_response: false,
+            data: VecDeque::new(),
+            trailers: None,
+            recv_end: false,
+            expect_len: None,
+            recv_window: i64::from(self.stream_window),
+            unreleased: 0,
+            recv_waker: None,
+            send_window: i64::from(self.peer.initial_window),
+            pending: VecDeque::new(),
+            send_end: end_stream,
+            send_waker: None,
+            error: None,
+            halves: 2,
+            counted: true,
+        }
+    }
+
+    /// Sends what `id` has pending as far as the windows allow.
+    /// Returns true when nothing is left pending.
+    pub fn flush_stream(&mut self, id: u32) -> bool {
+        let max_frame = self.peer.max_frame;
+        let Some(stream) = self.streams.get_mut(&id) else { return true };
+        if stream.error.is_some() {
+            stream.pending.clear();
+            return true;
+        }
+        while let Some(next) = stream.pending.front_mut() {
+            match next {
+                Outgoing::Data(data, end) => {
+                    let allowed = self.send_window.min(stream.send_window).max(0) as usize;
+                    if data.is_empty() {
+                        frame::put_data(&mut self.out, id, &[], *end, max_frame);
+                    } else if allowed == 0 {
+                        break;
+                    } else {
+                        let n = allowed.min(data.len());
+                        let last = n == data.len();
+                        frame::put_data(&mut self.out, id, &data[..n], *end && last, max_frame);
+                        self.send_window -= n as i64;
+                        stream.send_window -= n as i64;
+                        if !last {
+                            data.advance(n);
+                            break;
+                        }
+                    }
+                }
+                Outgoing::Trailers(block) => frame::put_headers(&mut self.out, id, block, true, max_frame),
+            }
+            stream.pending.pop_front();
+        }
+        let done = stream.pending.is_empty();
+        if done && let Some(w) = stream.send_waker.take() {
+            w.wake();
+        }
+        done
+    }
+
+    /// After a window grew: sends what blocked streams have pending.
+    pub fn flush_blocked(&mut self) {
+        let blocked = std::mem::take(&mut self.blocked);
+        let mut still = Vec::new();
+        for id in blocked {
+            if self.flush_stream(id) {
+                self.settle(id);
+            } else {
+                still.push(id);
+            }
+        }
+        self.blocked = still;
+        self.wake_io();
+    }
+
+    /// Queues `item` behind what `id` already has pending and sends what it can.
+    pub fn enqueue(&mut self, id: u32, item: Outgoing) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let was_empty = stream.pending.is_empty();
+        stream.pending.push_back(item);
+        if !self.flush_stream(id) && was_empty {
+            self.blocked.push(id);
+        }
+        self.settle(id);
+        self.wake_io();
+    }
+
+    /// Fails stream `id` with `error`, telling the backend with RST_STREAM when `send_reset`.
+    pub fn reset_stream(&mut self, id: u32, error: Error, send_reset: Option<Reason>) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.error.is_none() {
+            stream.error = Some(error);
+            stream.pending.clear();
+            stream.wake();
+            if let Some(reason) = send_reset {
+                frame::put_reset(&mut self.out, id, reason.into());
+                self.wake_io();
+            }
+        }
+        self.settle(id);
+    }
+
+    /// Gives back the slot of a stream that closed, and drops the stream
+    /// once no handle is left.
+    pub fn settle(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let freed = stream.counted && stream.closed();
+        if freed {
+            stream.counted = false;
+        }
+        let unused = stream.halves == 0;
+        if freed {
+            self.free_slot();
+        }
+        if unused {
+            let stream = self.streams.remove(&id).expect("present");
+            // Data nobody will read still counts against the connection window.
+            let unread: usize = stream.data.iter().map(Bytes::len).sum();
+            self.release_connection(unread as u32);
+            self.blocked.retain(|&b| b != id);
+        }
+    }
+
+    /// A stream closed: its slot goes to the next call waiting (FIFO).
+    pub fn free_slot(&mut self) {
+        if self.slot_debt > 0 {
+            self.slot_debt -= 1;
+        } else {
+            self.slots.add_permits(1);
+        }
+    }
+
+    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS changed from `old` to `new`.
+    pub fn set_stream_limit(&mut self, old: u32, new: u32) {
+        let (old, new) = (old.min(MAX_SLOTS), new.min(MAX_SLOTS));
+        if new > old {
+            let mut more = new - old;
+            let repaid = more.min(self.slot_debt);
+            self.slot_debt -= repaid;
+            more -= repaid;
+            self.slots.add_permits(more as usize);
+        } else {
+            let fewer = old - new;
+            let forgotten = self.slots.forget_permits(fewer as usize) as u32;
+            self.slot_debt += fewer - forgotten;
+        }
+    }
+
+    /// Hands connection window back for `n` bytes taken or discarded.
+    pub fn release_connection(&mut self, n: u32) {
+        self.unreleased += n;
+        if self.unreleased >= self.connection_window / 2 {
+            frame::put_window_update(&mut self.out, 0, self.unreleased);
+            self.recv_window += i64::from(self.unreleased);
+            self.unreleased = 0;
+            self.wake_io();
+        }
+    }
+
+    /// Hands window back for `n` bytes of stream `id` the call took.
+    pub fn release(&mut self, id: u32, n: u32) {
+        let half = self.stream_window / 2;
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.unreleased += n;
+            if stream.unreleased >= half && !stream.recv_end {
+                frame::put_window_update(&mut self.out, id, stream.unreleased);
+                stream.recv_window += i64::from(stream.unreleased);
+                stream.unreleased = 0;
+                self.wake_io();
+            }
+        }
+        self.release_connection(n);
+    }
+
+    /// Ends the connection: every unfinished stream fails with `error`.
+    pub fn fail(&mut self, error: Error) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.failed = Some(error.clone());
+        self.slots.close();
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            let stream = self.streams.get_mut(&id).expect("listed");
+            if !(stream.recv_end && stream.send_end && stream.pending.is_empty()) && stream.error.is_none() {
+                stream.error = Some(error.clone());
+                stream.pending.clear();
+            }
+            stream.wake();
+            self.settle(id);
+        }
+        for w in self.ready_waiters.drain(..) {
+            w.wake();
+        }
+    }
+}

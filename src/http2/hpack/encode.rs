@@ -1,0 +1,153 @@
+//! The stateless HPACK encoder (see the module doc of [`super`]).
+
+use bytes::{BufMut, BytesMut};
+use http::{HeaderName, HeaderValue};
+
+/// A pseudo-header field (`:method`, `:scheme`, `:authority`, `:path`),
+/// from the static table entirely where name and value are there.
+pub fn encode_pseudo(out: &mut BytesMut, name: &'static str, value: &[u8]) {
+    let full = match (name, value) {
+        (":method", b"GET") => Some(2),
+        (":method", b"POST") => Some(3),
+        (":path", b"/") => Some(4),
+        (":scheme", b"http") => Some(6),
+        (":scheme", b"https") => Some(7),
+        _ => None,
+    };
+    if let Some(index) = full {
+        out.put_u8(0x80 | index);
+        return;
+    }
+    let index = match name {
+        ":authority" => 1,
+        ":method" => 2,
+        ":path" => 4,
+        ":scheme" => 6,
+        _ => 0,
+    };
+    literal(out, 0x00, index, name.as_bytes(), value);
+}
+
+/// A regular field, as a literal never added to the table (and marked
+/// "never indexed", §6.2.3, when the value is sensitive).
+pub fn encode_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    let flag = if value.is_sensitive() { 0x10 } else { 0x00 };
+    literal(out, flag, static_name_index(name.as_str()), name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// Literal field "without indexing" / "never indexed" (§6.2.2, §6.2.3).
+fn literal(out: &mut BytesMut, flag: u8, name_index: usize, name: &[u8], value: &[u8]) {
+    if name_index == 0 {
+        out.put_u8(flag);
+        string(out, name);
+    } else {
+        integer(out, flag, 4, name_index);
+    }
+    string(out, value);
+}
+
+/// A raw (not Huffman-coded) string literal (§5.2).
+fn string(out: &mut BytesMut, s: &[u8]) {
+    integer(out, 0x00, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// An integer with a `prefix`-bit prefix after the `flags` bits (§5.1).
+fn integer(out: &mut BytesMut, flags: u8, prefix: u8, value: usize) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.put_u8(flags | value as u8);
+        return;
+    }
+    out.put_u8(flags | max as u8);
+    let mut rest = value - max;
+    while rest >= 0x80 {
+        out.put_u8(0x80 | (rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    out.put_u8(rest as u8);
+}
+
+/// The static table's index for a name gRPC and proxies commonly send (0: none).
+fn static_name_index(name: &str) -> usize {
+    match name {
+        "accept-encoding" => 16,
+        "accept" => 19,
+        "authorization" => 23,
+        "cache-control" => 24,
+        "content-encoding" => 26,
+        "content-length" => 28,
+        "content-type" => 31,
+        "cookie" => 32,
+        "date" => 33,
+        "user-agent" => 58,
+        "via" => 60,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::STATIC;
+    use super::super::{Decoder, Name};
+    use super::*;
+
+    #[test]
+    fn static_name_indexes_match_the_table() {
+        for name in [
+            "accept-encoding",
+            "accept",
+            "authorization",
+            "cache-control",
+            "content-encoding",
+            "content-length",
+            "content-type",
+            "cookie",
+            "date",
+            "user-agent",
+            "via",
+        ] {
+            assert_eq!(STATIC[static_name_index(name) - 1].0, name);
+        }
+    }
+
+    #[test]
+    fn what_we_encode_decodes_to_the_same_fields() {
+        let mut block = BytesMut::new();
+        encode_pseudo(&mut block, ":method", b"POST");
+        encode_pseudo(&mut block, ":scheme", b"http");
+        encode_pseudo(&mut block, ":authority", b"backend:50051");
+        encode_pseudo(&mut block, ":path", &[b'/'; 300]);
+        encode_field(
+            &mut block,
+            &HeaderName::from_static("content-type"),
+            &HeaderValue::from_static("application/grpc"),
+        );
+        let mut secret = HeaderValue::from_static("Bearer x");
+        secret.set_sensitive(true);
+        encode_field(&mut block, &HeaderName::from_static("authorization"), &secret);
+        encode_field(&mut block, &HeaderName::from_static("x-trace-bin"), &HeaderValue::from_static("AAEC"));
+        let mut out = Vec::new();
+        Decoder::new(4096)
+            .decode(&block.freeze(), |f| {
+                let name = match f.name {
+                    Name::Pseudo(p) | Name::Malformed(p) => String::from_utf8(p.to_vec()).unwrap(),
+                    Name::Header(h) => h.as_str().to_owned(),
+                };
+                out.push((name, String::from_utf8(f.value.to_vec()).unwrap()));
+            })
+            .unwrap();
+        let path = "/".repeat(300);
+        let expected = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "backend:50051"),
+            (":path", path.as_str()),
+            ("content-type", "application/grpc"),
+            ("authorization", "Bearer x"),
+            ("x-trace-bin", "AAEC"),
+        ];
+        let expected: Vec<_> = expected.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
+        assert_eq!(out, expected);
+    }
+}
