@@ -1,10 +1,10 @@
 //! Tollgate: an API gateway and protocol bridge.
 //!
 //! A request's path through the code:
-//! [`listen`] (TCP/TLS; HTTP/1.1 by our own server, HTTP/2 by hyper) → [`pipeline::Gateway::handle`]
+//! [`listen`] (TCP/TLS; HTTP/1.1 by our own server, HTTP/2 by ours on h2) → [`pipeline::Gateway::handle`]
 //! (request id, [`route`], listener limits, the [`policy`] chain in its fixed
 //! order, body limit) → [`upstream`] (balancer, pooled HTTP/1.1
-//! client, or multiplexed HTTP/2 for gRPC with gRPC-Web translated around it
+//! client, or multiplexed HTTP/2 for gRPC on our own [`http2::client`], with gRPC-Web translated around it
 //! in [`pipeline::grpc`]) → back through [`pipeline::forwarded`] and the access log.
 //! Failures become responses in exactly one place: [`error::ProxyError`].
 //! WebSocket routes answer upgrade requests in [`websocket`], after the same

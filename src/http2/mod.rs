@@ -1,10 +1,8 @@
-//! HTTP/2 stream plumbing shared by both sides of the proxy, driven with
-//! `h2` directly: our HTTP/2 server (`listen::http2`) and the gRPC
-//! upstream client (`upstream::grpc`) move bodies through streams the same
-//! way.
+//! HTTP/2 beyond the listener's connection handling.
 //!
-//! - [`send`]: a body streamed into a stream under flow control.
-//! - [`recv`]: a stream's DATA frames and trailers as a body.
+//! - [`send`], [`recv`]: bodies through the streams of our HTTP/2 server
+//!   (`listen::http2`, on the `h2` crate): a body streamed into a stream
+//!   under flow control, and a request stream as a body.
 //! - [`client`]: our own HTTP/2 client connection, for gRPC upstreams, on
 //!   [`frame`] and [`hpack`].
 
@@ -14,7 +12,7 @@ pub mod hpack;
 pub mod recv;
 pub mod send;
 
-pub use recv::{RecvBody, ResetMeans};
+pub use recv::RecvBody;
 pub use send::{BodySender, SendEnd};
 
 /// The HTTP/2 reason somewhere in `err`'s source chain (a peer's RST_STREAM).

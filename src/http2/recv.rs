@@ -1,4 +1,4 @@
-//! A stream's DATA frames and trailers as a body, window handed back as
+//! A client's request stream (DATA frames and trailers) as a body, window handed back as
 //! frames are taken (so flow control follows the reader's pace).
 //!
 //! Small DATA frames that have already arrived are handed on as one chunk:
@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use h2::{Reason, RecvStream};
+use h2::RecvStream;
 use http_body::{Frame, SizeHint};
 
 use crate::body::BoxError;
@@ -20,22 +20,10 @@ use crate::body::BoxError;
 /// many bytes.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
-/// What a RST_STREAM with NO_ERROR or CANCEL means for the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetMeans {
-    /// The end of the body: a server may reset once its response is
-    /// complete (RFC 9113 §8.1), as hyper's client also reads it.
-    End,
-    /// A failure: a client that resets its request has abandoned it, and a
-    /// body cut short must never pass on as complete.
-    Failure,
-}
-
 /// See the module doc.
 pub struct RecvBody {
     recv: RecvStream,
     data_done: bool,
-    resets: ResetMeans,
     /// An error that came after data passed on in the same call, reported
     /// next (boxed: rare, and this body travels inside every request's future).
     failed: Option<Box<h2::Error>>,
@@ -48,9 +36,9 @@ const NO_LENGTH: u64 = u64::MAX;
 
 impl RecvBody {
     /// Wraps a stream; `content_length` is the head's, if it had one.
-    pub fn new(recv: RecvStream, resets: ResetMeans, content_length: Option<u64>) -> Self {
+    pub fn new(recv: RecvStream, content_length: Option<u64>) -> Self {
         let remaining = content_length.unwrap_or(NO_LENGTH);
-        Self { recv, data_done: false, resets, failed: None, remaining }
+        Self { recv, data_done: false, failed: None, remaining }
     }
 
     /// `first` and the DATA frames already received after it, up to [`COALESCE_LIMIT`].
@@ -84,12 +72,10 @@ impl RecvBody {
         joined.map_or(first, BytesMut::freeze)
     }
 
-    /// A reset ends the body or fails it, as `resets` says.
+    /// Any reset fails the body: a client that resets its request has
+    /// abandoned it, and a body cut short must never pass on as complete.
     fn end_or_error(&self, e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
-        match (self.resets, e.reason()) {
-            (ResetMeans::End, Some(Reason::NO_ERROR | Reason::CANCEL)) => None,
-            _ => Some(Err(Box::new(e))),
-        }
+        Some(Err(Box::new(e)))
     }
 }
 

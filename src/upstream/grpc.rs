@@ -88,7 +88,7 @@ impl Upstream {
                         break;
                     }
                 };
-                let (send, mut recv) = match sender.open(&block, start.is_empty()).await {
+                let (send, mut recv) = match sender.open(&block, start.is_empty()) {
                     Ok(halves) => halves,
                     Err(client::Error::Refused) => continue,
                     Err(e) => return Err(self.protocol_error(e)),

@@ -368,7 +368,7 @@ fn check_stream(state: &State, id: u32) -> Result<(), Error> {
     if id == 0 {
         return Err(Error::protocol("stream frame on stream 0"));
     }
-    if id.is_multiple_of(2) || id >= state.next_id {
+    if id.is_multiple_of(2) || id > state.last_opened {
         return Err(Error::protocol("frame on a stream the client never opened"));
     }
     Ok(())
@@ -511,8 +511,7 @@ fn goaway(state: &mut State, last: u32, code: Reason) {
             }
         }
     }
-    // Queued calls go to another connection.
-    state.slots.close();
+    state.pending_open.clear();
 }
 
 fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> {
@@ -569,15 +568,15 @@ fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> 
         None if !state.peer.received => u32::MAX,
         None => old,
     };
-    if new != old {
-        state.peer.max_concurrent = new;
-        state.set_stream_limit(old, new);
-    }
+    state.peer.max_concurrent = new;
     if !state.peer.received {
         state.peer.received = true;
         for w in state.ready_waiters.drain(..) {
             w.wake();
         }
+    }
+    if new > old {
+        state.open_waiting();
     }
     state.flush_blocked();
     Ok(())

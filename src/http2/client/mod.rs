@@ -72,15 +72,13 @@ pub fn handshake<T>(io: T, settings: Settings) -> (Client, Connection<T>) {
     if settings.connection_window > frame::DEFAULT_WINDOW {
         frame::put_window_update(&mut state.out, 0, settings.connection_window - frame::DEFAULT_WINDOW);
     }
-    let shared = Arc::new(Shared { slots: Arc::clone(&state.slots), state: Mutex::new(state) });
+    let shared = Arc::new(Shared { state: Mutex::new(state) });
     let client = Client { shared: Arc::clone(&shared) };
     (client, Connection::new(io, shared, settings))
 }
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Stream slots: permits up to the backend's SETTINGS_MAX_CONCURRENT_STREAMS.
-    slots: Arc<tokio::sync::Semaphore>,
     state: Mutex<State>,
 }
 
@@ -137,29 +135,38 @@ impl Client {
     }
 
     /// Opens a stream with the encoded request head `block` (see
-    /// [`encode_request`]), waiting (in arrival order) for a free stream
-    /// slot within the backend's SETTINGS_MAX_CONCURRENT_STREAMS.
-    /// [`Error::Refused`] when the connection takes no new streams: the
-    /// call can go elsewhere, nothing was sent.
-    pub async fn open(&self, block: &[u8], end_stream: bool) -> Result<(SendHalf, RecvHalf), Error> {
-        // Closed (with every waiter refused) when the connection stops taking streams.
-        self.shared.slots.acquire().await.map_err(|_| Error::Refused)?.forget();
+    /// [`encode_request`]). Past the backend's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the stream waits, in order, for a
+    /// slot: its HEADERS (and what the call sends meanwhile) go out when
+    /// one frees, with no wake-up of the caller. [`Error::Refused`] when the
+    /// connection takes no new streams: the call can go elsewhere, nothing
+    /// was sent.
+    pub fn open(&self, block: &[u8], end_stream: bool) -> Result<(SendHalf, RecvHalf), Error> {
         let mut state = self.shared.lock();
         if state.refuses_new_streams() {
-            state.free_slot();
             return Err(Error::Refused);
         }
         let id = state.next_id;
         state.next_id += 2;
-        let stream = state.new_stream(end_stream);
-        state.streams.insert(id, stream);
-        let max_frame = state.peer.max_frame;
-        frame::put_headers(&mut state.out, id, block, end_stream, max_frame);
-        if state.refuses_new_streams() {
-            // Stream ids used up: the pool replaces this connection.
-            state.slots.close();
+        let mut stream = state.new_stream(end_stream);
+        let can_start =
+            state.pending_open.is_empty() && state.peer.received && state.active < state.peer.max_concurrent;
+        if !can_start {
+            stream.head_block = Some(BytesMut::from(block));
         }
-        state.wake_io();
+        state.streams.insert(id, stream);
+        if can_start {
+            let max_frame = state.peer.max_frame;
+            let stream = state.streams.get_mut(&id).expect("just inserted");
+            stream.opened = true;
+            stream.counted = true;
+            state.active += 1;
+            state.last_opened = id;
+            frame::put_headers(&mut state.out, id, block, end_stream, max_frame);
+            state.wake_io();
+        } else {
+            state.pending_open.push_back(id);
+        }
         drop(state);
         let send = SendHalf { shared: Arc::clone(&self.shared), id };
         let recv = RecvHalf { shared: Arc::clone(&self.shared), id };

@@ -8,13 +8,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::Reason;
 use http::{HeaderMap, Response};
-use tokio::sync::Semaphore;
 
 use super::Error;
 use crate::http2::frame;
@@ -84,8 +82,12 @@ pub(super) struct Stream {
     pub error: Option<Error>,
     /// Live handles: the send half and the receive half.
     pub halves: u8,
-    /// Holds a stream slot (open from the backend's point of view).
+    /// Counted in [`State::active`] (open from the backend's point of view).
     pub counted: bool,
+    /// HEADERS sent. Until then the stream waits in [`State::pending_open`]
+    /// with its encoded head here, and nothing else of it is sent.
+    pub opened: bool,
+    pub head_block: Option<BytesMut>,
 }
 
 impl Stream {
@@ -125,12 +127,14 @@ pub(super) struct State {
     pub blocked: Vec<u32>,
     /// Callers waiting for the backend's first SETTINGS.
     pub ready_waiters: Vec<Waker>,
-    /// Stream slots (shared with [`super::Shared`]): a stream takes one to
-    /// open and gives it back when it closes.
-    pub slots: Arc<Semaphore>,
-    /// Slots to withhold after the backend lowered its stream limit below
-    /// what was in use.
-    pub slot_debt: u32,
+    /// Streams open from the backend's point of view, within its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub active: u32,
+    /// Streams waiting for a slot, in id order: their HEADERS go out as
+    /// slots free, so ids still reach the backend in increasing order.
+    pub pending_open: VecDeque<u32>,
+    /// The highest stream id whose HEADERS went out.
+    pub last_opened: u32,
     /// The connection is over; every stream fails with this.
     pub failed: Option<Error>,
     /// The backend's GOAWAY: the last stream it will process.
@@ -138,9 +142,6 @@ pub(super) struct State {
     /// Live [`super::Client`] handles; none and no streams ends the connection.
     pub clients: usize,
 }
-
-/// Stream slots when the backend sets no limit (its default is unlimited).
-const MAX_SLOTS: u32 = 1 << 16;
 
 /// Past this much unwritten output, senders wait for the I/O task.
 pub(super) const OUT_HIGH_WATER: usize = 256 * 1024;
@@ -165,8 +166,9 @@ impl State {
             connection_window,
             blocked: Vec::new(),
             ready_waiters: Vec::new(),
-            slots: Arc::new(Semaphore::new(0)),
-            slot_debt: 0,
+            active: 0,
+            pending_open: VecDeque::new(),
+            last_opened: 0,
             failed: None,
             goaway: None,
             clients: 1,
@@ -184,7 +186,7 @@ impl State {
         }
     }
 
-    /// A new stream's state, holding the slot its caller took.
+    /// A new stream's state, not yet opened.
     pub fn new_stream(&self, end_stream: bool) -> Stream {
         Stream {
             response: None,
@@ -202,7 +204,9 @@ impl State {
             send_waker: None,
             error: None,
             halves: 2,
-            counted: true,
+            counted: false,
+            opened: false,
+            head_block: None,
         }
     }
 
@@ -214,6 +218,9 @@ impl State {
         if stream.error.is_some() {
             stream.pending.clear();
             return true;
+        }
+        if !stream.opened {
+            return false;
         }
         while let Some(next) = stream.pending.front_mut() {
             match next {
@@ -280,7 +287,10 @@ impl State {
             stream.error = Some(error);
             stream.pending.clear();
             stream.wake();
-            if let Some(reason) = send_reset {
+            // A stream still waiting to open is unknown to the backend: no RST.
+            if let Some(reason) = send_reset
+                && stream.opened
+            {
                 frame::put_reset(&mut self.out, id, reason.into());
                 self.wake_io();
             }
@@ -309,29 +319,40 @@ impl State {
         }
     }
 
-    /// A stream closed: its slot goes to the next call waiting (FIFO).
+    /// A stream closed: its slot goes to the next stream waiting.
     pub fn free_slot(&mut self) {
-        if self.slot_debt > 0 {
-            self.slot_debt -= 1;
-        } else {
-            self.slots.add_permits(1);
+        self.active -= 1;
+        self.open_waiting();
+    }
+
+    /// Opens waiting streams, in order, while the backend's limit allows.
+    pub fn open_waiting(&mut self) {
+        while self.peer.received && self.active < self.peer.max_concurrent {
+            let Some(id) = self.pending_open.pop_front() else { break };
+            if self.streams.get(&id).is_some_and(|s| s.error.is_none()) {
+                self.start(id);
+            }
         }
     }
 
-    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS changed from `old` to `new`.
-    pub fn set_stream_limit(&mut self, old: u32, new: u32) {
-        let (old, new) = (old.min(MAX_SLOTS), new.min(MAX_SLOTS));
-        if new > old {
-            let mut more = new - old;
-            let repaid = more.min(self.slot_debt);
-            self.slot_debt -= repaid;
-            more -= repaid;
-            self.slots.add_permits(more as usize);
-        } else {
-            let fewer = old - new;
-            let forgotten = self.slots.forget_permits(fewer as usize) as u32;
-            self.slot_debt += fewer - forgotten;
+    /// Sends stream `id`'s HEADERS (and what of its body waits), taking a slot.
+    pub fn start(&mut self, id: u32) {
+        let max_frame = self.peer.max_frame;
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let block = stream.head_block.take().unwrap_or_default();
+        let end_stream = stream.send_end && stream.pending.is_empty();
+        stream.opened = true;
+        stream.counted = true;
+        self.active += 1;
+        self.last_opened = id;
+        frame::put_headers(&mut self.out, id, &block, end_stream, max_frame);
+        if stream.pending.is_empty() || self.flush_stream(id) {
+            self.blocked.retain(|&b| b != id);
+        } else if !self.blocked.contains(&id) {
+            self.blocked.push(id);
         }
+        self.settle(id);
+        self.wake_io();
     }
 
     /// Hands connection window back for `n` bytes taken or discarded.
@@ -366,7 +387,7 @@ impl State {
             return;
         }
         self.failed = Some(error.clone());
-        self.slots.close();
+        self.pending_open.clear();
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
             let stream = self.streams.get_mut(&id).expect("listed");

@@ -2,7 +2,7 @@
 //! in-memory pipe: the protocol's edge cases that a well-behaved gRPC
 //! server never produces (real backends are in `tests/grpc.rs`).
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ fn request_block() -> BytesMut {
 }
 
 async fn open(client: &Client, end_stream: bool) -> (SendHalf, RecvHalf) {
-    client.open(&request_block(), end_stream).await.expect("open")
+    client.open(&request_block(), end_stream).expect("open")
 }
 
 #[tokio::test]
@@ -135,15 +135,19 @@ async fn a_call_goes_out_as_headers_data_and_comes_back_with_trailers() {
 }
 
 #[tokio::test]
-async fn calls_past_the_backends_stream_limit_wait_for_a_slot() {
+async fn streams_past_the_backends_limit_open_in_order_as_slots_free() {
     let (client, mut peer) = connected(&[(setting::MAX_CONCURRENT_STREAMS, 1)]).await;
     let (_send, mut first) = open(&client, true).await;
-    let block = request_block();
-    let mut second = std::pin::pin!(client.open(&block, true));
-    assert!(second.as_mut().poll(&mut noop_cx()).is_pending());
+    let (_send, mut second) = open(&client, true).await;
     peer.response(1, &[(":status", "200")], true).await;
+    // Stream 3's HEADERS go out only once stream 1 has closed.
+    let (head, _) = peer.next_frame(kind::HEADERS).await;
+    assert_eq!(head.stream, 1);
     poll_fn(|cx| first.poll_response(cx)).await.unwrap();
-    let (_send, _recv) = second.await.expect("a slot freed");
+    let (head, _) = peer.next_frame(kind::HEADERS).await;
+    assert_eq!(head.stream, 3);
+    peer.response(3, &[(":status", "200")], true).await;
+    assert_eq!(poll_fn(|cx| second.poll_response(cx)).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -217,8 +221,7 @@ async fn a_goaway_refuses_the_streams_above_its_last_and_every_new_call() {
     peer.write(&out).await;
     assert!(matches!(poll_fn(|cx| refused.poll_response(cx)).await, Err(Error::Refused)));
     assert!(client.is_closed());
-    let block = request_block();
-    assert!(matches!(client.open(&block, true).await, Err(Error::Refused)));
+    assert!(matches!(client.open(&request_block(), true), Err(Error::Refused)));
     peer.response(1, &[(":status", "200")], true).await;
     assert_eq!(poll_fn(|cx| kept.poll_response(cx)).await.unwrap().status(), 200);
 }

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, ClientBody};
-use crate::http2::{RecvBody, ResetMeans};
+use crate::http2::RecvBody;
 use stream::{Connect, StreamTask};
 pub use upgrade::{PendingConnect, StreamIo};
 
@@ -179,7 +179,7 @@ fn start<S, F>(
         (ClientBody::Empty, Some(Connect { recv, fulfil }))
     } else {
         let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-        (ClientBody::Http2(RecvBody::new(recv, ResetMeans::Failure, length)), None)
+        (ClientBody::Http2(RecvBody::new(recv, length)), None)
     };
     let answer = service(Request::from_parts(parts, body));
     streams.push(StreamTask::new(answer, respond, connect));
