@@ -43,7 +43,9 @@ impl Upstream {
     /// before the response head; `grpc-timeout` bounds the call instead.
     pub async fn send_grpc(&self, req: Request<Body>, client_ip: IpAddr) -> Result<GrpcResponse, ProxyError> {
         let deadline = parse_grpc_timeout(req.headers()).map(|t| Instant::now() + t);
-        let sending = self.place_call(req, client_ip);
+        // Pinned here once: a timeout around it then holds a pointer, not a
+        // second copy of the call's state.
+        let sending = std::pin::pin!(self.place_call(req, client_ip));
         let (response, guard, target) = match deadline {
             None => sending.await?,
             Some(at) => tokio::time::timeout_at(at, sending).await.map_err(|_| ProxyError::UpstreamTimeout {
