@@ -112,6 +112,35 @@ fn calls_are_balanced_per_call_and_a_dead_target_is_skipped() {
 }
 
 #[test]
+fn a_restarted_backend_gets_the_next_calls_on_a_new_connection() {
+    let before = GrpcBackend::start("before");
+    let addr = before.addr;
+    let tollgate = gateway(&[addr]);
+    assert_eq!(grpc_client(tollgate.addr, "unary")["reply"], "echo:hello");
+    // Killed: the kernel closes its end of Tollgate's multiplexed connections.
+    drop(before);
+    std::thread::sleep(Duration::from_millis(300));
+    let _after = GrpcBackend::start_on("after", addr.port());
+    let names = grpc_client(tollgate.addr, "whoami");
+    let names: Vec<&str> = names["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(names, vec!["after"; 8], "every call went to the new process on a fresh connection");
+}
+
+#[test]
+fn calls_keep_succeeding_while_the_backend_ends_connections_with_goaway() {
+    // grpcio ends each connection after 300 ms: GOAWAY, a grace period for
+    // the calls on it, then the close; new calls must go on fresh connections.
+    let backend = GrpcBackend::start_aging("aging", 300);
+    let tollgate = gateway(&[backend.addr]);
+    for _ in 0..5 {
+        let names = grpc_client(tollgate.addr, "whoami");
+        let names: Vec<&str> = names["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(names, vec!["aging"; 8], "a call failed across a GOAWAY");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
 fn gateway_failures_are_grpc_statuses() {
     let backend = GrpcBackend::start("b1");
     let tollgate = gateway(&[backend.addr]);

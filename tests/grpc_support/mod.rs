@@ -47,6 +47,17 @@ impl GrpcBackend {
         Self::start_with(name, &[cert, key])
     }
 
+    /// Like `start`, on a given port (a backend restarted where the old one was).
+    pub fn start_on(name: &str, port: u16) -> GrpcBackend {
+        Self::start_script_with("grpc_backend.py", &[std::ffi::OsStr::new(name)], &[("GRPC_BACKEND_PORT", port)])
+    }
+
+    /// Like `start`, ending each connection with GOAWAY after `max_age_ms`.
+    pub fn start_aging(name: &str, max_age_ms: u16) -> GrpcBackend {
+        let env = [("GRPC_BACKEND_MAX_AGE_MS", max_age_ms)];
+        Self::start_script_with("grpc_backend.py", &[std::ffi::OsStr::new(name)], &env)
+    }
+
     fn start_with(name: &str, extra: &[&std::path::Path]) -> GrpcBackend {
         let mut args = vec![std::ffi::OsStr::new(name)];
         args.extend(extra.iter().map(|p| p.as_os_str()));
@@ -60,7 +71,15 @@ impl GrpcBackend {
     }
 
     fn start_script(script: &str, args: &[&std::ffi::OsStr]) -> GrpcBackend {
-        let mut child = Command::new(python())
+        Self::start_script_with(script, args, &[])
+    }
+
+    fn start_script_with(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, u16)]) -> GrpcBackend {
+        let mut command = Command::new(python());
+        for (key, value) in env {
+            command.env(key, value.to_string());
+        }
+        let mut child = command
             .arg("-u")
             .arg(peer(script))
             .args(args)

@@ -6,6 +6,7 @@ usage: grpc_backend.py NAME [CERT KEY]
   NAME is echoed so tests can tell backends apart; CERT and KEY (PEM) serve TLS.
 """
 import json
+import os
 import sys
 import time
 from concurrent import futures
@@ -135,14 +136,18 @@ def main():
         "Proto": grpc.unary_unary_rpc_method_handler(proto),
         "ProtoStream": grpc.unary_stream_rpc_method_handler(proto_stream),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    # GRPC_BACKEND_MAX_AGE_MS: connections are ended (GOAWAY) after this long.
+    max_age = os.environ.get("GRPC_BACKEND_MAX_AGE_MS")
+    options = [("grpc.max_connection_age_ms", int(max_age)), ("grpc.max_connection_age_grace_ms", 5000)] if max_age else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
     if len(sys.argv) > 3:
         with open(sys.argv[2], "rb") as cert, open(sys.argv[3], "rb") as key:
             credentials = grpc.ssl_server_credentials(((key.read(), cert.read()),))
         port = server.add_secure_port("127.0.0.1:0", credentials)
     else:
-        port = server.add_insecure_port("127.0.0.1:0")
+        # GRPC_BACKEND_PORT: a fixed port, for a backend restarted where the old one was.
+        port = server.add_insecure_port("127.0.0.1:%d" % int(os.environ.get("GRPC_BACKEND_PORT", "0")))
     server.start()
     say("PORT %d" % port)
     server.wait_for_termination()
