@@ -36,13 +36,17 @@ pub(super) async fn forward(
         Some((encoding, slot)) => body::boxed(RequestBody::new(body, *encoding, slot.clone())),
         None => body,
     };
-    let mut req: Request<Body> = forwarded::prepare_request(parts, body, ctx, route)?;
-    *req.version_mut() = Version::HTTP_2;
-    // `forwarded` drops TE as hop-by-hop; gRPC requires exactly this value end to end.
-    req.headers_mut().insert(&TE, HeaderValue::from_static("trailers"));
+    // The request is handed to the call inside this block, so that the
+    // future waiting on the call does not also hold it.
+    let sending = {
+        let mut req: Request<Body> = forwarded::prepare_request(parts, body, ctx, route)?;
+        *req.version_mut() = Version::HTTP_2;
+        // `forwarded` drops TE as hop-by-hop; gRPC requires exactly this value end to end.
+        req.headers_mut().insert(&TE, HeaderValue::from_static("trailers"));
+        upstream.send_grpc(req, ctx.client_ip)
+    };
     ctx.upstream = Some(upstream.name.clone());
-
-    let sent = match upstream.send_grpc(req, ctx.client_ip).await {
+    let sent = match sending.await {
         Ok(sent) => sent,
         // The call failed because the client's gRPC-Web body was malformed: say so.
         Err(e) => return Err(web.and_then(|(_, slot)| slot.get().cloned()).map_or(e, ProxyError::GrpcWeb)),

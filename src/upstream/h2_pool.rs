@@ -72,17 +72,28 @@ impl H2Pool {
     /// A handle to a live connection, connecting first if the chosen slot has none.
     pub async fn sender(&self) -> Result<H2Sender, ConnectError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        // The common case, without waiting: the slot is free and its connection live.
+        if let Ok(slot) = self.slots[index].try_lock()
+            && let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(Arc::clone(sender));
+        }
+        // Boxed: connecting (TCP, TLS, handshake) and waiting for the slot's
+        // lock are rare, and their state would otherwise sit in every call's future.
+        Box::pin(self.sender_slow(index)).await
+    }
+
+    async fn sender_slow(&self, index: usize) -> Result<H2Sender, ConnectError> {
         let mut slot = self.slots[index].lock().await;
         if let Some(sender) = slot.as_ref()
             && !sender.is_closed()
         {
-            return Ok(sender.clone());
+            return Ok(Arc::clone(sender));
         }
         *slot = None;
-        // Boxed: connecting (TCP, TLS, handshake) is rare, and its large
-        // state would otherwise sit inside every call's future.
-        let sender = Box::pin(self.connect()).await?;
-        *slot = Some(sender.clone());
+        let sender = self.connect().await?;
+        *slot = Some(Arc::clone(&sender));
         Ok(sender)
     }
 

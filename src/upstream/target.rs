@@ -91,7 +91,9 @@ impl Target {
             None => None,
             Some(sem) => match Arc::clone(sem).try_acquire_owned() {
                 Ok(p) => Some(p),
-                Err(_) => Some(tokio::time::timeout(wait, Arc::clone(sem).acquire_owned()).await.ok()?.ok()?),
+                // Boxed: waiting for a slot is rare, and its timer would
+                // otherwise sit in every request's future.
+                Err(_) => Some(Box::pin(tokio::time::timeout(wait, Arc::clone(sem).acquire_owned())).await.ok()?.ok()?),
             },
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
