@@ -374,8 +374,8 @@ fn check_stream(state: &State, id: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// The header block inside a HEADERS payload: padding and priority removed.
-fn header_block_of(head: &Head, mut payload: Bytes) -> Result<Bytes, Error> {
+/// Removes a PADDED frame's padding (§6.1, §6.2) from `payload`.
+fn strip_padding(head: &Head, payload: &mut Bytes) -> Result<(), Error> {
     if head.has(flag::PADDED) {
         let pad = usize::from(*payload.first().ok_or(Error::protocol("padded frame without padding length"))?);
         payload.advance(1);
@@ -384,6 +384,12 @@ fn header_block_of(head: &Head, mut payload: Bytes) -> Result<Bytes, Error> {
         }
         payload.truncate(payload.len() - pad);
     }
+    Ok(())
+}
+
+/// The header block inside a HEADERS payload: padding and priority removed.
+fn header_block_of(head: &Head, mut payload: Bytes) -> Result<Bytes, Error> {
+    strip_padding(head, &mut payload)?;
     if head.has(flag::PRIORITY) {
         if payload.len() < 5 {
             return Err(Error::Protocol { reason: Reason::FRAME_SIZE_ERROR, what: "HEADERS priority" });
@@ -400,14 +406,7 @@ fn data(state: &mut State, head: Head, mut payload: Bytes) -> Result<(), Error> 
     if state.recv_window < 0 {
         return Err(Error::Protocol { reason: Reason::FLOW_CONTROL_ERROR, what: "connection window exceeded" });
     }
-    if head.has(flag::PADDED) {
-        let pad = usize::from(*payload.first().ok_or(Error::protocol("padded frame without padding length"))?);
-        payload.advance(1);
-        if pad > payload.len() {
-            return Err(Error::protocol("padding longer than the frame"));
-        }
-        payload.truncate(payload.len() - pad);
-    }
+    strip_padding(&head, &mut payload)?;
     let padding = head.len - payload.len();
     let id = head.stream;
     let Some(stream) = state.streams.get_mut(&id) else {

@@ -277,6 +277,36 @@ async fn the_backend_closing_fails_unfinished_calls() {
 }
 
 #[tokio::test]
+async fn padded_headers_and_data_arrive_without_their_padding() {
+    let (client, mut peer) = connected(&[]).await;
+    let (_send, mut recv) = open(&client, true).await;
+    // HEADERS, PADDED with 3 bytes: `:status: 200` as static index 8.
+    let mut out = BytesMut::new();
+    frame::put_head(&mut out, 1 + 1 + 3, kind::HEADERS, flag::PADDED | flag::END_HEADERS, 1);
+    out.extend_from_slice(&[3, 0x88, 0, 0, 0]);
+    // DATA "abc", PADDED with 4 bytes, ending the stream.
+    frame::put_head(&mut out, 1 + 3 + 4, kind::DATA, flag::PADDED | flag::END_STREAM, 1);
+    out.extend_from_slice(&[4, b'a', b'b', b'c', 0, 0, 0, 0]);
+    peer.write(&out).await;
+    assert_eq!(poll_fn(|cx| recv.poll_response(cx)).await.unwrap().status(), 200);
+    assert_eq!(poll_fn(|cx| recv.poll_data(cx)).await.unwrap().unwrap(), "abc");
+    assert!(poll_fn(|cx| recv.poll_data(cx)).await.is_none());
+}
+
+#[tokio::test]
+async fn padding_longer_than_its_frame_is_a_connection_error() {
+    let (client, mut peer) = connected(&[]).await;
+    let (_send, mut recv) = open(&client, true).await;
+    let mut out = BytesMut::new();
+    frame::put_head(&mut out, 2, kind::HEADERS, flag::PADDED | flag::END_HEADERS, 1);
+    out.extend_from_slice(&[9, 0x88]);
+    peer.write(&out).await;
+    let (_, payload) = peer.next_frame(kind::GOAWAY).await;
+    assert_eq!(&payload[4..8], &u32::from(Reason::PROTOCOL_ERROR).to_be_bytes()[..]);
+    assert!(poll_fn(|cx| recv.poll_response(cx)).await.is_err());
+}
+
+#[tokio::test]
 async fn pings_are_answered() {
     let (_client, mut peer) = connected(&[]).await;
     let mut out = BytesMut::new();
