@@ -69,6 +69,7 @@ impl Head {
         }
     }
 
+    /// Whether `flag` is set on this frame.
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }

@@ -58,6 +58,7 @@ pub struct Connection<T> {
 }
 
 impl<T> Connection<T> {
+    /// The task for `io`; the preface and our SETTINGS are already in `shared`'s output.
     pub(super) fn new(io: T, shared: Arc<Shared>, settings: Settings) -> Self {
         Connection {
             io,
@@ -97,13 +98,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Connection<T> {
         let done = state.failed.is_some() || (state.clients == 0 && state.streams.is_empty());
         drop(state);
         if done {
-            if this.shared.lock().failed.is_none() {
+            let mut state = this.shared.lock();
+            if state.failed.is_none() {
                 // Nobody can place calls any more and none is running: close politely.
-                let mut state = this.shared.lock();
                 frame::put_goaway(&mut state.out, 0, Reason::NO_ERROR.into());
                 state.failed = Some(Error::Closed);
                 drop(state);
                 let _ = this.poll_write(cx);
+            } else {
+                drop(state);
             }
             let _ = Pin::new(&mut this.io).poll_shutdown(cx);
             return Poll::Ready(());
@@ -287,9 +290,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// A complete header block for `id`: the response head, a 1xx to skip, or the trailers.
     fn headers(&mut self, state: &mut State, id: u32, block: &Bytes, end_stream: bool) -> Result<(), Error> {
         // Decoded whatever becomes of the stream: the table must stay in step.
-        let mut fields = Vec::with_capacity(8);
+        // Fields stop being kept past the list limit: a small block of
+        // indexed references can name far more than it weighs.
+        let limit = self.settings.max_header_list_size as usize;
+        let (mut fields, mut size) = (Vec::with_capacity(8), 0usize);
         self.decoder
-            .decode(block, |f| fields.push(f))
+            .decode(block, |f| {
+                size += f.size();
+                if size <= limit {
+                    fields.push(f);
+                }
+            })
             .map_err(|_| Error::Protocol { reason: Reason::COMPRESSION_ERROR, what: "undecodable header block" })?;
         check_stream(state, id)?;
         let Some(stream) = state.streams.get_mut(&id) else { return Ok(()) };
@@ -299,8 +310,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             return Ok(());
         }
-        let size: usize = fields.iter().map(hpack::Field::size).sum();
-        if size > self.settings.max_header_list_size as usize {
+        if size > limit {
             let error = Error::protocol("response header list larger than allowed");
             state.reset_stream(id, error, Some(Reason::PROTOCOL_ERROR));
             return Ok(());

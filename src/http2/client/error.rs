@@ -39,6 +39,7 @@ impl Error {
         }
     }
 
+    /// A PROTOCOL_ERROR by the backend, saying what.
     pub(super) fn protocol(what: &'static str) -> Self {
         Error::Protocol { reason: Reason::PROTOCOL_ERROR, what }
     }

@@ -147,6 +147,7 @@ pub(super) struct State {
 pub(super) const OUT_HIGH_WATER: usize = 256 * 1024;
 
 impl State {
+    /// A connection's state before the backend's SETTINGS, with our windows as announced.
     pub fn new(stream_window: u32, connection_window: u32) -> Self {
         State {
             streams: HashMap::default(),
@@ -180,6 +181,7 @@ impl State {
         self.failed.is_some() || self.goaway.is_some() || self.next_id > frame::MAX_WINDOW
     }
 
+    /// Wakes the I/O task (once per registration) to write what was queued.
     pub fn wake_io(&mut self) {
         if let Some(w) = self.io_waker.take() {
             w.wake();

@@ -212,6 +212,23 @@ async fn a_malformed_response_head_resets_only_its_stream() {
 }
 
 #[tokio::test]
+async fn a_header_list_over_the_limit_resets_its_stream_however_small_the_block() {
+    let (client, mut peer) = connected(&[]).await;
+    let (_send, mut recv) = open(&client, true).await;
+    // One 600-byte field put in the table, then named again and again by
+    // one-byte references (index 62): a tiny block, a 1,024-byte limit.
+    let mut block = vec![0x88, 0x40, 0x01, b'x', 0x7f, 0xd9, 0x03];
+    block.extend_from_slice(&[b'v'; 600]);
+    block.extend_from_slice(&[0xbe; 20]);
+    let mut out = BytesMut::new();
+    frame::put_headers(&mut out, 1, &block, false, 16_384);
+    peer.write(&out).await;
+    let (head, _) = peer.next_frame(kind::RST_STREAM).await;
+    assert_eq!(head.stream, 1);
+    assert!(matches!(poll_fn(|cx| recv.poll_response(cx)).await, Err(Error::Protocol { .. })));
+}
+
+#[tokio::test]
 async fn a_goaway_refuses_the_streams_above_its_last_and_every_new_call() {
     let (client, mut peer) = connected(&[]).await;
     let (_s1, mut kept) = open(&client, true).await;

@@ -85,6 +85,7 @@ pub struct DynamicTable {
 }
 
 impl DynamicTable {
+    /// An empty table holding at most `max_size` (HPACK-counted) bytes.
     pub fn new(max_size: usize) -> Self {
         Self { entries: VecDeque::new(), size: 0, max_size }
     }
