@@ -156,14 +156,7 @@ impl Client {
         }
         state.streams.insert(id, stream);
         if can_start {
-            let max_frame = state.peer.max_frame;
-            let stream = state.streams.get_mut(&id).expect("just inserted");
-            stream.opened = true;
-            stream.counted = true;
-            state.active += 1;
-            state.last_opened = id;
-            frame::put_headers(&mut state.out, id, block, end_stream, max_frame);
-            state.wake_io();
+            state.start_with(id, block);
         } else {
             state.pending_open.push_back(id);
         }

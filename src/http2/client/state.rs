@@ -339,15 +339,20 @@ impl State {
 
     /// Sends stream `id`'s HEADERS (and what of its body waits), taking a slot.
     pub fn start(&mut self, id: u32) {
+        let block = self.streams.get_mut(&id).and_then(|s| s.head_block.take()).unwrap_or_default();
+        self.start_with(id, &block);
+    }
+
+    /// [`State::start`] with the encoded head given (a stream that never waited).
+    pub fn start_with(&mut self, id: u32, block: &[u8]) {
         let max_frame = self.peer.max_frame;
         let Some(stream) = self.streams.get_mut(&id) else { return };
-        let block = stream.head_block.take().unwrap_or_default();
         let end_stream = stream.send_end && stream.pending.is_empty();
         stream.opened = true;
         stream.counted = true;
         self.active += 1;
         self.last_opened = id;
-        frame::put_headers(&mut self.out, id, &block, end_stream, max_frame);
+        frame::put_headers(&mut self.out, id, block, end_stream, max_frame);
         if stream.pending.is_empty() || self.flush_stream(id) {
             self.blocked.retain(|&b| b != id);
         } else if !self.blocked.contains(&id) {
