@@ -71,12 +71,6 @@ impl RecvBody {
         }
         joined.map_or(first, BytesMut::freeze)
     }
-
-    /// Any reset fails the body: a client that resets its request has
-    /// abandoned it, and a body cut short must never pass on as complete.
-    fn end_or_error(&self, e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
-        Some(Err(Box::new(e)))
-    }
 }
 
 impl http_body::Body for RecvBody {
@@ -86,7 +80,7 @@ impl http_body::Body for RecvBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(e) = this.failed.take() {
-            return Poll::Ready(this.end_or_error(*e));
+            return Poll::Ready(failure(*e));
         }
         if !this.data_done {
             match ready!(this.recv.poll_data(cx)) {
@@ -99,14 +93,14 @@ impl http_body::Body for RecvBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(this.end_or_error(e)),
+                Some(Err(e)) => return Poll::Ready(failure(e)),
                 None => this.data_done = true,
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(this.end_or_error(e)),
+            Err(e) => Poll::Ready(failure(e)),
         }
     }
 
@@ -120,4 +114,10 @@ impl http_body::Body for RecvBody {
             n => SizeHint::with_exact(n),
         }
     }
+}
+
+/// Any reset or error fails the body: a client that resets its request has
+/// abandoned it, and a body cut short must never pass on as complete.
+fn failure(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+    Some(Err(Box::new(e)))
 }

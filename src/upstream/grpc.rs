@@ -56,8 +56,7 @@ impl Upstream {
     ) -> SendGrpc<'_, impl Future<Output = CallResult> + '_> {
         let deadline = parse_grpc_timeout(req.headers()).map(|t| Instant::now() + t);
         let call = self.place_call(req, client_ip);
-        let timer = deadline.map(tokio::time::sleep_until);
-        SendGrpc { upstream: self, call, timer, deadline }
+        SendGrpc { upstream: self, call, timer: deadline.map(tokio::time::sleep_until) }
     }
 
     fn place_call(&self, req: Request<Body>, client_ip: IpAddr) -> impl Future<Output = CallResult> + '_ {
@@ -133,9 +132,9 @@ pin_project_lite::pin_project! {
         upstream: &'a Upstream,
         #[pin]
         call: F,
+        // The deadline, when the call has one.
         #[pin]
         timer: Option<tokio::time::Sleep>,
-        deadline: Option<Instant>,
     }
 }
 
@@ -159,9 +158,12 @@ impl<F: Future<Output = CallResult>> Future for SendGrpc<'_, F> {
                 return Poll::Pending;
             }
         };
-        let response = match *this.deadline {
+        let response = match this.timer.as_ref().get_ref() {
             None => response,
-            Some(at) => response.map(|body| body::boxed(DeadlineBody::new(body, at))),
+            Some(timer) => {
+                let at = timer.deadline();
+                response.map(|body| body::boxed(DeadlineBody::new(body, at)))
+            }
         };
         Poll::Ready(Ok(GrpcResponse { response, guard, target }))
     }

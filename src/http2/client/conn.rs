@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::state::{OUT_HIGH_WATER, State};
-use super::{Error, Settings, Shared};
+use super::{Error, Settings, Shared, is_connection_specific};
 use crate::http2::frame::{self, Head, flag, kind, setting};
 use crate::http2::hpack::{self, Decoder, Name};
 
@@ -681,11 +681,6 @@ fn parse_trailers(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed,
         }
     }
     Ok(Parsed::Trailers(trailers))
-}
-
-fn is_connection_specific(name: &header::HeaderName) -> bool {
-    matches!(*name, header::CONNECTION | header::TRANSFER_ENCODING | header::UPGRADE)
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -182,10 +182,9 @@ pub fn encode_request(head: &request::Parts) -> BytesMut {
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
     hpack::encode_pseudo(&mut block, ":path", path.as_bytes());
     for (name, value) in &head.headers {
-        if is_connection_specific(name, value) {
-            continue;
+        if !left_out_of_request(name, value) {
+            hpack::encode_field(&mut block, name, value);
         }
-        hpack::encode_field(&mut block, name, value);
     }
     block
 }
@@ -194,18 +193,27 @@ pub fn encode_request(head: &request::Parts) -> BytesMut {
 fn encode_trailers(trailers: &HeaderMap) -> BytesMut {
     let mut block = BytesMut::with_capacity(64);
     for (name, value) in trailers {
-        if !is_connection_specific(name, value) {
+        if !left_out_of_request(name, value) {
             hpack::encode_field(&mut block, name, value);
         }
     }
     block
 }
 
-fn is_connection_specific(name: &header::HeaderName, value: &header::HeaderValue) -> bool {
+/// Connection-specific fields (RFC 9113 §8.2.2): never sent, and malformed
+/// in what a backend sends.
+fn is_connection_specific(name: &header::HeaderName) -> bool {
+    matches!(*name, header::CONNECTION | header::TRANSFER_ENCODING | header::UPGRADE)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// Left out of a request's fields: connection-specific ones, `Host`
+/// (carried as `:authority`), and `te` other than `trailers`.
+fn left_out_of_request(name: &header::HeaderName, value: &header::HeaderValue) -> bool {
     match *name {
-        header::CONNECTION | header::TRANSFER_ENCODING | header::UPGRADE | header::HOST => true,
+        header::HOST => true,
         header::TE => value != "trailers",
-        _ => matches!(name.as_str(), "keep-alive" | "proxy-connection"),
+        _ => is_connection_specific(name),
     }
 }
 
