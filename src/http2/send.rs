@@ -1,14 +1,16 @@
-//! A body streamed into an HTTP/2 stream: one frame at a time, taking the
-//! next only once the stream has send window (the backpressure), trailers
-//! last.
+//! A body streamed into one of our HTTP/2 streams (a server's response, a
+//! client's request): one frame at a time, taking the next only once the
+//! last has gone out to the connection (the backpressure: at most one
+//! chunk per stream waits for flow-control window), trailers last.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use h2::{Reason, SendStream};
+use h2::Reason;
 use http_body::{Body as _, Frame};
 
+use super::SendHalf;
 use crate::body::{Body, BoxError};
 
 /// How sending a body ended.
@@ -25,91 +27,67 @@ pub enum SendEnd {
 /// Streams `body` into `stream`; see the module doc.
 pub struct BodySender {
     body: Body,
-    stream: SendStream<Bytes>,
+    stream: SendHalf,
     /// A frame read before sending began (`upstream::h2_stream::Start`).
     first: Option<Result<Frame<Bytes>, BoxError>>,
-    /// A chunk waiting for send capacity, and whether it ends the body.
-    held: Option<(Bytes, bool)>,
 }
 
 impl BodySender {
     /// Sends `first` (when given), then the rest of `body`.
-    pub fn new(body: Body, stream: SendStream<Bytes>, first: Option<Result<Frame<Bytes>, BoxError>>) -> Self {
-        Self { body, stream, first, held: None }
+    pub fn new(body: Body, stream: SendHalf, first: Option<Result<Frame<Bytes>, BoxError>>) -> Self {
+        Self { body, stream, first }
     }
 
-    /// Resets the stream (the body failed, or the call was abandoned).
+    /// Resets the stream (the body failed, or it was abandoned).
     pub fn reset(&mut self, reason: Reason) {
-        self.stream.send_reset(reason);
+        self.stream.reset(reason);
     }
 
     /// Drives the body into the stream until it has all gone, or failed.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<SendEnd> {
         loop {
-            if let Some((_, end)) = self.held {
-                // Claim a little window, not the whole chunk: h2 raises the claim
-                // to what is buffered, and a large up-front claim can starve
-                // other streams (hyper #4003). Window the connection has is
-                // assigned at once, so a stream that has some does not wait.
-                if self.stream.capacity() == 0 {
-                    self.stream.reserve_capacity(1);
-                    while self.stream.capacity() == 0 {
-                        match self.stream.poll_capacity(cx) {
-                            Poll::Ready(Some(Ok(_))) => {}
-                            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(SendEnd::Gone),
-                            Poll::Pending => return self.pending_unless_reset(cx),
-                        }
-                    }
-                }
-                let (data, _) = self.held.take().expect("checked above");
-                if self.stream.send_data(data, end).is_err() {
-                    return Poll::Ready(SendEnd::Gone);
-                }
-                if end {
-                    return Poll::Ready(SendEnd::Done);
-                }
-                continue;
+            match self.stream.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(SendEnd::Gone),
+                Poll::Pending => return Poll::Pending,
             }
             let frame = match self.first.take() {
                 Some(frame) => Some(frame),
                 None => match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
-                    Poll::Pending => return self.pending_unless_reset(cx),
+                    // Waiting on the body: a reset by the peer ends the wait.
+                    Poll::Pending => return self.stream.poll_reset(cx).map(|_| SendEnd::Gone),
                 },
             };
             match frame {
+                None => return Poll::Ready(sent(self.stream.send_data(Bytes::new(), true))),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.body.is_end_stream();
                         if data.is_empty() && !end {
                             continue;
                         }
-                        self.held = Some((data, end));
+                        let result = self.stream.send_data(data, end);
+                        if result.is_err() || end {
+                            return Poll::Ready(sent(result));
+                        }
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            self.stream.reserve_capacity(0);
-                            return Poll::Ready(match self.stream.send_trailers(trailers) {
-                                Ok(()) => SendEnd::Done,
-                                Err(_) => SendEnd::Gone,
-                            });
+                            return Poll::Ready(sent(self.stream.send_trailers(&trailers)));
                         }
                     }
                 },
                 Some(Err(e)) => return Poll::Ready(SendEnd::BodyFailed(e)),
-                None => {
-                    return Poll::Ready(match self.stream.send_data(Bytes::new(), true) {
-                        Ok(()) => SendEnd::Done,
-                        Err(_) => SendEnd::Gone,
-                    });
-                }
             }
         }
     }
+}
 
-    /// Waiting on the body or for window: a reset by the peer ends the wait.
-    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<SendEnd> {
-        ready!(self.stream.poll_reset(cx)).ok();
-        Poll::Ready(SendEnd::Gone)
+/// How a last send ended the body.
+fn sent(result: Result<(), super::Error>) -> SendEnd {
+    match result {
+        Ok(()) => SendEnd::Done,
+        Err(_) => SendEnd::Gone,
     }
 }

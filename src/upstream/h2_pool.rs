@@ -141,6 +141,10 @@ async fn handshake(stream: Io) -> Result<H2Sender, ConnectError> {
         stream_window: STREAM_WINDOW,
         connection_window: CONNECTION_WINDOW,
         max_header_list_size: MAX_HEADER_LIST_SIZE,
+        // Server-role limits: they do not apply to our client.
+        max_concurrent_streams: u32::MAX,
+        max_early_resets: usize::MAX,
+        max_peer_faults: usize::MAX,
         keep_alive_interval: KEEP_ALIVE_INTERVAL,
         keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
     };

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::body::{Body, BoxError};
 use crate::http2::client::{Error, RecvHalf, SendHalf};
-use crate::http2::reason_in;
+use crate::http2::{BodySender, SendEnd, reason_in};
 
 /// What the request body had ready when the call was placed.
 pub enum Start {
@@ -64,7 +64,7 @@ impl Start {
             Start::Whole(data) => stream.send_data(data, true).map(|()| None),
             Start::Streaming(first) => {
                 let (cancel, cancelled) = oneshot::channel();
-                tokio::spawn(Pipe { body, send: stream, first, cancelled: Some(cancelled) });
+                tokio::spawn(Pipe { sender: BodySender::new(body, stream, first), cancelled: Some(cancelled) });
                 Ok(Some(PipeCancel(Some(cancel))))
             }
         }
@@ -91,14 +91,10 @@ impl Drop for PipeCancel {
     }
 }
 
-/// Streams a request body into its HTTP/2 stream, one frame at a time,
-/// taking the next only once the last has gone out (the backpressure);
+/// Streams a request body into its HTTP/2 stream ([`BodySender`]);
 /// resets the stream when the call is abandoned or the body fails.
 struct Pipe {
-    body: Body,
-    send: SendHalf,
-    /// A frame read before the call was placed (`Start::peek`).
-    first: Option<Result<Frame<Bytes>, BoxError>>,
+    sender: BodySender,
     cancelled: Option<oneshot::Receiver<()>>,
 }
 
@@ -110,7 +106,7 @@ impl Future for Pipe {
         if let Some(cancelled) = this.cancelled.as_mut() {
             match Pin::new(cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
-                    this.send.reset(Reason::CANCEL);
+                    this.sender.reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
                 // Disarmed: the response is complete, the body may finish.
@@ -118,50 +114,15 @@ impl Future for Pipe {
                 Poll::Pending => {}
             }
         }
-        loop {
-            match this.send.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
-            }
-            let frame = match this.first.take() {
-                Some(frame) => Some(frame),
-                None => match Pin::new(&mut this.body).poll_frame(cx) {
-                    Poll::Ready(frame) => frame,
-                    // Waiting on the client: a reset by the backend ends the wait.
-                    Poll::Pending => return this.send.poll_reset(cx).map(drop),
-                },
-            };
-            match frame {
-                None => {
-                    let _ = this.send.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let end = this.body.is_end_stream();
-                        if data.is_empty() && !end {
-                            continue;
-                        }
-                        if this.send.send_data(data, end).is_err() || end {
-                            return Poll::Ready(());
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = this.send.send_trailers(&trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    // The client's body failed (reset, malformed): so does the call.
-                    tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
-                    this.send.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
-                    return Poll::Ready(());
-                }
+        match std::task::ready!(this.sender.poll_send(cx)) {
+            SendEnd::Done | SendEnd::Gone => {}
+            SendEnd::BodyFailed(e) => {
+                // The client's body failed (reset, malformed): so does the call.
+                tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
+                this.sender.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
             }
         }
+        Poll::Ready(())
     }
 }
 

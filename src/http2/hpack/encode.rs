@@ -3,8 +3,8 @@
 use bytes::{BufMut, BytesMut};
 use http::{HeaderName, HeaderValue};
 
-/// A pseudo-header field (`:method`, `:scheme`, `:authority`, `:path`),
-/// from the static table entirely where name and value are there.
+/// A pseudo-header field (`:method`, `:scheme`, `:authority`, `:path`,
+/// `:status`), from the static table entirely where name and value are there.
 pub fn encode_pseudo(out: &mut BytesMut, name: &'static str, value: &[u8]) {
     let full = match (name, value) {
         (":method", b"GET") => Some(2),
@@ -12,6 +12,13 @@ pub fn encode_pseudo(out: &mut BytesMut, name: &'static str, value: &[u8]) {
         (":path", b"/") => Some(4),
         (":scheme", b"http") => Some(6),
         (":scheme", b"https") => Some(7),
+        (":status", b"200") => Some(8),
+        (":status", b"204") => Some(9),
+        (":status", b"206") => Some(10),
+        (":status", b"304") => Some(11),
+        (":status", b"400") => Some(12),
+        (":status", b"404") => Some(13),
+        (":status", b"500") => Some(14),
         _ => None,
     };
     if let Some(index) = full {
@@ -23,6 +30,7 @@ pub fn encode_pseudo(out: &mut BytesMut, name: &'static str, value: &[u8]) {
         ":method" => 2,
         ":path" => 4,
         ":scheme" => 6,
+        ":status" => 8,
         _ => 0,
     };
     literal(out, 0x00, index, name.as_bytes(), value);

@@ -1,38 +1,32 @@
-//! HTTP/2 server connections of our own, on the `h2` crate.
+//! HTTP/2 client connections, served on our own HTTP/2 server
+//! ([`crate::http2::server`]).
 //!
-//! Why not hyper's server: it spawns a task per stream, boxes the stream's
-//! state behind it, and pipes each response body through a second state
-//! machine; a small response then costs two task switches (the stream's
-//! task, then the connection's to write) and the task's setup and teardown.
-//! Here the connection's task owns the streams: it accepts them, runs each
-//! request's answer in place ([`stream`]), and writes what they sent in the
-//! same wake-up. Everything protocol-level (frames, HPACK, flow control,
-//! stream states, the reset-flood guards) is h2's.
+//! The connection's task owns its streams: it accepts them, runs each
+//! request's answer in place ([`stream`]), and writes what they sent in
+//! the same wake-up: no task per stream, no body pipe between them, and a
+//! small response costs no task switch. The protocol (frames, HPACK, flow
+//! control, the flood guards, keep-alive PINGs) is the server's.
 //!
-//! The connection also sends keep-alive PINGs and closes a connection that
-//! stops answering them, and shuts down gracefully (GOAWAY, open streams
-//! finish) when asked. A CONNECT (RFC 8441 WebSocket) gets a
-//! [`PendingConnect`] in its extensions and an empty body; a 2xx answer
-//! hands the stream over as a byte stream ([`upgrade`]).
+//! Shutting down gracefully sends GOAWAY and lets the open streams finish.
+//! A CONNECT (RFC 8441 WebSocket) gets a [`PendingConnect`] in its
+//! extensions and an empty body; a 2xx answer hands the stream over as a
+//! byte stream ([`upgrade`]).
 
 mod stream;
 pub mod upgrade;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use h2::server::{Builder, Connection, Handshake, SendResponse};
-use h2::{Ping, PingPong, RecvStream};
 use http::{Method, Request, Response, header};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, ClientBody};
-use crate::http2::RecvBody;
+use crate::http2::server::Server;
+use crate::http2::{self as h2proto, RecvBody, RecvHalf, SendHalf};
 use stream::{Connect, StreamTask};
 pub use upgrade::{PendingConnect, StreamIo};
 
@@ -41,56 +35,50 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the client has to answer one before the connection is closed.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Flow-control windows and buffers (hyper's defaults, which the benchmarks
-/// were tuned with): 1 MiB per stream and per connection, 16 KiB frames,
-/// at most 400 KiB queued per stream before a sender waits.
+/// Flow-control windows (hyper's defaults, which the benchmarks were tuned
+/// with): 1 MiB per stream and per connection.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-const MAX_FRAME_SIZE: u32 = 16 * 1024;
-const MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// A listener's HTTP/2 limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// SETTINGS_MAX_HEADER_LIST_SIZE: larger heads are refused.
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: larger heads get 431.
     pub max_header_list_bytes: u32,
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_concurrent_streams: u32,
     /// HTTP/2 Rapid Reset (CVE-2023-44487): a client that opens streams and
     /// cancels them at once never hits max_concurrent_streams yet makes us
     /// start a request per stream. Past this many streams reset before we
-    /// accepted them, the connection is closed with GOAWAY ENHANCE_YOUR_CALM.
+    /// answered them (less one per answer), the connection is closed with
+    /// GOAWAY ENHANCE_YOUR_CALM.
     pub max_pending_accept_reset_streams: usize,
     /// The mirror flood: frames crafted so that *we* reset streams over and
-    /// over (RUSTSEC-2024-0003, CVE-2019-9514-style reset floods); past this
-    /// many, GOAWAY as well.
+    /// over (malformed requests, CVE-2019-9514-style reset floods); past
+    /// this many, GOAWAY as well.
     pub max_local_error_reset_streams: usize,
 }
 
 impl Settings {
-    fn builder(&self) -> Builder {
-        let mut builder = Builder::new();
-        builder
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            .max_header_list_size(self.max_header_list_bytes)
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(Some(self.max_local_error_reset_streams))
-            // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so WebSocket clients
-            // can open a stream with extended CONNECT (`websocket` routes answer it).
-            .enable_connect_protocol();
-        builder
+    fn protocol(&self) -> h2proto::Settings {
+        h2proto::Settings {
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+            max_header_list_size: self.max_header_list_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_early_resets: self.max_pending_accept_reset_streams,
+            max_peer_faults: self.max_local_error_reset_streams,
+            keep_alive_interval: KEEP_ALIVE_INTERVAL,
+            keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
+        }
     }
 }
 
 /// Why a connection ended other than by a clean close.
 #[derive(Debug)]
 pub enum Http2Error {
-    /// The handshake, a frame or the socket failed (h2 has sent GOAWAY where it could).
-    Protocol(h2::Error),
+    /// A frame or the socket failed (GOAWAY was sent where it could be).
+    Protocol(h2proto::Error),
     /// The client stopped answering PINGs.
     KeepAliveTimedOut,
 }
@@ -115,24 +103,12 @@ impl std::error::Error for Http2Error {
     }
 }
 
-// The connection is the large variant, inline on purpose: the whole server
-// connection is boxed once, and every poll reaches h2 without another hop.
-#[allow(clippy::large_enum_variant)]
-enum State<I> {
-    Handshaking(Pin<Box<Handshake<I, Bytes>>>),
-    Serving(Connection<I, Bytes>),
-    Closed,
-}
-
 /// One client connection, served until it closes (see the module doc).
 /// `service` makes each request's answer, which runs in this task.
 pub struct ServerConnection<I, S, F> {
-    state: State<I>,
+    server: Server<I>,
     streams: FuturesUnordered<StreamTask<F>>,
     service: S,
-    keep_alive: KeepAlive,
-    /// Asked to shut down gracefully (possibly before the handshake ended).
-    closing: bool,
 }
 
 impl<I, S, F> ServerConnection<I, S, F>
@@ -141,23 +117,14 @@ where
     S: FnMut(Request<ClientBody>) -> F,
     F: Future<Output = Response<Body>> + Unpin,
 {
-    /// Starts the handshake (our SETTINGS, the client's preface) on `io`.
+    /// Serves `io`; our SETTINGS go out with the first write.
     pub fn new(io: I, service: S, settings: &Settings) -> Self {
-        Self {
-            state: State::Handshaking(Box::pin(settings.builder().handshake(io))),
-            streams: FuturesUnordered::new(),
-            service,
-            keep_alive: KeepAlive::new(),
-            closing: false,
-        }
+        Self { server: Server::new(io, settings.protocol()), streams: FuturesUnordered::new(), service }
     }
 
     /// Sends GOAWAY and lets the open streams finish.
     pub fn graceful_shutdown(&mut self) {
-        self.closing = true;
-        if let State::Serving(conn) = &mut self.state {
-            conn.graceful_shutdown();
-        }
+        self.server.graceful_shutdown();
     }
 }
 
@@ -166,12 +133,13 @@ where
 fn start<S, F>(
     service: &mut S,
     streams: &mut FuturesUnordered<StreamTask<F>>,
-    request: Request<RecvStream>,
-    respond: SendResponse<Bytes>,
+    request: Request<()>,
+    send: SendHalf,
+    recv: RecvHalf,
 ) where
     S: FnMut(Request<ClientBody>) -> F,
 {
-    let (mut parts, recv) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
     let (body, connect) = if parts.method == Method::CONNECT {
         // The stream is the tunnel's, if the answer says so; the request has no body.
         let (pending, fulfil) = PendingConnect::new();
@@ -182,7 +150,7 @@ fn start<S, F>(
         (ClientBody::Http2(RecvBody::new(recv, length)), None)
     };
     let answer = service(Request::from_parts(parts, body));
-    streams.push(StreamTask::new(answer, respond, connect));
+    streams.push(StreamTask::new(answer, send, connect));
 }
 
 impl<I, S, F> Future for ServerConnection<I, S, F>
@@ -195,112 +163,26 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let State::Handshaking(handshake) = &mut this.state {
-            match handshake.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    this.state = State::Closed;
-                    return Poll::Ready(Err(Http2Error::Protocol(e)));
-                }
-                Poll::Ready(Ok(mut conn)) => {
-                    if this.closing {
-                        conn.graceful_shutdown();
-                    }
-                    this.keep_alive.pings = conn.ping_pong();
-                    this.state = State::Serving(conn);
-                }
-            }
-        }
-        let State::Serving(conn) = &mut this.state else { return Poll::Ready(Ok(())) };
+        this.server.begin_poll();
+        this.server.poll_keep_alive(cx);
         loop {
-            // Streams first, so what they send goes out in the accept below.
+            // Streams first, so what they send goes out in the write below.
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => {
-                    start(&mut this.service, &mut this.streams, request, respond);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.state = State::Closed;
-                    return Poll::Ready(Err(Http2Error::Protocol(e)));
-                }
-                Poll::Ready(None) => {
-                    // The connection is done; streams left can send nothing more.
-                    this.state = State::Closed;
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => {
-                    return match this.keep_alive.poll(cx) {
-                        Poll::Ready(()) => {
-                            this.state = State::Closed;
-                            Poll::Ready(Err(Http2Error::KeepAliveTimedOut))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+            this.server.poll_read(cx);
+            let mut accepted = false;
+            while let Some((request, send, recv)) = this.server.accept() {
+                start(&mut this.service, &mut this.streams, request, send, recv);
+                accepted = true;
+            }
+            if !accepted {
+                break;
             }
         }
-    }
-}
-
-/// Keep-alive PINGs: one every [`KEEP_ALIVE_INTERVAL`]; an answer must come
-/// within [`KEEP_ALIVE_TIMEOUT`].
-struct KeepAlive {
-    /// `None` before the handshake, or once h2 has no more to give.
-    pings: Option<PingPong>,
-    /// Next PING due, or the deadline of the one out; made on first use.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// A PING is out, unanswered.
-    waiting: bool,
-    /// The waker `timer` was last polled with: while the connection's polls
-    /// come with it, the timer is polled again only once it has fired.
-    waker: Option<Waker>,
-}
-
-impl KeepAlive {
-    fn new() -> Self {
-        Self { pings: None, timer: None, waiting: false, waker: None }
-    }
-
-    /// Ready when the client has failed to answer in time.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(pings) = self.pings.as_mut() else { return Poll::Pending };
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(KEEP_ALIVE_INTERVAL)));
-        if self.waiting {
-            match pings.poll_pong(cx) {
-                Poll::Ready(Ok(_)) => {
-                    self.waiting = false;
-                    timer.as_mut().reset(Instant::now() + KEEP_ALIVE_INTERVAL);
-                    self.waker = None;
-                }
-                Poll::Ready(Err(_)) => {
-                    self.pings = None;
-                    return Poll::Pending;
-                }
-                Poll::Pending => {}
-            }
+        match ready!(this.server.poll_flush_or_end(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(h2proto::Error::KeepAliveTimedOut) => Poll::Ready(Err(Http2Error::KeepAliveTimedOut)),
+            Err(e) => Poll::Ready(Err(Http2Error::Protocol(e))),
         }
-        let registered = self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if registered && !timer.is_elapsed() {
-            return Poll::Pending;
-        }
-        self.waker = Some(cx.waker().clone());
-        while timer.as_mut().poll(cx).is_ready() {
-            if self.waiting {
-                return Poll::Ready(());
-            }
-            if pings.send_ping(Ping::opaque()).is_err() {
-                self.pings = None;
-                return Poll::Pending;
-            }
-            self.waiting = true;
-            timer.as_mut().reset(Instant::now() + KEEP_ALIVE_TIMEOUT);
-            // Registers for the answer.
-            if pings.poll_pong(cx).is_ready() {
-                self.waiting = false;
-                timer.as_mut().reset(Instant::now() + KEEP_ALIVE_INTERVAL);
-            }
-        }
-        Poll::Pending
     }
 }
 

@@ -8,36 +8,35 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::Reason;
 use http::{Response, header};
 use http_body::Body as _;
 use tokio::sync::oneshot;
 
 use super::upgrade::StreamIo;
 use crate::body::Body;
-use crate::http2::{BodySender, SendEnd, reason_in};
+use crate::http2::server::encode_response;
+use crate::http2::{BodySender, RecvHalf, SendEnd, SendHalf, reason_in};
 use crate::listen::date;
 use crate::pipeline::forwarded::remove_connection_specific;
 
 /// A CONNECT's stream, kept back from the request until the answer says
 /// whether it becomes a tunnel.
 pub(super) struct Connect {
-    pub recv: RecvStream,
+    pub recv: RecvHalf,
     pub fulfil: oneshot::Sender<StreamIo>,
 }
 
 /// See the module doc; polled by the connection's task.
 pub(super) enum StreamTask<F> {
-    Answering { answer: F, respond: SendResponse<Bytes>, connect: Option<Connect> },
+    Answering { answer: F, send: Option<SendHalf>, connect: Option<Connect> },
     Sending(BodySender),
     Done,
 }
 
 impl<F> StreamTask<F> {
-    pub fn new(answer: F, respond: SendResponse<Bytes>, connect: Option<Connect>) -> Self {
-        StreamTask::Answering { answer, respond, connect }
+    pub fn new(answer: F, send: SendHalf, connect: Option<Connect>) -> Self {
+        StreamTask::Answering { answer, send: Some(send), connect }
     }
 }
 
@@ -51,20 +50,22 @@ where
         let this = self.get_mut();
         loop {
             match this {
-                StreamTask::Answering { answer, respond, connect } => {
+                StreamTask::Answering { answer, send, connect } => {
+                    let Some(stream) = send.as_mut() else { return Poll::Ready(()) };
                     let response = match Pin::new(answer).poll(cx) {
                         Poll::Ready(response) => response,
                         Poll::Pending => {
                             // Not answered yet: a client reset abandons the request.
-                            if let Poll::Ready(reason) = respond.poll_reset(cx) {
-                                tracing::debug!(?reason, "client reset the stream before the response");
+                            if let Poll::Ready(error) = stream.poll_reset(cx) {
+                                tracing::debug!(%error, "client reset the stream before the response");
                                 *this = StreamTask::Done;
                                 return Poll::Ready(());
                             }
                             return Poll::Pending;
                         }
                     };
-                    let next = respond_with(response, respond, connect.take());
+                    let stream = send.take().expect("checked above");
+                    let next = respond_with(response, stream, connect.take());
                     *this = next;
                 }
                 StreamTask::Sending(sender) => {
@@ -86,11 +87,7 @@ where
 }
 
 /// Sends the answer's head and says what is left to do.
-fn respond_with<F>(
-    response: Response<Body>,
-    respond: &mut SendResponse<Bytes>,
-    connect: Option<Connect>,
-) -> StreamTask<F> {
+fn respond_with<F>(response: Response<Body>, mut send: SendHalf, connect: Option<Connect>) -> StreamTask<F> {
     let (mut head, body) = response.into_parts();
     remove_connection_specific(&mut head.headers);
     if let header::Entry::Vacant(date) = head.headers.entry(header::DATE) {
@@ -101,8 +98,8 @@ fn respond_with<F>(
     {
         // RFC 8441 §5 / RFC 9113 §8.5: a 2xx turns the stream into the tunnel.
         head.headers.remove(header::CONTENT_LENGTH);
-        match respond.send_response(Response::from_parts(head, ()), false) {
-            Ok(send) => {
+        match send.send_headers(encode_response(&head), false) {
+            Ok(()) => {
                 let _ = connect.fulfil.send(StreamIo::new(send, connect.recv));
             }
             Err(e) => tracing::debug!(error = %e, "could not answer the CONNECT"),
@@ -113,9 +110,9 @@ fn respond_with<F>(
     if !end && let Some(len) = body.size_hint().exact() {
         head.headers.entry(header::CONTENT_LENGTH).or_insert_with(|| len.into());
     }
-    match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(_) if end => StreamTask::Done,
-        Ok(send) => StreamTask::Sending(BodySender::new(body, send, None)),
+    match send.send_headers(encode_response(&head), end) {
+        Ok(()) if end => StreamTask::Done,
+        Ok(()) => StreamTask::Sending(BodySender::new(body, send, None)),
         Err(e) => {
             tracing::debug!(error = %e, "could not send the response head");
             StreamTask::Done

@@ -7,9 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use h2::{Reason, RecvStream, SendStream};
+use h2::Reason;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::http2::{Error, RecvHalf, SendHalf};
 use crate::model::Handoff;
 
 /// In a CONNECT request's extensions: yields the stream once our 2xx
@@ -17,24 +18,24 @@ use crate::model::Handoff;
 pub type PendingConnect = Handoff<StreamIo>;
 
 /// See the module doc. The connection's task keeps driving the socket; this
-/// only moves bytes in and out of h2's buffers.
+/// only moves bytes in and out of the stream.
 pub struct StreamIo {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     /// The rest of the last DATA frame read.
     unread: Bytes,
     shut_down: bool,
 }
 
 impl StreamIo {
-    pub(super) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+    pub(super) fn new(send: SendHalf, recv: RecvHalf) -> Self {
         Self { send, recv, unread: Bytes::new(), shut_down: false }
     }
 }
 
 /// A reset with NO_ERROR or CANCEL is how a peer ends a tunnel stream; any
 /// other reason (or connection failure) is an error.
-fn ended_or_error(e: h2::Error) -> io::Result<()> {
+fn ended_or_error(e: Error) -> io::Result<()> {
     match e.reason() {
         Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
         _ => Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
@@ -46,10 +47,7 @@ impl AsyncRead for StreamIo {
         let this = self.get_mut();
         while this.unread.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.unread = data;
-                }
+                Some(Ok(data)) => this.unread = data,
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(ended_or_error(e)),
             }
@@ -67,27 +65,12 @@ impl AsyncWrite for StreamIo {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        this.send.reserve_capacity(buf.len());
-        while this.send.capacity() == 0 {
-            match this.send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
-                Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                Poll::Pending => {
-                    // Waiting for window: a reset by the client ends the wait.
-                    return match ready!(this.send.poll_reset(cx)) {
-                        Ok(reason) => Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("stream reset by the client: {reason:?}"),
-                        ))),
-                        Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
-                    };
-                }
-            }
+        // At most one chunk waits for window: a slow reader slows the writer.
+        if let Err(e) = ready!(this.send.poll_ready(cx)) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)));
         }
-        let n = this.send.capacity().min(buf.len());
-        match this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
-            Ok(()) => Poll::Ready(Ok(n)),
+        match this.send.send_data(Bytes::copy_from_slice(buf), false) {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
             Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
         }
     }
@@ -101,7 +84,6 @@ impl AsyncWrite for StreamIo {
         let this = self.get_mut();
         if !this.shut_down {
             this.shut_down = true;
-            this.send.reserve_capacity(0);
             if let Err(e) = this.send.send_data(Bytes::new(), true) {
                 return Poll::Ready(ended_or_error(e));
             }

@@ -3,81 +3,36 @@
 //! server never produces (real backends are in `tests/grpc.rs`).
 
 use std::future::poll_fn;
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::Reason;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::AsyncReadExt;
 
-use super::*;
-use crate::http2::frame::{Head, flag, kind, setting};
+use super::Peer;
+use crate::http2::client::*;
+use crate::http2::frame::{flag, kind, setting};
+use crate::http2::{encode_trailers, frame, hpack};
 
 const SETTINGS: Settings = Settings {
     stream_window: 100,
     connection_window: 1 << 20,
     max_header_list_size: 1024,
+    max_concurrent_streams: u32::MAX,
+    max_early_resets: usize::MAX,
+    max_peer_faults: usize::MAX,
     keep_alive_interval: Duration::from_secs(30),
     keep_alive_timeout: Duration::from_secs(20),
 };
-
-/// The backend's end of the connection.
-struct Peer {
-    io: DuplexStream,
-}
-
-impl Peer {
-    async fn read_frame(&mut self) -> (Head, Bytes) {
-        let mut head = [0u8; 9];
-        self.io.read_exact(&mut head).await.expect("frame head");
-        let head = Head::parse(&head);
-        let mut payload = vec![0u8; head.len];
-        self.io.read_exact(&mut payload).await.expect("frame payload");
-        (head, payload.into())
-    }
-
-    /// The next frame that is not SETTINGS/WINDOW_UPDATE/PING housekeeping.
-    async fn next_frame(&mut self, kind_wanted: u8) -> (Head, Bytes) {
-        loop {
-            let (head, payload) = self.read_frame().await;
-            if head.kind == kind_wanted {
-                return (head, payload);
-            }
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.io.write_all(bytes).await.expect("write");
-    }
-
-    async fn settings(&mut self, params: &[(u16, u32)]) {
-        let mut out = BytesMut::new();
-        frame::put_settings(&mut out, params, false);
-        self.write(&out).await;
-    }
-
-    async fn response(&mut self, stream: u32, fields: &[(&str, &str)], end_stream: bool) {
-        let mut block = BytesMut::new();
-        for (name, value) in fields {
-            // A literal without indexing, new name: raw bytes, uppercase allowed through.
-            block.extend_from_slice(&[0x00, name.len() as u8]);
-            block.extend_from_slice(name.as_bytes());
-            block.extend_from_slice(&[value.len() as u8]);
-            block.extend_from_slice(value.as_bytes());
-        }
-        let mut out = BytesMut::new();
-        frame::put_headers(&mut out, stream, &block, end_stream, 16_384);
-        self.write(&out).await;
-    }
-}
 
 /// A connected client whose backend has sent `params` as its SETTINGS.
 async fn connected(params: &[(u16, u32)]) -> (Client, Peer) {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let (client, connection) = handshake(ours, SETTINGS);
     tokio::spawn(connection);
-    let mut peer = Peer { io: theirs };
+    let mut peer = Peer::new(theirs);
     let mut preface = [0u8; 24];
     peer.io.read_exact(&mut preface).await.unwrap();
     assert_eq!(&preface, frame::PREFACE);
@@ -120,11 +75,11 @@ async fn a_call_goes_out_as_headers_data_and_comes_back_with_trailers() {
     let (head, data) = peer.next_frame(kind::DATA).await;
     assert_eq!((head.flags, &data[..]), (flag::END_STREAM, &b"hello"[..]));
 
-    peer.response(1, &[(":status", "200"), ("content-type", "application/grpc")], false).await;
+    peer.headers(1, &[(":status", "200"), ("content-type", "application/grpc")], false).await;
     let mut out = BytesMut::new();
     frame::put_data(&mut out, 1, b"world", false, 16_384);
     peer.write(&out).await;
-    peer.response(1, &[("grpc-status", "0")], true).await;
+    peer.headers(1, &[("grpc-status", "0")], true).await;
 
     let response = poll_fn(|cx| recv.poll_response(cx)).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -139,14 +94,14 @@ async fn streams_past_the_backends_limit_open_in_order_as_slots_free() {
     let (client, mut peer) = connected(&[(setting::MAX_CONCURRENT_STREAMS, 1)]).await;
     let (_send, mut first) = open(&client, true).await;
     let (_send, mut second) = open(&client, true).await;
-    peer.response(1, &[(":status", "200")], true).await;
+    peer.headers(1, &[(":status", "200")], true).await;
     // Stream 3's HEADERS go out only once stream 1 has closed.
     let (head, _) = peer.next_frame(kind::HEADERS).await;
     assert_eq!(head.stream, 1);
     poll_fn(|cx| first.poll_response(cx)).await.unwrap();
     let (head, _) = peer.next_frame(kind::HEADERS).await;
     assert_eq!(head.stream, 3);
-    peer.response(3, &[(":status", "200")], true).await;
+    peer.headers(3, &[(":status", "200")], true).await;
     assert_eq!(poll_fn(|cx| second.poll_response(cx)).await.unwrap().status(), 200);
 }
 
@@ -170,7 +125,7 @@ async fn request_data_waits_for_window_and_goes_on_after_window_update() {
 async fn taking_response_data_hands_its_window_back() {
     let (client, mut peer) = connected(&[]).await;
     let (_send, mut recv) = open(&client, true).await;
-    peer.response(1, &[(":status", "200")], false).await;
+    peer.headers(1, &[(":status", "200")], false).await;
     let mut out = BytesMut::new();
     frame::put_data(&mut out, 1, &[1u8; 60], false, 16_384);
     peer.write(&out).await;
@@ -187,7 +142,7 @@ async fn taking_response_data_hands_its_window_back() {
 async fn more_data_than_the_window_resets_the_stream() {
     let (client, mut peer) = connected(&[]).await;
     let (_send, mut recv) = open(&client, true).await;
-    peer.response(1, &[(":status", "200")], false).await;
+    peer.headers(1, &[(":status", "200")], false).await;
     let mut out = BytesMut::new();
     frame::put_data(&mut out, 1, &[1u8; 101], false, 16_384);
     peer.write(&out).await;
@@ -203,8 +158,8 @@ async fn a_malformed_response_head_resets_only_its_stream() {
     let (client, mut peer) = connected(&[]).await;
     let (_s1, mut bad) = open(&client, true).await;
     let (_s3, mut good) = open(&client, true).await;
-    peer.response(1, &[(":status", "200"), ("X-Upper", "1")], false).await;
-    peer.response(3, &[(":status", "200")], true).await;
+    peer.headers(1, &[(":status", "200"), ("X-Upper", "1")], false).await;
+    peer.headers(3, &[(":status", "200")], true).await;
     let (head, _) = peer.next_frame(kind::RST_STREAM).await;
     assert_eq!(head.stream, 1);
     assert!(matches!(poll_fn(|cx| bad.poll_response(cx)).await, Err(Error::Protocol { .. })));
@@ -239,7 +194,7 @@ async fn a_goaway_refuses_the_streams_above_its_last_and_every_new_call() {
     assert!(matches!(poll_fn(|cx| refused.poll_response(cx)).await, Err(Error::Refused)));
     assert!(client.is_closed());
     assert!(matches!(client.open(&request_block(), true), Err(Error::Refused)));
-    peer.response(1, &[(":status", "200")], true).await;
+    peer.headers(1, &[(":status", "200")], true).await;
     assert_eq!(poll_fn(|cx| kept.poll_response(cx)).await.unwrap().status(), 200);
 }
 

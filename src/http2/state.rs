@@ -1,13 +1,15 @@
-//! The state one connection's calls and its I/O task share, under one
-//! lock: the streams, the frames waiting to be written, flow-control
-//! windows both ways and the backend's settings.
+//! The state one connection's streams and its I/O share, under one lock:
+//! the streams, the frames waiting to be written, flow-control windows
+//! both ways and the peer's settings. The same for both roles: our client
+//! (gRPC upstreams) and our server (the listeners' HTTP/2).
 //!
-//! Calls encode their own frames into [`State::out`] and wake the I/O task,
+//! Streams encode their own frames into [`State::out`] and wake the I/O,
 //! which only writes bytes out and dispatches what it reads: no frame
-//! queues, no per-call hand-off.
+//! queues, no per-stream hand-off.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,6 +18,34 @@ use http::{HeaderMap, Response};
 
 use super::Error;
 use crate::http2::frame;
+
+/// Which end of the connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We open the streams (gRPC upstreams).
+    Client,
+    /// The peer opens them (listeners).
+    Server,
+}
+
+/// A connection's state behind its lock, shared by the I/O and every
+/// stream's handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        Shared { state: Mutex::new(state) }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough state for
+        // failing the remaining streams; never propagate the poison.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Stream ids are distinct small odd numbers: a multiply spreads them.
 #[derive(Default)]
@@ -35,12 +65,12 @@ impl Hasher for StreamIdHasher {
     }
 }
 
-/// What the backend's SETTINGS allow us (RFC 9113 §6.5.2).
+/// What the peer's SETTINGS allow us (RFC 9113 §6.5.2).
 #[derive(Debug)]
 pub(super) struct PeerSettings {
-    /// Its first SETTINGS arrived: until then no call opens.
+    /// Its first SETTINGS arrived: until then our client opens no stream.
     pub received: bool,
-    /// Counted as 0 until the first SETTINGS: no stream opens before.
+    /// Streams we may open (client role); counted as 0 until the first SETTINGS.
     pub max_concurrent: u32,
     pub initial_window: u32,
     pub max_frame: usize,
@@ -50,16 +80,20 @@ pub(super) struct PeerSettings {
 #[derive(Debug)]
 pub(super) enum Outgoing {
     Data(Bytes, bool),
-    /// An encoded trailer block (HEADERS with END_STREAM).
-    Trailers(BytesMut),
+    /// An encoded header block (a server's response head, or trailers),
+    /// and whether it ends the stream.
+    Headers(BytesMut, bool),
 }
 
-/// One call's stream.
+/// One stream.
 #[derive(Debug)]
 pub(super) struct Stream {
-    /// The response head, from its arrival until the call takes it.
+    /// Client role: the response head, from its arrival until the call takes it.
     pub response: Option<Response<()>>,
-    pub got_response: bool,
+    /// The peer's head arrived (always, for a stream a client opened on our server).
+    pub head_received: bool,
+    /// Server role: our response head is sent or queued.
+    pub head_sent: bool,
     /// DATA received and not yet taken.
     pub data: VecDeque<Bytes>,
     pub trailers: Option<HeaderMap>,
@@ -82,7 +116,10 @@ pub(super) struct Stream {
     pub error: Option<Error>,
     /// Live handles: the send half and the receive half.
     pub halves: u8,
-    /// Counted in [`State::active`] (open from the backend's point of view).
+    /// The receive half is gone: nobody will read what comes.
+    pub recv_dropped: bool,
+    /// Counted in [`State::active`] (an open stream, within the limit of the
+    /// side that did not open it).
     pub counted: bool,
     /// HEADERS sent. Until then the stream waits in [`State::pending_open`]
     /// with its encoded head here, and nothing else of it is sent.
@@ -107,7 +144,8 @@ impl Stream {
 
 /// See the module doc.
 #[derive(Debug)]
-pub(super) struct State {
+pub(crate) struct State {
+    pub role: Role,
     pub streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
     pub next_id: u32,
     /// Encoded frames for the I/O task to write.
@@ -127,29 +165,39 @@ pub(super) struct State {
     pub blocked: Vec<u32>,
     /// Callers waiting for the backend's first SETTINGS.
     pub ready_waiters: Vec<Waker>,
-    /// Streams open from the backend's point of view, within its
-    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// Open streams: for our client, within the backend's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; for our server, within ours.
     pub active: u32,
     /// Streams waiting for a slot, in id order: their HEADERS go out as
     /// slots free, so ids still reach the backend in increasing order.
     pub pending_open: VecDeque<u32>,
-    /// The highest stream id whose HEADERS went out.
-    pub last_opened: u32,
+    /// The highest stream id in use: whose HEADERS we sent (client role)
+    /// or received (server role). Frames above it are on idle streams.
+    pub last_stream: u32,
     /// The connection is over; every stream fails with this.
     pub failed: Option<Error>,
-    /// The backend's GOAWAY: the last stream it will process.
+    /// The peer's GOAWAY: the last stream it will process.
     pub goaway: Option<u32>,
+    /// Our GOAWAY (server role, graceful shutdown): streams above it are ignored.
+    pub goaway_sent: Option<u32>,
     /// Live [`super::Client`] handles; none and no streams ends the connection.
     pub clients: usize,
+    /// Streams we reset for the peer's protocol errors (a flood past the
+    /// limit ends the connection).
+    pub peer_faults: usize,
+    /// Server role: streams the client reset before we answered, less one
+    /// per answer sent (HTTP/2 rapid reset, CVE-2023-44487).
+    pub early_resets: usize,
 }
 
 /// Past this much unwritten output, senders wait for the I/O task.
 pub(super) const OUT_HIGH_WATER: usize = 256 * 1024;
 
 impl State {
-    /// A connection's state before the backend's SETTINGS, with our windows as announced.
-    pub fn new(stream_window: u32, connection_window: u32) -> Self {
+    /// A connection's state before the peer's SETTINGS, with our windows as announced.
+    pub fn new(role: Role, stream_window: u32, connection_window: u32) -> Self {
         State {
+            role,
             streams: HashMap::default(),
             next_id: 1,
             out: BytesMut::with_capacity(16 * 1024),
@@ -169,10 +217,13 @@ impl State {
             ready_waiters: Vec::new(),
             active: 0,
             pending_open: VecDeque::new(),
-            last_opened: 0,
+            last_stream: 0,
             failed: None,
             goaway: None,
+            goaway_sent: None,
             clients: 1,
+            peer_faults: 0,
+            early_resets: 0,
         }
     }
 
@@ -192,7 +243,8 @@ impl State {
     pub fn new_stream(&self, end_stream: bool) -> Stream {
         Stream {
             response: None,
-            got_response: false,
+            head_received: false,
+            head_sent: false,
             data: VecDeque::new(),
             trailers: None,
             recv_end: false,
@@ -206,6 +258,7 @@ impl State {
             send_waker: None,
             error: None,
             halves: 2,
+            recv_dropped: false,
             counted: false,
             opened: false,
             head_block: None,
@@ -244,7 +297,7 @@ impl State {
                         }
                     }
                 }
-                Outgoing::Trailers(block) => frame::put_headers(&mut self.out, id, block, true, max_frame),
+                Outgoing::Headers(block, end) => frame::put_headers(&mut self.out, id, block, *end, max_frame),
             }
             stream.pending.pop_front();
         }
@@ -282,14 +335,17 @@ impl State {
         self.wake_io();
     }
 
-    /// Fails stream `id` with `error`, telling the backend with RST_STREAM when `send_reset`.
+    /// Fails stream `id` with `error`, telling the peer with RST_STREAM when `send_reset`.
     pub fn reset_stream(&mut self, id: u32, error: Error, send_reset: Option<Reason>) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         if stream.error.is_none() {
+            if matches!(error, Error::Protocol { .. }) {
+                self.peer_faults += 1;
+            }
             stream.error = Some(error);
             stream.pending.clear();
             stream.wake();
-            // A stream still waiting to open is unknown to the backend: no RST.
+            // A stream still waiting to open is unknown to the peer: no RST.
             if let Some(reason) = send_reset
                 && stream.opened
             {
@@ -304,6 +360,21 @@ impl State {
     /// once no handle is left.
     pub fn settle(&mut self, id: u32) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
+        if self.role == Role::Server
+            && stream.recv_dropped
+            && !stream.recv_end
+            && stream.send_end
+            && stream.pending.is_empty()
+            && stream.error.is_none()
+        {
+            // The response is complete and nobody wants the rest of the
+            // request: the client may stop sending it (RFC 9113 §8.1).
+            stream.error = Some(Error::Closed);
+            frame::put_reset(&mut self.out, id, Reason::NO_ERROR.into());
+            if let Some(w) = self.io_waker.take() {
+                w.wake();
+            }
+        }
         let freed = stream.counted && stream.closed();
         if freed {
             stream.counted = false;
@@ -351,7 +422,7 @@ impl State {
         stream.opened = true;
         stream.counted = true;
         self.active += 1;
-        self.last_opened = id;
+        self.last_stream = id;
         frame::put_headers(&mut self.out, id, block, end_stream, max_frame);
         if stream.pending.is_empty() || self.flush_stream(id) {
             self.blocked.retain(|&b| b != id);
@@ -373,7 +444,7 @@ impl State {
         }
     }
 
-    /// Hands window back for `n` bytes of stream `id` the call took.
+    /// Hands window back for `n` bytes of stream `id` that were taken.
     pub fn release(&mut self, id: u32, n: u32) {
         let half = self.stream_window / 2;
         if let Some(stream) = self.streams.get_mut(&id) {

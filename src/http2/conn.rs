@@ -1,9 +1,12 @@
-//! The connection's I/O task: writes what calls queued in [`State::out`],
-//! reads frames and dispatches them to their streams, answers SETTINGS and
-//! PING, sends keep-alive PINGs. Protocol violations by the backend end
-//! their stream (RST_STREAM) or the connection (GOAWAY), as RFC 9113 §5.4
-//! says, never a panic.
+//! A connection's I/O, for either role: writes what streams queued in
+//! [`State::out`], reads frames and dispatches them to their streams,
+//! answers SETTINGS and PING, sends keep-alive PINGs. Protocol violations
+//! by the peer end their stream (RST_STREAM) or the connection (GOAWAY),
+//! as RFC 9113 §5.4 says, never a panic. What differs by role is how a
+//! header block is taken ([`super::client::on_headers`],
+//! [`super::server::on_headers`]) and when the connection is done.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,14 +14,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::Reason;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use super::state::{OUT_HIGH_WATER, State};
-use super::{Error, Settings, Shared, is_connection_specific};
-use crate::http2::frame::{self, Head, flag, kind, setting};
-use crate::http2::hpack::{self, Decoder, Name};
+use super::frame::{self, Head, flag, kind, setting};
+use super::hpack::Decoder;
+use super::server::Accepted;
+use super::state::{OUT_HIGH_WATER, Role, Shared, State};
+use super::{Error, Settings, client, server};
 
 /// The largest frame we accept: our SETTINGS_MAX_FRAME_SIZE stays at its default.
 const MAX_FRAME: usize = frame::DEFAULT_MAX_FRAME_SIZE;
@@ -39,10 +42,13 @@ enum Ping {
     Awaiting,
 }
 
-/// See the module doc; spawned by whoever called [`super::handshake`].
+/// See the module doc. Our client's is spawned by whoever called
+/// [`super::client::handshake`]; our server's is driven by
+/// [`super::server::Server`].
 pub struct Connection<T> {
     io: T,
     shared: Arc<Shared>,
+    role: Role,
     settings: Settings,
     read_buf: BytesMut,
     /// Bytes being written; swapped with [`State::out`] when written.
@@ -50,19 +56,26 @@ pub struct Connection<T> {
     written: usize,
     decoder: Decoder,
     partial: Option<PartialBlock>,
-    /// The backend's first frame must be SETTINGS (§3.4).
+    /// Server role: bytes of the client's connection preface still to check.
+    magic_left: usize,
+    /// The peer's first frame must be SETTINGS (§3.4).
     preface_seen: bool,
     read_closed: bool,
     keep_alive: Pin<Box<Sleep>>,
     ping: Ping,
+    /// Server role: requests whose head arrived, for the server to start.
+    pub(super) accepted: VecDeque<Accepted>,
 }
 
 impl<T> Connection<T> {
-    /// The task for `io`; the preface and our SETTINGS are already in `shared`'s output.
-    pub(super) fn new(io: T, shared: Arc<Shared>, settings: Settings) -> Self {
+    /// The I/O for `io`; our preface and SETTINGS are already in `shared`'s output.
+    pub(super) fn new(io: T, shared: Arc<Shared>, role: Role, settings: Settings) -> Self {
         Connection {
             io,
             shared,
+            role,
+            magic_left: if role == Role::Server { frame::PREFACE.len() } else { 0 },
+            accepted: VecDeque::new(),
             read_buf: BytesMut::with_capacity(MAX_FRAME + frame::HEAD_LEN),
             write_buf: BytesMut::with_capacity(16 * 1024),
             written: 0,
@@ -80,43 +93,74 @@ impl<T> Connection<T> {
 impl<T: AsyncRead + AsyncWrite + Unpin> Future for Connection<T> {
     type Output = ();
 
+    /// Our client's connection task.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         this.poll_keep_alive(cx);
         if !this.read_closed {
             this.poll_read(cx);
         }
-        match this.poll_write(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => {
-                this.shared.lock().fail(Error::Io(Arc::new(e)));
-                return Poll::Ready(());
-            }
-            Poll::Pending => return Poll::Pending,
-        }
-        let state = this.shared.lock();
-        let done = state.failed.is_some() || (state.clients == 0 && state.streams.is_empty());
-        drop(state);
-        if done {
-            let mut state = this.shared.lock();
-            if state.failed.is_none() {
-                // Nobody can place calls any more and none is running: close politely.
-                frame::put_goaway(&mut state.out, 0, Reason::NO_ERROR.into());
-                state.failed = Some(Error::Closed);
-                drop(state);
-                let _ = this.poll_write(cx);
-            } else {
-                drop(state);
-            }
-            let _ = Pin::new(&mut this.io).poll_shutdown(cx);
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        this.poll_flush_or_end(cx).map(drop)
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
-    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) {
+    /// Writes what is queued; `Ready` with how the connection ended once it
+    /// is over (the socket shut down).
+    pub(super) fn poll_flush_or_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self.poll_write(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                let error = Error::Io(Arc::new(e));
+                self.shared.lock().fail(error.clone());
+                return Poll::Ready(Err(error));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+        let mut state = self.shared.lock();
+        let done = match self.role {
+            Role::Client => state.failed.is_some() || (state.clients == 0 && state.streams.is_empty()),
+            Role::Server => {
+                state.failed.is_some()
+                    || (state.streams.is_empty()
+                        && (self.read_closed || state.goaway_sent.is_some() || state.goaway.is_some()))
+            }
+        };
+        if !done {
+            return Poll::Pending;
+        }
+        let ended = match &state.failed {
+            None => {
+                // Nothing can open any more and nothing is running: close politely.
+                if self.role == Role::Client || (!self.read_closed && state.goaway_sent.is_none()) {
+                    let last = if self.role == Role::Server { state.last_stream } else { 0 };
+                    frame::put_goaway(&mut state.out, last, Reason::NO_ERROR.into());
+                }
+                state.failed = Some(Error::Closed);
+                drop(state);
+                let _ = self.poll_write(cx);
+                Ok(())
+            }
+            Some(Error::Closed) => Ok(()),
+            Some(e) => Err(e.clone()),
+        };
+        let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        Poll::Ready(ended)
+    }
+
+    /// Server role: GOAWAY naming the last stream we will process; the
+    /// connection ends once the open streams are done.
+    pub(super) fn graceful_shutdown(&mut self) {
+        let mut state = self.shared.lock();
+        if state.goaway_sent.is_none() && state.failed.is_none() {
+            let last = state.last_stream;
+            state.goaway_sent = Some(last);
+            frame::put_goaway(&mut state.out, last, Reason::NO_ERROR.into());
+            state.wake_io();
+        }
+    }
+
+    pub(super) fn poll_keep_alive(&mut self, cx: &mut Context<'_>) {
         while self.keep_alive.as_mut().poll(cx).is_ready() {
             let mut state = self.shared.lock();
             match self.ping {
@@ -126,7 +170,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.keep_alive.as_mut().reset(Instant::now() + self.settings.keep_alive_timeout);
                 }
                 Ping::Awaiting => {
-                    tracing::debug!("gRPC upstream connection missed a keep-alive PING; closing it");
+                    tracing::debug!(role = ?self.role, "HTTP/2 peer missed a keep-alive PING; closing the connection");
                     state.fail(Error::KeepAliveTimedOut);
                     return;
                 }
@@ -135,7 +179,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// Reads and dispatches until the socket has nothing more.
-    fn poll_read(&mut self, cx: &mut Context<'_>) {
+    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) {
+        if self.read_closed {
+            return;
+        }
         loop {
             if let Err(e) = self.dispatch_buffered() {
                 self.connection_error(e);
@@ -161,19 +208,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// A connection error of ours: GOAWAY with its code, and every call fails.
+    /// A connection error of ours: GOAWAY with its code, and every stream fails.
     fn connection_error(&mut self, error: Error) {
-        tracing::debug!(%error, "gRPC upstream connection error");
+        tracing::debug!(%error, role = ?self.role, "HTTP/2 connection error");
         self.read_closed = true;
         let mut state = self.shared.lock();
         if let Some(reason) = error.reason() {
-            frame::put_goaway(&mut state.out, 0, reason.into());
+            let last = if self.role == Role::Server { state.last_stream } else { 0 };
+            frame::put_goaway(&mut state.out, last, reason.into());
         }
         state.fail(error);
     }
 
     /// Handles every complete frame in the read buffer.
     fn dispatch_buffered(&mut self) -> Result<(), Error> {
+        if self.magic_left > 0 {
+            let offset = frame::PREFACE.len() - self.magic_left;
+            let n = self.magic_left.min(self.read_buf.len());
+            if self.read_buf[..n] != frame::PREFACE[offset..offset + n] {
+                return Err(Error::protocol("not an HTTP/2 connection preface"));
+            }
+            self.read_buf.advance(n);
+            self.magic_left -= n;
+            if self.magic_left > 0 {
+                return Ok(());
+            }
+        }
         if self.read_buf.len() < frame::HEAD_LEN {
             return Ok(());
         }
@@ -191,7 +251,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             payload.advance(frame::HEAD_LEN);
             if !self.preface_seen {
                 if head.kind != kind::SETTINGS || head.has(flag::ACK) {
-                    return Err(Error::protocol("server preface is not SETTINGS"));
+                    return Err(Error::protocol("the peer's preface is not SETTINGS"));
                 }
                 self.preface_seen = true;
             }
@@ -201,13 +261,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 return Err(Error::protocol("header block interrupted"));
             }
             self.frame(&mut state, head, payload)?;
+            if state.peer_faults > self.settings.max_peer_faults {
+                return Err(Error::Protocol { reason: Reason::ENHANCE_YOUR_CALM, what: "too many malformed streams" });
+            }
+            if state.early_resets > self.settings.max_early_resets {
+                return Err(Error::Protocol {
+                    reason: Reason::ENHANCE_YOUR_CALM,
+                    what: "too many streams reset before an answer (rapid reset)",
+                });
+            }
         }
         Ok(())
     }
 
     fn frame(&mut self, state: &mut State, head: Head, payload: Bytes) -> Result<(), Error> {
         match head.kind {
-            kind::DATA => data(state, head, payload),
+            kind::DATA => data(state, self.role, head, payload),
             kind::HEADERS => {
                 let block = header_block_of(&head, payload)?;
                 let end_stream = head.has(flag::END_STREAM);
@@ -242,10 +311,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 check_stream(state, head.stream)?;
                 let reason = Reason::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
-                reset_by_peer(state, head.stream, reason);
+                reset_by_peer(state, self.role, head.stream, reason);
                 Ok(())
             }
-            kind::SETTINGS => settings(state, head, &payload),
+            kind::SETTINGS => settings(state, self.role, head, &payload),
             kind::PING => {
                 if head.stream != 0 {
                     return Err(Error::protocol("PING on a stream"));
@@ -271,10 +340,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & frame::MAX_WINDOW;
                 let code = Reason::from(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
-                goaway(state, last, code);
+                goaway(state, self.role, last, code);
                 Ok(())
             }
             kind::WINDOW_UPDATE => window_update(state, head, &payload),
+            // Clients never push, and we disable push as a client.
             kind::PUSH_PROMISE => Err(Error::protocol("PUSH_PROMISE with push disabled")),
             kind::PRIORITY => {
                 if head.len != 5 {
@@ -287,9 +357,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// A complete header block for `id`: the response head, a 1xx to skip, or the trailers.
+    /// A complete header block for stream `id`, decoded whatever becomes
+    /// of the stream (the table must stay in step), then taken by role.
     fn headers(&mut self, state: &mut State, id: u32, block: &Bytes, end_stream: bool) -> Result<(), Error> {
-        // Decoded whatever becomes of the stream: the table must stay in step.
         // Fields stop being kept past the list limit: a small block of
         // indexed references can name far more than it weighs.
         let limit = self.settings.max_header_list_size as usize;
@@ -302,45 +372,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
             })
             .map_err(|_| Error::Protocol { reason: Reason::COMPRESSION_ERROR, what: "undecodable header block" })?;
-        check_stream(state, id)?;
-        let Some(stream) = state.streams.get_mut(&id) else { return Ok(()) };
-        if stream.error.is_some() || stream.recv_end {
-            if stream.recv_end {
-                state.reset_stream(id, Error::protocol("frame after END_STREAM"), Some(Reason::STREAM_CLOSED));
-            }
-            return Ok(());
+        let fields = (size <= limit).then_some(fields);
+        match self.role {
+            Role::Client => client::on_headers(state, id, fields, end_stream),
+            Role::Server => server::on_headers(state, &mut self.accepted, &self.settings, id, fields, end_stream),
         }
-        if size > limit {
-            let error = Error::protocol("response header list larger than allowed");
-            state.reset_stream(id, error, Some(Reason::PROTOCOL_ERROR));
-            return Ok(());
-        }
-        let parsed =
-            if stream.got_response { parse_trailers(fields, end_stream) } else { parse_head(fields, end_stream) };
-        let stream = state.streams.get_mut(&id).expect("checked");
-        match parsed {
-            Err(what) => {
-                state.reset_stream(id, Error::protocol(what), Some(Reason::PROTOCOL_ERROR));
-                return Ok(());
-            }
-            Ok(Parsed::Informational) => return Ok(()),
-            Ok(Parsed::Head(response)) => {
-                stream.expect_len = content_length(response.headers());
-                stream.response = Some(response);
-                stream.got_response = true;
-            }
-            Ok(Parsed::Trailers(trailers)) => stream.trailers = Some(trailers),
-        }
-        if end_stream {
-            end_recv(state, id);
-        } else if let Some(w) = stream.recv_waker.take() {
-            w.wake();
-        }
-        Ok(())
     }
 
-    /// Writes what calls have queued; `Ready(Ok)` once all of it is out and flushed.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    /// Writes what streams have queued; `Ready(Ok)` once all of it is out and flushed.
+    pub(super) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
             if self.written == self.write_buf.len() {
                 self.write_buf.clear();
@@ -373,13 +413,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 }
 
-/// Frames on a stream we never opened are a connection error (§5.1: idle streams).
-fn check_stream(state: &State, id: u32) -> Result<(), Error> {
+/// Frames on a stream never opened are a connection error (§5.1: idle streams).
+pub(super) fn check_stream(state: &State, id: u32) -> Result<(), Error> {
     if id == 0 {
         return Err(Error::protocol("stream frame on stream 0"));
     }
-    if id.is_multiple_of(2) || id > state.last_opened {
-        return Err(Error::protocol("frame on a stream the client never opened"));
+    if id.is_multiple_of(2) || id > state.last_stream {
+        return Err(Error::protocol("frame on a stream never opened"));
     }
     Ok(())
 }
@@ -409,7 +449,7 @@ fn header_block_of(head: &Head, mut payload: Bytes) -> Result<Bytes, Error> {
     Ok(payload)
 }
 
-fn data(state: &mut State, head: Head, mut payload: Bytes) -> Result<(), Error> {
+fn data(state: &mut State, role: Role, head: Head, mut payload: Bytes) -> Result<(), Error> {
     check_stream(state, head.stream)?;
     let flow_len = head.len as i64;
     state.recv_window -= flow_len;
@@ -428,13 +468,21 @@ fn data(state: &mut State, head: Head, mut payload: Bytes) -> Result<(), Error> 
         state.release_connection(head.len as u32);
         return Ok(());
     }
-    if !stream.got_response || stream.recv_end {
+    if !stream.head_received || stream.recv_end {
         state.release_connection(head.len as u32);
         state.reset_stream(
             id,
-            Error::protocol("DATA before the response head or after END_STREAM"),
+            Error::protocol("DATA before the head or after END_STREAM"),
             Some(Reason::STREAM_CLOSED),
         );
+        return Ok(());
+    }
+    if stream.recv_dropped && role == Role::Server {
+        // Nobody reads this request any more (answered early): dropped, window handed back.
+        state.release_connection(head.len as u32);
+        if head.has(flag::END_STREAM) {
+            end_recv(state, id);
+        }
         return Ok(());
     }
     stream.recv_window -= flow_len;
@@ -474,10 +522,10 @@ fn data(state: &mut State, head: Head, mut payload: Bytes) -> Result<(), Error> 
 }
 
 /// END_STREAM received on `id`.
-fn end_recv(state: &mut State, id: u32) {
+pub(super) fn end_recv(state: &mut State, id: u32) {
     let Some(stream) = state.streams.get_mut(&id) else { return };
     if stream.expect_len.is_some_and(|left| left > 0) {
-        state.reset_stream(id, Error::protocol("response shorter than Content-Length"), Some(Reason::PROTOCOL_ERROR));
+        state.reset_stream(id, Error::protocol("body shorter than Content-Length"), Some(Reason::PROTOCOL_ERROR));
         return;
     }
     stream.recv_end = true;
@@ -487,9 +535,12 @@ fn end_recv(state: &mut State, id: u32) {
     state.settle(id);
 }
 
-fn reset_by_peer(state: &mut State, id: u32, reason: Reason) {
+fn reset_by_peer(state: &mut State, role: Role, id: u32, reason: Reason) {
     let Some(stream) = state.streams.get_mut(&id) else { return };
-    if stream.recv_end && reason == Reason::NO_ERROR {
+    if role == Role::Server && !stream.head_sent {
+        state.early_resets += 1;
+    }
+    if role == Role::Client && stream.recv_end && reason == Reason::NO_ERROR {
         // The response is complete; the backend wants no more of the request (§8.1).
         stream.send_end = true;
         stream.pending.clear();
@@ -503,8 +554,16 @@ fn reset_by_peer(state: &mut State, id: u32, reason: Reason) {
     state.reset_stream(id, error, None);
 }
 
-fn goaway(state: &mut State, last: u32, code: Reason) {
+fn goaway(state: &mut State, role: Role, last: u32, code: Reason) {
     state.goaway = Some(state.goaway.map_or(last, |before| before.min(last)));
+    if role == Role::Server {
+        // A client's GOAWAY concerns streams we would push: none. Its open
+        // requests are still answered.
+        if code != Reason::NO_ERROR {
+            tracing::debug!(%code, "HTTP/2 client sent GOAWAY");
+        }
+        return;
+    }
     let ids: Vec<u32> = state.streams.keys().copied().filter(|&id| id > last).collect();
     for id in ids {
         state.reset_stream(id, Error::Refused, None);
@@ -523,7 +582,7 @@ fn goaway(state: &mut State, last: u32, code: Reason) {
     state.pending_open.clear();
 }
 
-fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> {
+fn settings(state: &mut State, role: Role, head: Head, payload: &[u8]) -> Result<(), Error> {
     if head.stream != 0 {
         return Err(Error::protocol("SETTINGS on a stream"));
     }
@@ -541,7 +600,8 @@ fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> 
         let id = u16::from_be_bytes([param[0], param[1]]);
         let value = u32::from_be_bytes([param[2], param[3], param[4], param[5]]);
         match id {
-            setting::MAX_CONCURRENT_STREAMS => max_concurrent = Some(value),
+            // A client's limit is on streams we would push: none.
+            setting::MAX_CONCURRENT_STREAMS if role == Role::Client => max_concurrent = Some(value),
             setting::INITIAL_WINDOW_SIZE => {
                 if value > frame::MAX_WINDOW {
                     return Err(Error::Protocol {
@@ -564,7 +624,9 @@ fn settings(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Error> 
                 }
                 state.peer.max_frame = value as usize;
             }
-            setting::ENABLE_PUSH if value > 1 => return Err(Error::protocol("invalid SETTINGS_ENABLE_PUSH")),
+            setting::ENABLE_PUSH if value > 1 || (value == 1 && role == Role::Client) => {
+                return Err(Error::protocol("invalid SETTINGS_ENABLE_PUSH"));
+            }
             // HEADER_TABLE_SIZE: our encoder never indexes. MAX_HEADER_LIST_SIZE: advisory.
             _ => {}
         }
@@ -623,66 +685,4 @@ fn window_update(state: &mut State, head: Head, payload: &[u8]) -> Result<(), Er
         state.flush_blocked();
     }
     Ok(())
-}
-
-enum Parsed {
-    Head(Response<()>),
-    Informational,
-    Trailers(HeaderMap),
-}
-
-/// A response head: `:status` first and only, then regular fields.
-fn parse_head(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
-    let mut status = None;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        match field.name {
-            Name::Pseudo(name) => {
-                if name != ":status" || status.is_some() || !headers.is_empty() {
-                    return Err("unexpected pseudo-header in a response");
-                }
-                status = Some(StatusCode::from_bytes(&field.value).map_err(|_| "invalid :status")?);
-            }
-            Name::Header(name) => {
-                if is_connection_specific(&name) {
-                    return Err("connection-specific field in a response");
-                }
-                headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
-            }
-            Name::Malformed(_) => return Err("invalid field name"),
-        }
-    }
-    let status = status.ok_or("response without :status")?;
-    if status.is_informational() {
-        if status == StatusCode::SWITCHING_PROTOCOLS || end_stream {
-            return Err("invalid informational response");
-        }
-        return Ok(Parsed::Informational);
-    }
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = Version::HTTP_2;
-    *response.headers_mut() = headers;
-    Ok(Parsed::Head(response))
-}
-
-/// Trailers: END_STREAM, no pseudo-headers (§8.1).
-fn parse_trailers(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
-    if !end_stream {
-        return Err("a second header block without END_STREAM");
-    }
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        match field.name {
-            Name::Header(name) if !is_connection_specific(&name) => {
-                trailers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
-            }
-            _ => return Err("invalid field in trailers"),
-        }
-    }
-    Ok(Parsed::Trailers(trailers))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
