@@ -1,7 +1,7 @@
 //! Tollgate: an API gateway and protocol bridge.
 //!
 //! A request's path through the code:
-//! [`listen`] (TCP/TLS; HTTP/1.1 by our own server, HTTP/2 by ours on h2) → [`pipeline::Gateway::handle`]
+//! [`listen`] (TCP/TLS; HTTP/1.1 and HTTP/2 by our own servers, [`http2`] for the latter) → [`pipeline::Gateway::handle`]
 //! (request id, [`route`], listener limits, the [`policy`] chain in its fixed
 //! order, body limit) → [`upstream`] (balancer, pooled HTTP/1.1
 //! client, or multiplexed HTTP/2 for gRPC on our own [`http2::client`], with gRPC-Web translated around it

@@ -141,8 +141,9 @@ pub struct ListenerLimits {
     pub request_timeout: Option<Duration>,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
-    /// Streams a client may reset before the server accepted them, before the
-    /// connection is closed with GOAWAY (HTTP/2 rapid reset, CVE-2023-44487).
+    /// Streams a client may reset before the server answered them (less one
+    /// per answer), before the connection is closed with GOAWAY (HTTP/2
+    /// rapid reset, CVE-2023-44487).
     pub h2_max_pending_accept_reset_streams: usize,
     /// Streams the server may reset for the client's protocol errors before
     /// GOAWAY (reset floods provoked by the client).

@@ -172,7 +172,7 @@ pub(super) enum Parsed {
 pub(super) fn on_headers(
     state: &mut State,
     id: u32,
-    fields: Option<Vec<hpack::Field>>,
+    fields: Option<&mut Vec<hpack::Field>>,
     end_stream: bool,
 ) -> Result<(), Error> {
     super::conn::check_stream(state, id)?;
@@ -216,10 +216,10 @@ pub(super) fn on_headers(
 }
 
 /// A response head: `:status` first and only, then regular fields.
-fn parse_head(fields: Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
+fn parse_head(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<Parsed, &'static str> {
     let mut status = None;
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
+    for field in fields.drain(..) {
         match field.name {
             hpack::Name::Pseudo(name) => {
                 if name != ":status" || status.is_some() || !headers.is_empty() {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::frame::{self, Head, flag, kind, setting};
-use super::hpack::Decoder;
+use super::hpack::{self, Decoder};
 use super::server::Accepted;
 use super::state::{OUT_HIGH_WATER, Role, Shared, State};
 use super::{Error, Settings, client, server};
@@ -65,6 +65,8 @@ pub struct Connection<T> {
     ping: Ping,
     /// Server role: requests whose head arrived, for the server to start.
     pub(super) accepted: VecDeque<Accepted>,
+    /// The fields of the header block being taken (kept to reuse its allocation).
+    fields: Vec<hpack::Field>,
 }
 
 impl<T> Connection<T> {
@@ -76,6 +78,7 @@ impl<T> Connection<T> {
             role,
             magic_left: if role == Role::Server { frame::PREFACE.len() } else { 0 },
             accepted: VecDeque::new(),
+            fields: Vec::with_capacity(16),
             read_buf: BytesMut::with_capacity(MAX_FRAME + frame::HEAD_LEN),
             write_buf: BytesMut::with_capacity(16 * 1024),
             written: 0,
@@ -363,7 +366,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         // Fields stop being kept past the list limit: a small block of
         // indexed references can name far more than it weighs.
         let limit = self.settings.max_header_list_size as usize;
-        let (mut fields, mut size) = (Vec::with_capacity(8), 0usize);
+        let (fields, mut size) = (&mut self.fields, 0usize);
+        fields.clear();
         self.decoder
             .decode(block, |f| {
                 size += f.size();

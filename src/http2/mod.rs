@@ -95,12 +95,12 @@ fn encode_trailers(trailers: &HeaderMap) -> BytesMut {
 }
 
 /// Trailers: END_STREAM, no pseudo-headers, nothing connection-specific (§8.1).
-fn parse_trailers(fields: Vec<hpack::Field>, end_stream: bool) -> Result<HeaderMap, &'static str> {
+fn parse_trailers(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<HeaderMap, &'static str> {
     if !end_stream {
         return Err("a second header block without END_STREAM");
     }
     let mut trailers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
+    for field in fields.drain(..) {
         match field.name {
             hpack::Name::Header(name) if !is_connection_specific(&name) => {
                 trailers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);

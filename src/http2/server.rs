@@ -103,7 +103,7 @@ pub(super) fn on_headers(
     accepted: &mut VecDeque<Accepted>,
     settings: &Settings,
     id: u32,
-    fields: Option<Vec<hpack::Field>>,
+    fields: Option<&mut Vec<hpack::Field>>,
     end_stream: bool,
 ) -> Result<(), Error> {
     if id == 0 || id.is_multiple_of(2) {
@@ -161,7 +161,7 @@ pub(super) fn on_headers(
 }
 
 /// A second header block on a request: its trailers.
-fn trailers(state: &mut State, id: u32, fields: Option<Vec<hpack::Field>>, end_stream: bool) -> Result<(), Error> {
+fn trailers(state: &mut State, id: u32, fields: Option<&mut Vec<hpack::Field>>, end_stream: bool) -> Result<(), Error> {
     let Some(stream) = state.streams.get_mut(&id) else {
         // A stream already reset or finished: nothing to do.
         return Ok(());
@@ -190,10 +190,10 @@ fn trailers(state: &mut State, id: u32, fields: Option<Vec<hpack::Field>>, end_s
 /// A request head from its fields, checked as RFC 9113 §8.3.1 says (and
 /// RFC 8441 §4 for extended CONNECT, whose `:protocol` goes in the
 /// extensions as `h2::ext::Protocol`).
-fn parse_request(fields: Vec<hpack::Field>) -> Result<request::Parts, &'static str> {
+fn parse_request(fields: &mut Vec<hpack::Field>) -> Result<request::Parts, &'static str> {
     let (mut method, mut scheme, mut authority, mut path, mut protocol) = (None, None, None, None, None);
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
+    for field in fields.drain(..) {
         match field.name {
             hpack::Name::Pseudo(name) => {
                 if !headers.is_empty() {

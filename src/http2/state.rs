@@ -85,6 +85,47 @@ pub(super) enum Outgoing {
     Headers(BytesMut, bool),
 }
 
+/// DATA received and not yet taken. A stream mostly holds one chunk at a
+/// time: it is kept inline, and a queue is allocated only when more arrive
+/// before it is taken.
+#[derive(Debug, Default)]
+pub(super) struct Received {
+    /// The oldest chunk; `None` only when `rest` is empty too.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl Received {
+    pub fn push_back(&mut self, data: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(data);
+        } else {
+            self.rest.push_back(data);
+        }
+    }
+
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        let first = self.first.take();
+        self.first = self.rest.pop_front();
+        first
+    }
+
+    pub fn front(&self) -> Option<&Bytes> {
+        self.first.as_ref()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Drops everything held; returns how many bytes that was.
+    pub fn discard(&mut self) -> usize {
+        let n = self.first.take().map_or(0, |b| b.len()) + self.rest.iter().map(Bytes::len).sum::<usize>();
+        self.rest.clear();
+        n
+    }
+}
+
 /// One stream.
 #[derive(Debug)]
 pub(super) struct Stream {
@@ -95,7 +136,7 @@ pub(super) struct Stream {
     /// Server role: our response head is sent or queued.
     pub head_sent: bool,
     /// DATA received and not yet taken.
-    pub data: VecDeque<Bytes>,
+    pub data: Received,
     pub trailers: Option<HeaderMap>,
     /// END_STREAM received.
     pub recv_end: bool,
@@ -190,6 +231,44 @@ pub(crate) struct State {
     pub early_resets: usize,
 }
 
+/// Encodes `item` of stream `id` into `out` as far as the connection's and
+/// the stream's send windows allow (HEADERS need none). True when all of
+/// it went; otherwise `item` keeps what is left.
+fn send_item(
+    out: &mut BytesMut,
+    connection_window: &mut i64,
+    stream_window: &mut i64,
+    id: u32,
+    item: &mut Outgoing,
+    max_frame: usize,
+) -> bool {
+    match item {
+        Outgoing::Data(data, end) => {
+            if data.is_empty() {
+                frame::put_data(out, id, &[], *end, max_frame);
+                return true;
+            }
+            let allowed = (*connection_window).min(*stream_window).max(0) as usize;
+            if allowed == 0 {
+                return false;
+            }
+            let n = allowed.min(data.len());
+            let last = n == data.len();
+            frame::put_data(out, id, &data[..n], *end && last, max_frame);
+            *connection_window -= n as i64;
+            *stream_window -= n as i64;
+            if !last {
+                data.advance(n);
+            }
+            last
+        }
+        Outgoing::Headers(block, end) => {
+            frame::put_headers(out, id, block, *end, max_frame);
+            true
+        }
+    }
+}
+
 /// Past this much unwritten output, senders wait for the I/O task.
 pub(super) const OUT_HIGH_WATER: usize = 256 * 1024;
 
@@ -245,7 +324,7 @@ impl State {
             response: None,
             head_received: false,
             head_sent: false,
-            data: VecDeque::new(),
+            data: Received::default(),
             trailers: None,
             recv_end: false,
             expect_len: None,
@@ -278,26 +357,8 @@ impl State {
             return false;
         }
         while let Some(next) = stream.pending.front_mut() {
-            match next {
-                Outgoing::Data(data, end) => {
-                    let allowed = self.send_window.min(stream.send_window).max(0) as usize;
-                    if data.is_empty() {
-                        frame::put_data(&mut self.out, id, &[], *end, max_frame);
-                    } else if allowed == 0 {
-                        break;
-                    } else {
-                        let n = allowed.min(data.len());
-                        let last = n == data.len();
-                        frame::put_data(&mut self.out, id, &data[..n], *end && last, max_frame);
-                        self.send_window -= n as i64;
-                        stream.send_window -= n as i64;
-                        if !last {
-                            data.advance(n);
-                            break;
-                        }
-                    }
-                }
-                Outgoing::Headers(block, end) => frame::put_headers(&mut self.out, id, block, *end, max_frame),
+            if !send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, next, max_frame) {
+                break;
             }
             stream.pending.pop_front();
         }
@@ -324,9 +385,19 @@ impl State {
     }
 
     /// Queues `item` behind what `id` already has pending and sends what it can.
-    pub fn enqueue(&mut self, id: u32, item: Outgoing) {
+    pub fn enqueue(&mut self, id: u32, mut item: Outgoing) {
+        let max_frame = self.peer.max_frame;
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let was_empty = stream.pending.is_empty();
+        if was_empty && stream.opened && stream.error.is_none() {
+            // Nothing ahead of it: straight out if the windows allow (no queue
+            // allocation for the usual small message).
+            if send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, &mut item, max_frame) {
+                self.settle(id);
+                self.wake_io();
+                return;
+            }
+        }
         stream.pending.push_back(item);
         if !self.flush_stream(id) && was_empty {
             self.blocked.push(id);
@@ -384,9 +455,9 @@ impl State {
             self.free_slot();
         }
         if unused {
-            let stream = self.streams.remove(&id).expect("present");
+            let mut stream = self.streams.remove(&id).expect("present");
             // Data nobody will read still counts against the connection window.
-            let unread: usize = stream.data.iter().map(Bytes::len).sum();
+            let unread = stream.data.discard();
             self.release_connection(unread as u32);
             self.blocked.retain(|&b| b != id);
         }

@@ -221,7 +221,7 @@ impl Drop for RecvHalf {
             // 413, say): what came and what comes is dropped, its window
             // handed back. The stream is reset with NO_ERROR once the
             // response is out (`State::settle`).
-            let unread: usize = stream.data.drain(..).map(|d| d.len()).sum();
+            let unread = stream.data.discard();
             state.release_connection(unread as u32);
         }
         state.settle(self.id);
