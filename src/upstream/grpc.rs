@@ -56,7 +56,7 @@ impl Upstream {
     ) -> SendGrpc<'_, impl Future<Output = CallResult> + '_> {
         let deadline = parse_grpc_timeout(req.headers()).map(|t| Instant::now() + t);
         let call = self.place_call(req, client_ip);
-        SendGrpc { upstream: self, call, timer: deadline.map(tokio::time::sleep_until) }
+        SendGrpc { upstream: self, call, timer: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))) }
     }
 
     fn place_call(&self, req: Request<Body>, client_ip: IpAddr) -> impl Future<Output = CallResult> + '_ {
@@ -132,9 +132,9 @@ pin_project_lite::pin_project! {
         upstream: &'a Upstream,
         #[pin]
         call: F,
-        // The deadline, when the call has one.
-        #[pin]
-        timer: Option<tokio::time::Sleep>,
+        // The deadline, when the call has one (boxed: most calls have
+        // none, and a timer would take room in every call's future).
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -146,8 +146,8 @@ impl<F: Future<Output = CallResult>> Future for SendGrpc<'_, F> {
         let (response, guard, target) = match this.call.poll(cx) {
             Poll::Ready(result) => result?,
             Poll::Pending => {
-                if let Some(timer) = this.timer.as_pin_mut()
-                    && timer.poll(cx).is_ready()
+                if let Some(timer) = this.timer
+                    && timer.as_mut().poll(cx).is_ready()
                 {
                     // The call is dropped with this future, which resets its backend stream.
                     return Poll::Ready(Err(ProxyError::UpstreamTimeout {
@@ -158,7 +158,7 @@ impl<F: Future<Output = CallResult>> Future for SendGrpc<'_, F> {
                 return Poll::Pending;
             }
         };
-        let response = match this.timer.as_ref().get_ref() {
+        let response = match this.timer.as_ref() {
             None => response,
             Some(timer) => {
                 let at = timer.deadline();
@@ -191,8 +191,9 @@ fn absolute_uri(current: &Uri, host: Option<&HeaderValue>, target: &Authority) -
 mod tests {
     /// Every HTTP/2 call's future is boxed whole (cache-cold memory when
     /// many are in flight), so its size is a cost per call: the request is
-    /// taken apart before the future exists and the deadline held in place
-    /// (it was 1,856 bytes with `async fn` layers each keeping the request).
+    /// taken apart before the future exists and the deadline's timer boxed
+    /// (most calls have none): 1,072 bytes (it was 1,856 with `async fn`
+    /// layers each keeping the request, 1,192 with the timer inline).
     #[tokio::test]
     async fn a_call_future_stays_small() {
         let config = crate::config::parse(
@@ -205,6 +206,6 @@ mod tests {
         let upstream = super::Upstream::new(&config.upstreams[0]);
         let call = upstream.send_grpc(http::Request::new(crate::body::empty()), "127.0.0.1".parse().unwrap());
         let size = std::mem::size_of_val(&call);
-        assert!(size <= 1200, "the gRPC call's future grew to {size} bytes (debug build)");
+        assert!(size <= 1072, "the gRPC call's future grew to {size} bytes (debug build)");
     }
 }
