@@ -61,6 +61,8 @@ pub struct Connection<T> {
     /// The peer's first frame must be SETTINGS (§3.4).
     preface_seen: bool,
     read_closed: bool,
+    /// Reading waits for our output to be written (see `poll_read`).
+    read_paused: bool,
     keep_alive: Pin<Box<Sleep>>,
     ping: Ping,
     /// Server role: requests whose head arrived, for the server to start.
@@ -86,6 +88,7 @@ impl<T> Connection<T> {
             partial: None,
             preface_seen: false,
             read_closed: false,
+            read_paused: false,
             keep_alive: Box::pin(tokio::time::sleep(settings.keep_alive_interval)),
             ping: Ping::Idle,
             settings,
@@ -112,6 +115,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// is over (the socket shut down).
     pub(super) fn poll_flush_or_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         match self.poll_write(cx) {
+            Poll::Ready(Ok(())) if self.read_paused => {
+                // Written down: reading goes on, in the next poll.
+                self.read_paused = false;
+                cx.waker().wake_by_ref();
+            }
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => {
                 let error = Error::Io(Arc::new(e));
@@ -189,6 +197,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         loop {
             if let Err(e) = self.dispatch_buffered() {
                 self.connection_error(e);
+                return;
+            }
+            if self.shared.lock().out.len() >= OUT_HIGH_WATER {
+                // The peer is not reading what we owe it (answers to its
+                // PINGs and SETTINGS, say: the floods of CVE-2019-9512/9515):
+                // read no more until that is written.
+                self.read_paused = true;
                 return;
             }
             if self.read_buf.capacity() - self.read_buf.len() < 4096 {

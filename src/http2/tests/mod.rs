@@ -6,17 +6,18 @@ mod client;
 mod server;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::frame::{self, Head};
 
-/// The other end of the connection, speaking raw frames.
-pub(super) struct Peer {
-    pub io: DuplexStream,
+/// The other end of the connection, speaking raw frames (over a whole pipe,
+/// or over its read half where a test writes from elsewhere).
+pub(super) struct Peer<T = DuplexStream> {
+    pub io: T,
 }
 
-impl Peer {
-    pub fn new(io: DuplexStream) -> Self {
+impl<T: AsyncRead + Unpin> Peer<T> {
+    pub fn new(io: T) -> Self {
         Peer { io }
     }
 
@@ -38,7 +39,9 @@ impl Peer {
             }
         }
     }
+}
 
+impl Peer {
     pub async fn write(&mut self, bytes: &[u8]) {
         self.io.write_all(bytes).await.expect("write");
     }

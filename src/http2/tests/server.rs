@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use h2::Reason;
 use http::{HeaderMap, Request};
 use http_body::Body as _;
-use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -48,7 +48,14 @@ fn serve(io: DuplexStream) -> (mpsc::UnboundedReceiver<Accepted>, JoinHandle<Res
 
 /// A client that has sent the preface and empty SETTINGS, and read ours.
 async fn connected() -> (Peer, mpsc::UnboundedReceiver<Accepted>, JoinHandle<Result<(), Error>>) {
-    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    connected_through(1 << 20).await
+}
+
+/// [`connected`], over a pipe that buffers `capacity` bytes each way.
+async fn connected_through(
+    capacity: usize,
+) -> (Peer, mpsc::UnboundedReceiver<Accepted>, JoinHandle<Result<(), Error>>) {
+    let (ours, theirs) = tokio::io::duplex(capacity);
     let (accepted, task) = serve(ours);
     let mut peer = Peer::new(theirs);
     peer.write(frame::PREFACE).await;
@@ -341,6 +348,40 @@ async fn graceful_shutdown_finishes_open_streams_and_ignores_new_ones() {
     assert!(accepted.try_recv().is_err(), "a stream opened after GOAWAY was started");
     let mut rest = Vec::new();
     peer.io.read_to_end(&mut rest).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_does_not_read_is_not_buffered_without_bound() {
+    let (peer, mut accepted, _task) = connected_through(16 * 1024).await;
+    let mut pings = BytesMut::new();
+    for _ in 0..20_000 {
+        frame::put_ping(&mut pings, *b"flooding", false);
+    }
+    // 340 KB of PINGs owe 340 KB of answers: past the output limit the
+    // server stops reading, so the flood cannot all be written while the
+    // client reads nothing.
+    let (reading, mut writing) = tokio::io::split(peer.io);
+    let flood = tokio::spawn(async move {
+        writing.write_all(&pings).await.expect("write");
+        writing
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!flood.is_finished(), "the server kept reading while its answers piled up");
+    // Once the client reads, the server goes on: every PING is answered
+    // and requests are still served.
+    let mut reader = Peer::new(reading);
+    let mut acks = 0;
+    while acks < 20_000 {
+        let (head, _) = reader.read_frame().await;
+        if head.kind == kind::PING && head.has(flag::ACK) {
+            acks += 1;
+        }
+    }
+    let writing = flood.await.unwrap();
+    let mut peer = Peer::new(reader.io.unsplit(writing));
+    peer.headers(1, &get("/after"), true).await;
+    let (request, _, _) = accepted.recv().await.unwrap();
+    assert_eq!(request.uri().path(), "/after");
 }
 
 /// The pseudo-header names the encoder takes are `'static`.
