@@ -22,6 +22,8 @@
 # PEER=haproxy counts HAProxy instead (one thread, the config of bench/grpc.py
 # or bench/bench.py, h2 to the backend in grpc mode; BINARY is then ignored):
 # the same load, so the two counts compare user-space work like for like.
+# PEER=nginx does the same for nginx in h1 mode (one worker, upstream
+# keep-alive and the X-Forwarded-* fields of bench/bench.py).
 set -euo pipefail
 
 BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]}
@@ -108,6 +110,35 @@ backend origin
     server origin 127.0.0.1:$ORIGIN$([ "$MODE" = grpc ] && echo " proto h2")
 EOF
     PROXY_CMD=(haproxy -f "$DIR/haproxy.cfg" -db)
+elif [ "${PEER:-}" = nginx ]; then
+    [ "$MODE" = h1 ] || { echo "PEER=nginx counts h1" >&2; exit 2; }
+    mkdir -p "$DIR/proxy-tmp"
+    cat > "$DIR/nginx-proxy.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $DIR/nginx-proxy.pid;
+error_log $DIR/nginx-proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $DIR/proxy-tmp; proxy_temp_path $DIR/proxy-tmp; fastcgi_temp_path $DIR/proxy-tmp;
+    uwsgi_temp_path $DIR/proxy-tmp; scgi_temp_path $DIR/proxy-tmp;
+    keepalive_requests 100000000;
+    upstream origin { server 127.0.0.1:$ORIGIN; keepalive 1024; }
+    server {
+        listen 127.0.0.1:$PROXY;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+    PROXY_CMD=(nginx -c "$DIR/nginx-proxy.conf")
 else
     PROXY_CMD=("$BIN" --config "$DIR/tollgate.toml")
 fi

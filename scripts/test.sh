@@ -33,7 +33,8 @@ fi
 # Python test peers: one pip line for every package the tests need (append
 # yours here); pip leaves installed ones alone, so reruns are quick and offline.
 # protobuf: the transcoding tests' catalog backend builds its messages from a descriptor set.
-PIP_PACKAGES=(grpcio protobuf websockets aioquic)
+# h2 (hyper-h2): the HTTP/2 server tests' client for frames curl and nghttp never send.
+PIP_PACKAGES=(grpcio protobuf websockets aioquic h2)
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 # Node test peer (WebSocket `ws` client), pinned by its lockfile.

@@ -450,7 +450,9 @@ impl State {
         if freed {
             stream.counted = false;
         }
-        let unused = stream.halves == 0;
+        // A stream whose handles are gone may still owe the peer data that
+        // waits for window: it stays until that is sent (or the stream fails).
+        let unused = stream.halves == 0 && (stream.pending.is_empty() || stream.error.is_some());
         if freed {
             self.free_slot();
         }

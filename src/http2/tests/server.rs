@@ -251,6 +251,41 @@ async fn a_response_waits_for_the_clients_window() {
 }
 
 #[tokio::test]
+async fn a_response_larger_than_the_windows_is_sent_whole_after_its_sender_is_gone() {
+    let (mut peer, mut accepted, _task) = connected().await;
+    peer.headers(1, &get("/down"), true).await;
+    let (_, mut send, _) = accepted.recv().await.unwrap();
+    respond(&mut send, 200, false);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    send.send_data(Bytes::from(body.clone()), true).unwrap();
+    // The answer is done with the stream; what waits for window still goes.
+    drop(send);
+    // The default windows (65,535 for the stream and the connection) let
+    // that much through; each WINDOW_UPDATE pair lets the next part go.
+    let mut received = Vec::new();
+    let mut acknowledged = 0;
+    while received.len() < body.len() {
+        let (head, data) = tokio::time::timeout(Duration::from_secs(2), peer.next_frame(kind::DATA))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} bytes", received.len()));
+        received.extend_from_slice(&data);
+        assert!(received.len() <= acknowledged + 65_535, "sent past the window");
+        if received.len() - acknowledged >= 32_768 {
+            let mut out = BytesMut::new();
+            let increment = (received.len() - acknowledged) as u32;
+            frame::put_window_update(&mut out, 0, increment);
+            frame::put_window_update(&mut out, 1, increment);
+            peer.write(&out).await;
+            acknowledged = received.len();
+        }
+        if head.has(flag::END_STREAM) {
+            break;
+        }
+    }
+    assert_eq!(received, body);
+}
+
+#[tokio::test]
 async fn an_early_answer_resets_the_unread_request_with_no_error() {
     let (mut peer, mut accepted, _task) = connected().await;
     let mut fields = get("/up");

@@ -1,0 +1,215 @@
+//! Our HTTP/2 server (`src/http2/server.rs`, `listen::http2`) against the
+//! parts of RFC 9113 that curl, nghttp and h2load never exercise, sent by
+//! hyper-h2 (tests/peers/h2_client.py): padded DATA, header blocks continued
+//! over CONTINUATION frames, a zero initial window raised later by SETTINGS,
+//! request trailers, one reset stream among live ones, and responses larger
+//! than the client's default windows.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::core_kit::*;
+use common::transport::run_with_timeout;
+use common::*;
+use http_body_util::BodyExt;
+use hyper::Response;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The client's body pattern (`pattern` in the script).
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A backend that reports what it received: for a request with a body, its
+/// length, SHA-256 and trailers as JSON; `GET /big/N` answers N pattern
+/// bytes; `GET /header-size` the length of `x-big`.
+fn reporting_backend() -> Backend {
+    Backend::start(|req| async move {
+        let path = req.uri().path().to_string();
+        if let Some(size) = path.strip_prefix("/big/") {
+            return Response::new(full(pattern(size.parse().unwrap())));
+        }
+        if path == "/header-size" {
+            let size = req.headers().get("x-big").map_or(0, |v| v.len());
+            return Response::new(full(size.to_string()));
+        }
+        let collected = match req.into_body().collect().await {
+            Ok(collected) => collected,
+            Err(e) => return Response::new(full(format!("{{\"error\": \"{e}\"}}"))),
+        };
+        let trailers: serde_json::Map<String, Value> = collected
+            .trailers()
+            .map(|t| t.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect())
+            .unwrap_or_default();
+        let body = collected.to_bytes();
+        let report = json!({"len": body.len(), "sha256": sha256_hex(&body), "trailers": trailers});
+        Response::new(full(report.to_string()))
+    })
+}
+
+/// Runs `scenario` (see the script's docstring) on one h2c connection.
+fn h2_client(tollgate: &Tollgate, scenario: Value) -> Value {
+    let out = run_with_timeout(
+        Command::new(".venv/bin/python").args([
+            "tests/peers/h2_client.py",
+            &tollgate.addr.ip().to_string(),
+            &tollgate.addr.port().to_string(),
+            &scenario.to_string(),
+        ]),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("h2 client gave no report ({e}): stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The backend's JSON report from a result's body.
+fn backend_report(result: &Value) -> Value {
+    serde_json::from_str(result["body_text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {result}"))
+}
+
+#[test]
+fn responses_larger_than_the_clients_default_windows_arrive_whole() {
+    // Found by this suite: a response whose body had all been handed over
+    // while its tail still waited for the client's window was dropped with
+    // the stream, and the download stalled at 65,535 bytes.
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let sizes = [65_536, 100_000, 1_000_000];
+    let requests: Vec<Value> = sizes.iter().map(|n| json!({"path": format!("/big/{n}")})).collect();
+    let report = h2_client(&tollgate, json!({"requests": requests}));
+    for (result, len) in report["results"].as_array().unwrap().iter().zip(sizes) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(result["body_len"], len, "{report}");
+        assert_eq!(result["body_sha256"], sha256_hex(&pattern(len)));
+    }
+}
+
+#[test]
+fn padded_data_frames_reach_the_backend_whole_and_their_padding_is_credited_back() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // 4,096 frames of 512 bytes, each with 255 bytes of padding: ~1 MiB of
+    // padding, as much as the connection window. Unless the server gives
+    // padding back as it reads it, the upload stalls half-way.
+    let size = 2 * 1024 * 1024;
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"method": "POST", "path": "/upload", "body_size": size, "chunk": 512, "pad": 255}]}),
+    );
+    let result = &report["results"][0];
+    assert_eq!(result["status"], 200, "{report}");
+    let seen = backend_report(result);
+    assert_eq!(seen["len"], size, "{seen}");
+    assert_eq!(seen["sha256"], result["sent_sha256"], "{seen}");
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn a_header_block_continued_over_continuation_frames_is_read_whole() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "max_header_bytes = 65536", "", "");
+    // 40,000 bytes do not fit in one 16 KiB frame: HEADERS, then CONTINUATION.
+    let big = "a".repeat(40_000);
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"path": "/header-size", "headers": [["x-big", big]]}], "after": [{"path": "/big/5"}]}),
+    );
+    assert_eq!(report["results"][0]["status"], 200, "{report}");
+    assert_eq!(report["results"][0]["body_text"], "40000");
+    // The connection's HPACK state is intact afterwards.
+    assert_eq!(report["results"][1]["status"], 200);
+    assert_eq!(report["results"][1]["body_len"], 5);
+}
+
+#[test]
+fn a_continued_header_block_over_the_limit_gets_431_and_the_connection_goes_on() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "max_header_bytes = 16384", "", "");
+    let big = "a".repeat(40_000);
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"path": "/header-size", "headers": [["x-big", big]]}], "after": [{"path": "/big/5"}]}),
+    );
+    assert_eq!(report["results"][0]["status"], 431, "{report}");
+    assert_eq!(report["results"][1]["status"], 200, "{report}");
+    assert_eq!(report["results"][1]["body_len"], 5);
+    assert!(backend.requests().iter().all(|r| r.uri != "/header-size"), "the oversized request reached the backend");
+}
+
+#[test]
+fn a_client_that_opens_with_a_zero_window_gets_data_only_once_it_raises_it() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let size = 1024 * 1024;
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "initial_window_size": 0,
+            "raise_window_after_ms": 500,
+            "requests": [{"path": format!("/big/{size}")}, {"path": "/big/1000"}],
+        }),
+    );
+    // Flow control holds every DATA byte back while the window is zero...
+    assert_eq!(report["data_before_raise"], 0, "{report}");
+    // ...and the SETTINGS change opens the window of streams already open (§6.9.2).
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([size, 1000]) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(result["body_len"], len);
+        assert_eq!(result["body_sha256"], sha256_hex(&pattern(len)));
+    }
+}
+
+#[test]
+fn request_trailers_reach_an_http1_backend() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let size = 100_000;
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{
+            "method": "POST", "path": "/with-trailers", "body_size": size,
+            "trailers": [["x-checksum", "c0ffee"]],
+        }]}),
+    );
+    let result = &report["results"][0];
+    assert_eq!(result["status"], 200, "{report}");
+    let seen = backend_report(result);
+    assert_eq!(seen["len"], size);
+    assert_eq!(seen["sha256"], result["sent_sha256"]);
+    assert_eq!(seen["trailers"]["x-checksum"], "c0ffee", "{seen}");
+}
+
+#[test]
+fn a_reset_upload_leaves_the_other_streams_and_the_connection_working() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "requests": [
+                {"method": "POST", "path": "/abandoned", "body_size": 1024 * 1024, "reset_after_bytes": 65536},
+                {"method": "POST", "path": "/kept", "body_size": 256 * 1024},
+                {"path": "/big/100000"},
+            ],
+            "after": [{"path": "/big/10"}],
+        }),
+    );
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results[0]["we_reset"], true, "{report}");
+    let kept = backend_report(&results[1]);
+    assert_eq!(kept["len"], 256 * 1024);
+    assert_eq!(kept["sha256"], results[1]["sent_sha256"]);
+    assert_eq!(results[2]["body_len"], 100_000);
+    assert_eq!(results[3]["status"], 200);
+    assert_eq!(report["ping_ack"], true, "PING is answered with its own payload");
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
