@@ -2,8 +2,9 @@
 //! parts of RFC 9113 that curl, nghttp and h2load never exercise, sent by
 //! hyper-h2 (tests/peers/h2_client.py): padded DATA, header blocks continued
 //! over CONTINUATION frames, a zero initial window raised later by SETTINGS,
-//! request trailers, one reset stream among live ones, and responses larger
-//! than the client's default windows.
+//! request trailers, one reset stream among live ones, responses larger than
+//! the client's default windows, a larger frame size, PRIORITY frames, split
+//! cookies, and a body that contradicts its `content-length`.
 
 mod common;
 
@@ -212,4 +213,82 @@ fn a_reset_upload_leaves_the_other_streams_and_the_connection_working() {
     assert_eq!(results[3]["status"], 200);
     assert_eq!(report["ping_ack"], true, "PING is answered with its own payload");
     assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn a_client_that_allows_larger_frames_gets_them_and_a_whole_body() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let size = 1_000_000;
+    let report = h2_client(
+        &tollgate,
+        json!({"max_frame_size": 65_536, "requests": [{"path": format!("/big/{size}")}], "after": [{"path": "/big/300000"}]}),
+    );
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([size, 300_000]) {
+        assert_eq!(result["body_len"], len, "{report}");
+        assert_eq!(result["body_sha256"], sha256_hex(&pattern(len)));
+        let largest = result["largest_data_frame"].as_u64().unwrap();
+        assert!(largest <= 65_536, "a DATA frame of {largest} bytes");
+    }
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn priority_frames_for_open_and_idle_streams_are_accepted_and_ignored() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // PRIORITY is deprecated (RFC 9113 §5.3.2) but still legal on any stream,
+    // idle ones included; it must neither open a stream nor fail one.
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "prioritize_idle": 21,
+            "requests": [{"path": "/big/70000", "priority_weight": 1}, {"path": "/big/5", "priority_weight": 256}],
+            "after": [{"path": "/big/5"}],
+        }),
+    );
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([70_000, 5, 5]) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(result["body_len"], len, "{report}");
+    }
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn cookies_split_over_several_fields_reach_an_http1_backend_as_one() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // HTTP/2 clients split `cookie` for compression (RFC 9113 §8.2.3); an
+    // HTTP/1.1 request may carry only one `Cookie` field (RFC 6265 §5.4).
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"path": "/big/1", "headers": [["cookie", "a=1"], ["cookie", "b=2"], ["cookie", "c=3"]]}]}),
+    );
+    assert_eq!(report["results"][0]["status"], 200, "{report}");
+    let seen = backend.requests();
+    let cookies: Vec<_> = seen[0].headers.get_all("cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"]);
+}
+
+#[test]
+fn a_body_shorter_than_its_content_length_resets_the_stream_and_spares_the_connection() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "requests": [{"method": "POST", "path": "/short", "headers": [["content-length", "100"]], "body_size": 50}],
+            "after": [{"path": "/big/5"}],
+        }),
+    );
+    // A malformed request (RFC 9113 §8.1.1): reset with PROTOCOL_ERROR, or
+    // answered with an error, never passed on as a complete 50-byte body.
+    let result = &report["results"][0];
+    let reset = result["reset"] == 1;
+    let refused = result["status"].as_u64().is_some_and(|s| s >= 400);
+    assert!(reset || refused, "{report}");
+    let took_it = serde_json::from_str::<Value>(result["body_text"].as_str().unwrap())
+        .is_ok_and(|seen| seen["len"] == 50 && seen.get("error").is_none());
+    assert!(!took_it, "the backend took the short body as whole: {report}");
+    assert_eq!(report["results"][1]["status"], 200, "{report}");
 }

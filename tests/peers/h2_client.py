@@ -8,6 +8,8 @@ Usage: h2_client.py HOST PORT SCENARIO_JSON
 
 SCENARIO_JSON:
   {"initial_window_size": N,        # SETTINGS sent right after the preface
+   "max_frame_size": N,             # likewise
+   "prioritize_idle": ID,           # a PRIORITY frame for idle stream ID before any request
    "raise_window_after_ms": M,      # then SETTINGS_INITIAL_WINDOW_SIZE = 65535, M ms after start
    "requests": [REQUEST, ...],      # sent concurrently on one connection
    "after": [REQUEST, ...]}         # sent on the same connection once all of "requests" ended
@@ -17,11 +19,13 @@ SCENARIO_JSON:
    "chunk": N,                      # bytes of body per DATA frame (default 16384)
    "pad": N,                        # padding bytes on every DATA frame (0..255)
    "trailers": [["name", "value"]], # sent as a trailing HEADERS frame
+   "priority_weight": W,            # a PRIORITY frame for the stream once it is open
    "reset_after_bytes": N}          # RST_STREAM(CANCEL) after N body bytes
 
 Prints one JSON object: {"results": [{"status", "headers", "body_len",
 "body_sha256", "body_text" (first 4 KiB), "sent_sha256", "reset": the
-server's error code or null, "we_reset": bool}, ...] (requests, then after),
+server's error code or null, "we_reset": bool, "largest_data_frame"}, ...]
+(requests, then after),
 "data_before_raise": DATA bytes received before the window was raised,
 "ping_ack": whether our PING came back with its payload, "closed": the
 server's GOAWAY error code or null}.
@@ -64,6 +68,7 @@ class Request:
         self.status = None
         self.headers = []
         self.body = bytearray()
+        self.largest_data_frame = 0
 
     def start(self, conn, authority):
         self.stream_id = conn.get_next_available_stream_id()
@@ -74,6 +79,8 @@ class Request:
         no_body = self.body_size == 0 and not self.spec.get("trailers")
         conn.send_headers(self.stream_id, headers, end_stream=no_body)
         self.body_done = no_body
+        if "priority_weight" in self.spec:
+            conn.prioritize(self.stream_id, weight=self.spec["priority_weight"])
 
     def send_body(self, conn):
         """Sends what the windows allow; padding counts against them (§6.1)."""
@@ -111,6 +118,7 @@ class Request:
             "sent_sha256": self.sent_hash.hexdigest(),
             "reset": self.reset,
             "we_reset": self.we_reset,
+            "largest_data_frame": self.largest_data_frame,
         }
 
 
@@ -122,6 +130,10 @@ def main():
     conn.initiate_connection()
     if "initial_window_size" in scenario:
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: scenario["initial_window_size"]})
+    if "max_frame_size" in scenario:
+        conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: scenario["max_frame_size"]})
+    if "prioritize_idle" in scenario:
+        conn.prioritize(scenario["prioritize_idle"], weight=200)
     conn.ping(PING)
     first = [Request(s) for s in scenario.get("requests", [])]
     after = [Request(s) for s in scenario.get("after", [])]
@@ -169,6 +181,7 @@ def main():
                 received += len(event.data)
                 if r is not None:
                     r.body += event.data
+                    r.largest_data_frame = max(r.largest_data_frame, event.flow_controlled_length)
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 if r is not None:
