@@ -70,6 +70,12 @@ impl GrpcBackend {
         Self::start_script("catalog_backend.py", &[catalog_descriptors().as_os_str()])
     }
 
+    /// The hyper-h2 echo backend (tests/peers/h2_backend.py) with these
+    /// options: frames grpcio never sends, for our HTTP/2 client.
+    pub fn start_h2_echo(options: &serde_json::Value) -> GrpcBackend {
+        Self::start_script("h2_backend.py", &[std::ffi::OsStr::new(&options.to_string())])
+    }
+
     fn start_script(script: &str, args: &[&std::ffi::OsStr]) -> GrpcBackend {
         Self::start_script_with(script, args, &[])
     }

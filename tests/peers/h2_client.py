@@ -24,7 +24,8 @@ SCENARIO_JSON:
 
 Prints one JSON object: {"results": [{"status", "headers", "body_len",
 "body_sha256", "body_text" (first 4 KiB), "sent_sha256", "reset": the
-server's error code or null, "we_reset": bool, "largest_data_frame"}, ...]
+server's error code or null, "we_reset": bool, "largest_data_frame",
+"trailers"}, ...]
 (requests, then after),
 "data_before_raise": DATA bytes received before the window was raised,
 "ping_ack": whether our PING came back with its payload, "closed": the
@@ -69,6 +70,7 @@ class Request:
         self.headers = []
         self.body = bytearray()
         self.largest_data_frame = 0
+        self.trailers = []
 
     def start(self, conn, authority):
         self.stream_id = conn.get_next_available_stream_id()
@@ -119,6 +121,7 @@ class Request:
             "reset": self.reset,
             "we_reset": self.we_reset,
             "largest_data_frame": self.largest_data_frame,
+            "trailers": self.trailers,
         }
 
 
@@ -183,6 +186,9 @@ def main():
                     r.body += event.data
                     r.largest_data_frame = max(r.largest_data_frame, event.flow_controlled_length)
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                if r is not None:
+                    r.trailers = [[k, v] for k, v in event.headers]
             elif isinstance(event, h2.events.StreamEnded):
                 if r is not None:
                     r.ended = True

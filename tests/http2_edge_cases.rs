@@ -1,12 +1,19 @@
-//! Our HTTP/2 server (`src/http2/server.rs`, `listen::http2`) against the
-//! parts of RFC 9113 that curl, nghttp and h2load never exercise, sent by
-//! hyper-h2 (tests/peers/h2_client.py): padded DATA, header blocks continued
+//! Our HTTP/2 code in both roles against hyper-h2, for the parts of RFC 9113
+//! that curl, nghttp, h2load and grpcio never exercise.
+//!
+//! Server (`src/http2/server.rs`, `listen::http2`), with hyper-h2 as the
+//! client (tests/peers/h2_client.py): padded DATA, header blocks continued
 //! over CONTINUATION frames, a zero initial window raised later by SETTINGS,
 //! request trailers, one reset stream among live ones, responses larger than
 //! the client's default windows, a larger frame size, PRIORITY frames, split
 //! cookies, and a body that contradicts its `content-length`.
+//!
+//! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
+//! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
+//! raised later, a response head over our limit.
 
 mod common;
+mod grpc_support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +21,7 @@ use std::time::Duration;
 use common::core_kit::*;
 use common::transport::run_with_timeout;
 use common::*;
+use grpc_support::*;
 use http_body_util::BodyExt;
 use hyper::Response;
 use serde_json::{Value, json};
@@ -291,4 +299,63 @@ fn a_body_shorter_than_its_content_length_resets_the_stream_and_spares_the_conne
         .is_ok_and(|seen| seen["len"] == 50 && seen.get("error").is_none());
     assert!(!took_it, "the backend took the short body as whole: {report}");
     assert_eq!(report["results"][1]["status"], 200, "{report}");
+}
+
+/// A gRPC route `g` to the hyper-h2 echo backend started with `options`.
+fn through_grpc_route(options: Value) -> (GrpcBackend, Tollgate) {
+    let backend = GrpcBackend::start_h2_echo(&options);
+    let tollgate = Tollgate::start_with(&grpc_config(&[backend.addr], "", ""));
+    (backend, tollgate)
+}
+
+fn grpc_call(body_size: usize) -> Value {
+    json!({
+        "method": "POST", "path": "/test.Echo/Any", "body_size": body_size,
+        "headers": [["content-type", "application/grpc"], ["te", "trailers"]],
+    })
+}
+
+fn header<'a>(result: &'a Value, name: &str) -> Option<&'a str> {
+    result["headers"].as_array()?.iter().find(|p| p[0] == name).and_then(|p| p[1].as_str())
+}
+
+#[test]
+fn padded_data_from_a_grpc_backend_is_read_whole_and_its_padding_credited_back() {
+    // 4,096 frames of 512 bytes each with 255 bytes of padding: ~1 MiB of
+    // padding, which our client must hand back as window like data.
+    let (_backend, tollgate) = through_grpc_route(json!({"pad": 255, "chunk": 512}));
+    let size = 2 * 1024 * 1024;
+    let report = h2_client(&tollgate, json!({"requests": [grpc_call(size)]}));
+    let result = &report["results"][0];
+    assert_eq!(result["status"], 200, "{report}");
+    assert_eq!(header(result, "x-body-len"), Some(size.to_string().as_str()), "{report}");
+    assert_eq!(result["body_len"], size);
+    assert_eq!(result["body_sha256"], result["sent_sha256"]);
+    let trailers = result["trailers"].to_string();
+    assert!(trailers.contains("[\"grpc-status\",\"0\"]") && trailers.contains(&size.to_string()), "{report}");
+}
+
+#[test]
+fn a_grpc_backend_that_opens_with_a_zero_window_gets_the_request_once_it_raises_it() {
+    let (_backend, tollgate) = through_grpc_route(json!({"initial_window_size": 0, "raise_window_after_ms": 300}));
+    let size = 200_000;
+    let report = h2_client(&tollgate, json!({"requests": [grpc_call(size), grpc_call(10)]}));
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([size, 10]) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(header(result, "x-data-before-raise"), Some("0"), "DATA sent into a zero window: {report}");
+        assert_eq!(header(result, "x-body-len"), Some(len.to_string().as_str()), "{report}");
+        assert_eq!(result["body_sha256"], result["sent_sha256"]);
+    }
+}
+
+#[test]
+fn a_grpc_response_head_over_our_limit_fails_the_call_with_a_status_not_a_hang() {
+    // 20,000 bytes of one field: past the 16 KiB header list we announce.
+    let (_backend, tollgate) = through_grpc_route(json!({"big_header": 20_000}));
+    let report = h2_client(&tollgate, json!({"requests": [grpc_call(10)]}));
+    let result = &report["results"][0];
+    let status = header(result, "grpc-status")
+        .or_else(|| result["trailers"].as_array()?.iter().find(|p| p[0] == "grpc-status")?[1].as_str());
+    assert!(status.is_some_and(|s| s != "0"), "{report}");
+    assert_eq!(result["body_len"], 0, "{report}");
 }
