@@ -6,11 +6,12 @@
 //! over CONTINUATION frames, a zero initial window raised later by SETTINGS,
 //! request trailers, one reset stream among live ones, responses larger than
 //! the client's default windows, a larger frame size, PRIORITY frames, split
-//! cookies, and a body that contradicts its `content-length`.
+//! cookies, a body that contradicts its `content-length`, HEAD, a shrunk HPACK
+//! table, and `host` standing in for `:authority`.
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
-//! raised later, a response head over our limit.
+//! raised later, a response head over our limit, a shrunk HPACK table.
 
 mod common;
 mod grpc_support;
@@ -301,6 +302,57 @@ fn a_body_shorter_than_its_content_length_resets_the_stream_and_spares_the_conne
     assert_eq!(report["results"][1]["status"], 200, "{report}");
 }
 
+#[test]
+fn head_requests_and_a_zero_hpack_table_get_heads_without_bodies() {
+    // Found by this suite: without the table size update hyper-h2 refused our
+    // first response head after it set SETTINGS_HEADER_TABLE_SIZE to 0.
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // A client may turn our dynamic HPACK table off (SETTINGS_HEADER_TABLE_SIZE
+    // = 0): every response head must then decode without it.
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "header_table_size": 0,
+            "requests": [{"method": "HEAD", "path": "/big/1000"}, {"path": "/big/3"}],
+            "after": [{"method": "HEAD", "path": "/big/1000"}, {"path": "/big/3"}],
+        }),
+    );
+    let results = report["results"].as_array().unwrap();
+    for head in [&results[0], &results[2]] {
+        assert_eq!(head["status"], 200, "{report}");
+        assert_eq!(head["body_len"], 0, "{report}");
+        let length = head["headers"].as_array().unwrap().iter().find(|p| p[0] == "content-length");
+        assert_eq!(length.map(|p| p[1].clone()), Some(json!("1000")), "{report}");
+    }
+    for get in [&results[1], &results[3]] {
+        assert_eq!(get["body_len"], 3, "{report}");
+    }
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn a_request_with_host_instead_of_authority_is_routed_by_it() {
+    let by_host = reporting_backend();
+    let other = reporting_backend();
+    let tollgate = Tollgate::start_with(&format!(
+        "{}{}{}{}",
+        upstream_toml("a", &[by_host.addr], ""),
+        upstream_toml("b", &[other.addr], ""),
+        route_toml("by-host", "host = \"api.example.test\"", "a", ""),
+        route_toml("rest", "path_prefix = \"/\"", "b", "")
+    ));
+    // RFC 9113 §8.3.1: `host` may stand in for `:authority`.
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"path": "/big/2", "authority": false, "headers": [["host", "api.example.test"]]}]}),
+    );
+    assert_eq!(report["results"][0]["status"], 200, "{report}");
+    assert_eq!(by_host.requests().len(), 1, "{report}");
+    assert_eq!(by_host.requests()[0].headers["host"], "api.example.test");
+    assert!(other.requests().is_empty());
+}
+
 /// A gRPC route `g` to the hyper-h2 echo backend started with `options`.
 fn through_grpc_route(options: Value) -> (GrpcBackend, Tollgate) {
     let backend = GrpcBackend::start_h2_echo(&options);
@@ -358,4 +410,17 @@ fn a_grpc_response_head_over_our_limit_fails_the_call_with_a_status_not_a_hang()
         .or_else(|| result["trailers"].as_array()?.iter().find(|p| p[0] == "grpc-status")?[1].as_str());
     assert!(status.is_some_and(|s| s != "0"), "{report}");
     assert_eq!(result["body_len"], 0, "{report}");
+}
+
+#[test]
+fn a_grpc_backend_that_shrinks_its_hpack_table_decodes_every_call() {
+    // Found by this suite: our encoder never indexes, but a peer that lowers
+    // SETTINGS_HEADER_TABLE_SIZE must still be told so (RFC 7541 §4.2), or
+    // hyper-h2 refuses the next header block.
+    let (_backend, tollgate) = through_grpc_route(json!({"header_table_size": 0}));
+    let report = h2_client(&tollgate, json!({"requests": [grpc_call(10), grpc_call(20)], "after": [grpc_call(30)]}));
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([10, 20, 30]) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(header(result, "x-body-len"), Some(len.to_string().as_str()), "{report}");
+    }
 }

@@ -646,7 +646,10 @@ fn settings(state: &mut State, role: Role, head: Head, payload: &[u8]) -> Result
             setting::ENABLE_PUSH if value > 1 || (value == 1 && role == Role::Client) => {
                 return Err(Error::protocol("invalid SETTINGS_ENABLE_PUSH"));
             }
-            // HEADER_TABLE_SIZE: our encoder never indexes. MAX_HEADER_LIST_SIZE: advisory.
+            setting::HEADER_TABLE_SIZE if (value as usize) < HEADER_TABLE_SIZE && !state.peer.table_zeroed => {
+                state.peer.shrink_table = true;
+            }
+            // MAX_HEADER_LIST_SIZE: advisory.
             _ => {}
         }
     }

@@ -117,12 +117,11 @@ pub(super) fn on_headers(
         // Opened after our GOAWAY: ignored, the client may retry it elsewhere (§6.8).
         return Ok(());
     }
-    let max_frame = state.peer.max_frame;
     let Some(fields) = fields else {
         // Answered on its stream (RFC 9113 §10.5.1), the connection goes on.
         let mut block = BytesMut::new();
         encode_status(&mut block, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        frame::put_headers(&mut state.out, id, &block, true, max_frame);
+        state.peer.put_header_block(&mut state.out, id, &block, true);
         if !end_stream {
             frame::put_reset(&mut state.out, id, Reason::NO_ERROR.into());
         }

@@ -74,6 +74,29 @@ pub(super) struct PeerSettings {
     pub max_concurrent: u32,
     pub initial_window: u32,
     pub max_frame: usize,
+    /// It shrank SETTINGS_HEADER_TABLE_SIZE below the default, and our next
+    /// header block must open with a table size update (RFC 7541 §4.2).
+    /// Our encoder never indexes, so that update sets our table to 0 once and
+    /// for all (`table_zeroed`): no later SETTINGS can shrink it further.
+    pub shrink_table: bool,
+    pub table_zeroed: bool,
+}
+
+impl PeerSettings {
+    /// Writes a header block as HEADERS (and CONTINUATION) frames on stream
+    /// `id`, led by the table size update the peer is owed, if any.
+    pub fn put_header_block(&mut self, out: &mut BytesMut, id: u32, block: &[u8], end_stream: bool) {
+        if self.shrink_table {
+            self.shrink_table = false;
+            self.table_zeroed = true;
+            let mut led = BytesMut::with_capacity(block.len() + 1);
+            led.extend_from_slice(&[super::hpack::TABLE_SIZE_ZERO]);
+            led.extend_from_slice(block);
+            frame::put_headers(out, id, &led, end_stream, self.max_frame);
+        } else {
+            frame::put_headers(out, id, block, end_stream, self.max_frame);
+        }
+    }
 }
 
 /// Something a stream has to send that is waiting for flow-control window.
@@ -240,8 +263,9 @@ fn send_item(
     stream_window: &mut i64,
     id: u32,
     item: &mut Outgoing,
-    max_frame: usize,
+    peer: &mut PeerSettings,
 ) -> bool {
+    let max_frame = peer.max_frame;
     match item {
         Outgoing::Data(data, end) => {
             if data.is_empty() {
@@ -263,7 +287,7 @@ fn send_item(
             last
         }
         Outgoing::Headers(block, end) => {
-            frame::put_headers(out, id, block, *end, max_frame);
+            peer.put_header_block(out, id, block, *end);
             true
         }
     }
@@ -286,6 +310,8 @@ impl State {
                 max_concurrent: 0,
                 initial_window: frame::DEFAULT_WINDOW,
                 max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+                shrink_table: false,
+                table_zeroed: false,
             },
             send_window: i64::from(frame::DEFAULT_WINDOW),
             recv_window: i64::from(connection_window),
@@ -347,7 +373,6 @@ impl State {
     /// Sends what `id` has pending as far as the windows allow.
     /// Returns true when nothing is left pending.
     pub fn flush_stream(&mut self, id: u32) -> bool {
-        let max_frame = self.peer.max_frame;
         let Some(stream) = self.streams.get_mut(&id) else { return true };
         if stream.error.is_some() {
             stream.pending.clear();
@@ -357,7 +382,7 @@ impl State {
             return false;
         }
         while let Some(next) = stream.pending.front_mut() {
-            if !send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, next, max_frame) {
+            if !send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, next, &mut self.peer) {
                 break;
             }
             stream.pending.pop_front();
@@ -386,13 +411,12 @@ impl State {
 
     /// Queues `item` behind what `id` already has pending and sends what it can.
     pub fn enqueue(&mut self, id: u32, mut item: Outgoing) {
-        let max_frame = self.peer.max_frame;
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let was_empty = stream.pending.is_empty();
         if was_empty && stream.opened && stream.error.is_none() {
             // Nothing ahead of it: straight out if the windows allow (no queue
             // allocation for the usual small message).
-            if send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, &mut item, max_frame) {
+            if send_item(&mut self.out, &mut self.send_window, &mut stream.send_window, id, &mut item, &mut self.peer) {
                 self.settle(id);
                 self.wake_io();
                 return;
@@ -489,14 +513,13 @@ impl State {
 
     /// [`State::start`] with the encoded head given (a stream that never waited).
     pub fn start_with(&mut self, id: u32, block: &[u8]) {
-        let max_frame = self.peer.max_frame;
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let end_stream = stream.send_end && stream.pending.is_empty();
         stream.opened = true;
         stream.counted = true;
         self.active += 1;
         self.last_stream = id;
-        frame::put_headers(&mut self.out, id, block, end_stream, max_frame);
+        self.peer.put_header_block(&mut self.out, id, block, end_stream);
         if stream.pending.is_empty() || self.flush_stream(id) {
             self.blocked.retain(|&b| b != id);
         } else if !self.blocked.contains(&id) {

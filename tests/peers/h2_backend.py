@@ -9,7 +9,8 @@ OPTIONS_JSON: {"pad": N,                 # padding bytes on every DATA frame we 
                "chunk": N,               # at most N bytes of data per DATA frame (default 16384)
                "initial_window_size": N, # our SETTINGS, sent with the preface
                "raise_window_after_ms": M,  # then INITIAL_WINDOW_SIZE = 65535, M ms into the connection
-               "big_header": N}          # an `x-big` response field of N bytes
+               "big_header": N,          # an `x-big` response field of N bytes
+               "header_table_size": N}   # our SETTINGS_HEADER_TABLE_SIZE (0: no dynamic HPACK table)
 
 Prints "PORT N" once listening on 127.0.0.1. Every request is read whole,
 then answered: `:status 200`, the request's content-type, `x-body-len`,
@@ -48,6 +49,8 @@ def serve(sock, options):
     conn.initiate_connection()
     if "initial_window_size" in options:
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: options["initial_window_size"]})
+    if "header_table_size" in options:
+        conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: options["header_table_size"]})
     sock.sendall(conn.data_to_send())
     started = time.monotonic()
     raise_at = options.get("raise_window_after_ms")

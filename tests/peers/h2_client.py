@@ -9,6 +9,7 @@ Usage: h2_client.py HOST PORT SCENARIO_JSON
 SCENARIO_JSON:
   {"initial_window_size": N,        # SETTINGS sent right after the preface
    "max_frame_size": N,             # likewise
+   "header_table_size": N,          # likewise (0: our dynamic HPACK table is off)
    "prioritize_idle": ID,           # a PRIORITY frame for idle stream ID before any request
    "raise_window_after_ms": M,      # then SETTINGS_INITIAL_WINDOW_SIZE = 65535, M ms after start
    "requests": [REQUEST, ...],      # sent concurrently on one connection
@@ -20,6 +21,7 @@ SCENARIO_JSON:
    "pad": N,                        # padding bytes on every DATA frame (0..255)
    "trailers": [["name", "value"]], # sent as a trailing HEADERS frame
    "priority_weight": W,            # a PRIORITY frame for the stream once it is open
+   "authority": false,              # no :authority pseudo-header (a `host` field may stand in)
    "reset_after_bytes": N}          # RST_STREAM(CANCEL) after N body bytes
 
 Prints one JSON object: {"results": [{"status", "headers", "body_len",
@@ -75,8 +77,10 @@ class Request:
     def start(self, conn, authority):
         self.stream_id = conn.get_next_available_stream_id()
         method = self.spec.get("method", "GET")
-        headers = [(":method", method), (":scheme", "http"), (":authority", authority),
-                   (":path", self.spec.get("path", "/"))]
+        headers = [(":method", method), (":scheme", "http")]
+        if self.spec.get("authority", True):
+            headers.append((":authority", authority))
+        headers.append((":path", self.spec.get("path", "/")))
         headers += [tuple(h) for h in self.spec.get("headers", [])]
         no_body = self.body_size == 0 and not self.spec.get("trailers")
         conn.send_headers(self.stream_id, headers, end_stream=no_body)
@@ -135,6 +139,8 @@ def main():
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: scenario["initial_window_size"]})
     if "max_frame_size" in scenario:
         conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: scenario["max_frame_size"]})
+    if "header_table_size" in scenario:
+        conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: scenario["header_table_size"]})
     if "prioritize_idle" in scenario:
         conn.prioritize(scenario["prioritize_idle"], weight=200)
     conn.ping(PING)

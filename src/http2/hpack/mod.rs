@@ -18,6 +18,10 @@ use http::HeaderName;
 pub use decode::{DecodeError, Decoder};
 pub use encode::{encode_field, encode_pseudo};
 
+/// A dynamic table size update to 0 (§6.3): how our encoder, which never
+/// indexes, answers a peer that shrinks its table.
+pub const TABLE_SIZE_ZERO: u8 = 0x20;
+
 /// A decoded header field's name: a pseudo-header kept as its text, or a
 /// regular (lowercase, valid) field name.
 #[derive(Debug, Clone, PartialEq, Eq)]

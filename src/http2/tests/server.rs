@@ -286,6 +286,20 @@ async fn a_response_larger_than_the_windows_is_sent_whole_after_its_sender_is_go
 }
 
 #[tokio::test]
+async fn a_client_that_shrinks_its_hpack_table_is_told_ours_is_empty_once() {
+    let (mut peer, mut accepted, _task) = connected().await;
+    peer.settings(&[(setting::HEADER_TABLE_SIZE, 0)]).await;
+    for (id, update_expected) in [(1, true), (3, false)] {
+        peer.headers(id, &get("/"), true).await;
+        let (_, mut send, _) = accepted.recv().await.unwrap();
+        respond(&mut send, 200, true);
+        let (_, block) = peer.next_frame(kind::HEADERS).await;
+        // RFC 7541 §4.2: a size update leads the first block after the change.
+        assert_eq!(block[0] == hpack::TABLE_SIZE_ZERO, update_expected, "{block:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_early_answer_resets_the_unread_request_with_no_error() {
     let (mut peer, mut accepted, _task) = connected().await;
     let mut fields = get("/up");
