@@ -94,9 +94,9 @@ impl ProxyError {
             ProxyError::Transcode(TranscodeError::BadResponse(_)) => Code::Internal,
             ProxyError::BadRequest(_) => Code::Internal,
             ProxyError::BodyTooLarge { .. } => Code::ResourceExhausted,
+            ProxyError::UpstreamProtocol { source, .. } => reset_code(&**source),
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamSaturated { .. }
-            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamWebSocket { .. } => Code::Unavailable,
             ProxyError::UpstreamTimeout { phase: "connect", .. } => Code::Unavailable,
             ProxyError::UpstreamTimeout { .. } | ProxyError::RequestTimeout { .. } => Code::DeadlineExceeded,
@@ -247,6 +247,24 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, request_id:
     response
 }
 
+/// A backend's RST_STREAM before its answer as a gRPC status, per the gRPC
+/// HTTP/2 mapping (PROTOCOL-HTTP2.md, "Errors"): a refused stream was never
+/// processed (UNAVAILABLE, safe to retry), a cancel is CANCELLED, a calm-down
+/// is RESOURCE_EXHAUSTED; any other failure of the connection is UNAVAILABLE.
+fn reset_code(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Code {
+    use h2::Reason;
+    match source.downcast_ref::<crate::http2::Error>() {
+        Some(crate::http2::Error::Reset(reason)) => match *reason {
+            Reason::REFUSED_STREAM => Code::Unavailable,
+            Reason::CANCEL => Code::Cancelled,
+            Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+            _ => Code::Internal,
+        },
+        _ => Code::Unavailable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +291,10 @@ mod tests {
         let upstream = || "u".to_string();
         let rejected =
             |status: StatusCode| ProxyError::Rejected(Box::new(crate::policy::Rejection::new(status, "refused", "no")));
+        let reset = |reason| ProxyError::UpstreamProtocol {
+            upstream: upstream(),
+            source: Box::new(crate::http2::Error::Reset(reason)),
+        };
         let connect_refused = ProxyError::UpstreamConnect {
             upstream: upstream(),
             source: crate::upstream::ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into()),
@@ -292,6 +314,15 @@ mod tests {
             (rejected(StatusCode::FORBIDDEN), Code::PermissionDenied),
             (rejected(StatusCode::TOO_MANY_REQUESTS), Code::ResourceExhausted),
             (ProxyError::GrpcWeb(GrpcWebError::InvalidBase64), Code::InvalidArgument),
+            (reset(h2::Reason::REFUSED_STREAM), Code::Unavailable),
+            (reset(h2::Reason::CANCEL), Code::Cancelled),
+            (reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted),
+            (reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied),
+            (reset(h2::Reason::INTERNAL_ERROR), Code::Internal),
+            (
+                ProxyError::UpstreamProtocol { upstream: upstream(), source: Box::new(crate::http2::Error::Closed) },
+                Code::Unavailable,
+            ),
             (ProxyError::GrpcWeb(GrpcWebError::TruncatedFrame), Code::Internal),
         ];
         for (error, code) in table {

@@ -11,7 +11,8 @@
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
-//! raised later, a response head over our limit, a shrunk HPACK table.
+//! raised later, a response head over our limit, a shrunk HPACK table,
+//! streams reset before an answer (mapped to gRPC statuses).
 
 mod common;
 mod grpc_support;
@@ -423,4 +424,28 @@ fn a_grpc_backend_that_shrinks_its_hpack_table_decodes_every_call() {
         assert_eq!(result["status"], 200, "{report}");
         assert_eq!(header(result, "x-body-len"), Some(len.to_string().as_str()), "{report}");
     }
+}
+
+#[test]
+fn a_grpc_backends_reset_before_answering_maps_to_the_grpc_status_for_its_code() {
+    // gRPC's HTTP/2 mapping (PROTOCOL-HTTP2.md, "Errors").
+    let cases = [("Refused", 7, "14"), ("Cancel", 8, "1"), ("Calm", 11, "8"), ("Internal", 2, "13")];
+    let reset_paths: serde_json::Map<String, Value> =
+        cases.iter().map(|(name, code, _)| (format!("/test.Echo/{name}"), json!(code))).collect();
+    let (_backend, tollgate) = through_grpc_route(json!({"reset_paths": reset_paths}));
+    let calls: Vec<Value> = cases
+        .iter()
+        .map(|(name, _, _)| {
+            let mut call = grpc_call(10);
+            call["path"] = json!(format!("/test.Echo/{name}"));
+            call
+        })
+        .collect();
+    let report = h2_client(&tollgate, json!({"requests": calls, "after": [grpc_call(10)]}));
+    let results = report["results"].as_array().unwrap();
+    for ((name, _, status), result) in cases.iter().zip(results) {
+        assert_eq!(header(result, "grpc-status"), Some(*status), "{name}: {report}");
+    }
+    // The connection to the backend and the client's connection go on.
+    assert_eq!(header(&results[4], "x-body-len"), Some("10"), "{report}");
 }

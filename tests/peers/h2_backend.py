@@ -10,7 +10,8 @@ OPTIONS_JSON: {"pad": N,                 # padding bytes on every DATA frame we 
                "initial_window_size": N, # our SETTINGS, sent with the preface
                "raise_window_after_ms": M,  # then INITIAL_WINDOW_SIZE = 65535, M ms into the connection
                "big_header": N,          # an `x-big` response field of N bytes
-               "header_table_size": N}   # our SETTINGS_HEADER_TABLE_SIZE (0: no dynamic HPACK table)
+               "header_table_size": N,   # our SETTINGS_HEADER_TABLE_SIZE (0: no dynamic HPACK table)
+               "reset_paths": {PATH: CODE}}  # RST_STREAM with CODE for requests to PATH, unanswered
 
 Prints "PORT N" once listening on 127.0.0.1. Every request is read whole,
 then answered: `:status 200`, the request's content-type, `x-body-len`,
@@ -89,6 +90,10 @@ def serve(sock, options):
             return
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
+                code = options.get("reset_paths", {}).get(dict(event.headers).get(":path"))
+                if code is not None:
+                    conn.reset_stream(event.stream_id, error_code=code)
+                    continue
                 streams[event.stream_id] = Stream(event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 s = streams.get(event.stream_id)
