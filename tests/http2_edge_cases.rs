@@ -7,7 +7,8 @@
 //! request trailers, one reset stream among live ones, responses larger than
 //! the client's default windows, a larger frame size, PRIORITY frames, split
 //! cookies, a body that contradicts its `content-length`, HEAD, a shrunk HPACK
-//! table, and `host` standing in for `:authority`.
+//! table, `host` standing in for `:authority`, a one-byte window, a client's
+//! GOAWAY, a client reset mid-download, and response trailers.
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
@@ -40,12 +41,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A backend that reports what it received: for a request with a body, its
 /// length, SHA-256 and trailers as JSON; `GET /big/N` answers N pattern
-/// bytes; `GET /header-size` the length of `x-big`.
+/// bytes; `GET /header-size` the length of `x-big`; `GET /trailers` a chunked
+/// body with trailers.
 fn reporting_backend() -> Backend {
     Backend::start(|req| async move {
         let path = req.uri().path().to_string();
         if let Some(size) = path.strip_prefix("/big/") {
             return Response::new(full(pattern(size.parse().unwrap())));
+        }
+        if path == "/trailers" {
+            let frames: Vec<Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc"))),
+                Ok(http_body::Frame::trailers(http::HeaderMap::from_iter([(
+                    http::HeaderName::from_static("x-checksum"),
+                    http::HeaderValue::from_static("900150983cd24fb0"),
+                )]))),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            return Response::builder().header("trailer", "x-checksum").body(body.boxed()).unwrap();
         }
         if path == "/header-size" {
             let size = req.headers().get("x-big").map_or(0, |v| v.len());
@@ -352,6 +365,60 @@ fn a_request_with_host_instead_of_authority_is_routed_by_it() {
     assert_eq!(by_host.requests().len(), 1, "{report}");
     assert_eq!(by_host.requests()[0].headers["host"], "api.example.test");
     assert!(other.requests().is_empty());
+}
+
+#[test]
+fn a_one_byte_window_gets_the_body_one_byte_per_frame_and_whole() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(&tollgate, json!({"initial_window_size": 1, "requests": [{"path": "/big/3000"}]}));
+    let result = &report["results"][0];
+    assert_eq!(result["body_len"], 3000, "{report}");
+    assert_eq!(result["body_sha256"], sha256_hex(&pattern(3000)));
+    assert_eq!(result["largest_data_frame"], 1, "{report}");
+}
+
+#[test]
+fn a_client_goaway_lets_its_open_streams_finish() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(
+        &tollgate,
+        json!({"goaway_after_requests": true, "requests": [{"path": "/big/500000"}, {"path": "/big/10"}]}),
+    );
+    for (result, len) in report["results"].as_array().unwrap().iter().zip([500_000, 10]) {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(result["body_len"], len, "{report}");
+        assert_eq!(result["body_sha256"], sha256_hex(&pattern(len)));
+    }
+}
+
+#[test]
+fn a_client_reset_mid_download_ends_that_stream_only() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(
+        &tollgate,
+        json!({
+            "requests": [{"path": "/big/4000000", "reset_after_response_bytes": 100_000}, {"path": "/big/300000"}],
+            "after": [{"path": "/big/7"}],
+        }),
+    );
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results[0]["we_reset"], true, "{report}");
+    assert_eq!(results[1]["body_len"], 300_000, "{report}");
+    assert_eq!(results[2]["body_len"], 7, "{report}");
+    assert_eq!(report["closed"], Value::Null, "{report}");
+}
+
+#[test]
+fn response_trailers_from_a_chunked_http1_backend_reach_the_client() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let report = h2_client(&tollgate, json!({"requests": [{"path": "/trailers", "headers": [["te", "trailers"]]}]}));
+    let result = &report["results"][0];
+    assert_eq!(result["body_text"], "abc", "{report}");
+    assert_eq!(result["trailers"], json!([["x-checksum", "900150983cd24fb0"]]), "{report}");
 }
 
 /// A gRPC route `g` to the hyper-h2 echo backend started with `options`.

@@ -141,6 +141,10 @@ pub struct Forwarding {
     host: Option<HeaderValue>,
     /// Bit `i` set: [`FORWARDING_NAMES`]`[i]` is still to be added.
     pending: u8,
+    /// The client sent `TE: trailers`: the HTTP/1.1 request says so too, so
+    /// that the backend sends the trailers we pass on (a backend such as
+    /// hyper drops them from a chunked response otherwise).
+    accepts_trailers: bool,
 }
 
 /// The names of [`Forwarding`]'s fields, in the order they are written:
@@ -156,7 +160,7 @@ const VIA: usize = 4;
 /// Nothing to add.
 impl Default for Forwarding {
     fn default() -> Self {
-        Self { connection: None, protocol: DownstreamProtocol::Http1, host: None, pending: 0 }
+        Self { connection: None, protocol: DownstreamProtocol::Http1, host: None, pending: 0, accepts_trailers: false }
     }
 }
 
@@ -208,6 +212,10 @@ impl Forwarding {
 
     /// Writes the pending fields as HTTP/1.1 field lines.
     pub fn write(&self, wire: &mut Vec<u8>) {
+        if self.accepts_trailers {
+            // A TE sender names it as a connection option (RFC 9110 §10.1.4).
+            wire.extend_from_slice(b"te: trailers\r\nconnection: te\r\n");
+        }
         let Some(connection) = &self.connection else { return };
         for (field, name) in FORWARDING_NAMES.iter().enumerate() {
             if !self.is_pending(field) || (field == XFH && self.host.is_none()) {
@@ -309,6 +317,10 @@ pub fn prepare_request_deferred(
         None => None,
     };
     let host = authority.clone().or(seen.host);
+    let accepts_trailers = hop_by_hop
+        .iter()
+        .position(|name| **name == header::TE)
+        .is_some_and(|i| seen.hop_by_hop & (1 << i) != 0 && names_trailers(headers));
     remove_present(headers, hop_by_hop, seen.hop_by_hop);
     // We answered `Expect: 100-continue` ourselves when we started reading the body.
     if seen.expect {
@@ -324,6 +336,7 @@ pub fn prepare_request_deferred(
         protocol: ctx.protocol,
         host: host.clone(),
         pending: 0,
+        accepts_trailers,
     };
     let wanted = route.forward_headers.bits();
     for (field, name) in FORWARDING_NAMES.iter().enumerate() {
@@ -411,6 +424,16 @@ fn write_forwarded_element(out: &mut Vec<u8>, for_and_proto: &str, host: Option<
         }
         out.push(b'"');
     }
+}
+
+/// Whether the request's `TE` lists `trailers` (RFC 9110 §10.1.4).
+fn names_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|member| {
+            let coding = member.split(|b| *b == b';').next().unwrap_or_default();
+            coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one, joined
@@ -546,7 +569,10 @@ mod tests {
             .collect();
         let from_map: Vec<(String, String)> =
             applied.iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())).collect();
-        assert_eq!(fields, from_map, "the wire and the map get the same fields");
+        // `TE` (and its connection option) is the HTTP/1.1 hop's own: wire only.
+        let forwarding_fields: Vec<_> =
+            fields.iter().filter(|(n, _)| n != "te" && n != "connection").cloned().collect();
+        assert_eq!(forwarding_fields, from_map, "the wire and the map get the same forwarding fields");
         fields
     }
 
@@ -585,6 +611,20 @@ mod tests {
     }
 
     #[test]
+    fn te_is_said_again_upstream_only_when_it_names_trailers() {
+        let ctx = crate::policy::test_context();
+        for (te, expected) in [("trailers", true), ("gzip, Trailers;q=1", true), ("gzip", false), ("trailersx", false)]
+        {
+            let parts = client_request(&[("host", "example.com"), ("te", te)]);
+            let (req, forwarding) =
+                prepare_request_deferred(parts, crate::body::empty(), &ctx, &proxy_route()).unwrap();
+            assert!(!req.headers().contains_key("te"));
+            let said = written(&forwarding).iter().any(|(n, v)| n == "te" && v == "trailers");
+            assert_eq!(said, expected, "{te}");
+        }
+    }
+
+    #[test]
     fn forwarding_fields_the_client_sent_are_merged_in_the_map() {
         let ctx = crate::policy::test_context();
         let parts = client_request(&[
@@ -602,9 +642,15 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "original.example");
         assert_eq!(h["via"], "1.1 edge, 1.1 tollgate");
         assert!(!h.contains_key("te"), "hop-by-hop");
+        // `TE: trailers` is this hop's to say again, with its connection option.
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
         assert_eq!(
             written(&forwarding),
-            [("forwarded".to_owned(), "for=127.0.0.1;proto=http;host=example.com".to_owned())]
+            [
+                pair("te", "trailers"),
+                pair("connection", "te"),
+                pair("forwarded", "for=127.0.0.1;proto=http;host=example.com")
+            ]
         );
 
         // The map-only form ends with the same fields in the map.

@@ -12,6 +12,7 @@ SCENARIO_JSON:
    "header_table_size": N,          # likewise (0: our dynamic HPACK table is off)
    "prioritize_idle": ID,           # a PRIORITY frame for idle stream ID before any request
    "raise_window_after_ms": M,      # then SETTINGS_INITIAL_WINDOW_SIZE = 65535, M ms after start
+   "goaway_after_requests": true,   # GOAWAY(NO_ERROR) right after sending "requests"
    "requests": [REQUEST, ...],      # sent concurrently on one connection
    "after": [REQUEST, ...]}         # sent on the same connection once all of "requests" ended
   REQUEST:
@@ -22,7 +23,8 @@ SCENARIO_JSON:
    "trailers": [["name", "value"]], # sent as a trailing HEADERS frame
    "priority_weight": W,            # a PRIORITY frame for the stream once it is open
    "authority": false,              # no :authority pseudo-header (a `host` field may stand in)
-   "reset_after_bytes": N}          # RST_STREAM(CANCEL) after N body bytes
+   "reset_after_bytes": N,          # RST_STREAM(CANCEL) after N body bytes
+   "reset_after_response_bytes": N} # RST_STREAM(CANCEL) once N response body bytes arrived
 
 Prints one JSON object: {"results": [{"status", "headers", "body_len",
 "body_sha256", "body_text" (first 4 KiB), "sent_sha256", "reset": the
@@ -46,6 +48,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 DEADLINE_S = 60
 PING = b"tollgate"
@@ -149,6 +152,11 @@ def main():
     for r in first:
         r.start(conn, authority)
     by_id = {r.stream_id: r for r in first}
+    if scenario.get("goaway_after_requests"):
+        # Raw, past hyper-h2's state machine, which would stop reading once
+        # it had said GOAWAY itself; no server-initiated streams to keep.
+        sock.sendall(conn.data_to_send())
+        sock.sendall(hyperframe.frame.GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
     started_after = False
     raise_at = scenario.get("raise_window_after_ms")
     started = time.monotonic()
@@ -188,9 +196,14 @@ def main():
                 r.status = int(dict(event.headers)[":status"])
             elif isinstance(event, h2.events.DataReceived):
                 received += len(event.data)
-                if r is not None:
+                if r is not None and not r.we_reset:
                     r.body += event.data
                     r.largest_data_frame = max(r.largest_data_frame, event.flow_controlled_length)
+                    limit = r.spec.get("reset_after_response_bytes")
+                    if limit is not None and len(r.body) >= limit and not r.ended:
+                        conn.reset_stream(r.stream_id, error_code=8)
+                        r.we_reset = True
+                        r.ended = True
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.TrailersReceived):
                 if r is not None:
