@@ -8,12 +8,14 @@
 //! the client's default windows, a larger frame size, PRIORITY frames, split
 //! cookies, a body that contradicts its `content-length`, HEAD, a shrunk HPACK
 //! table, `host` standing in for `:authority`, a one-byte window, a client's
-//! GOAWAY, a client reset mid-download, and response trailers.
+//! GOAWAY, a client reset mid-download, response trailers, and fields the
+//! client's HPACK encoder indexed, through many table evictions.
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
 //! raised later, a response head over our limit, a shrunk HPACK table,
-//! streams reset before an answer (mapped to gRPC statuses).
+//! streams reset before an answer (mapped to gRPC statuses), response fields
+//! the backend's HPACK encoder indexed.
 
 mod common;
 mod grpc_support;
@@ -41,8 +43,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A backend that reports what it received: for a request with a body, its
 /// length, SHA-256 and trailers as JSON; `GET /big/N` answers N pattern
-/// bytes; `GET /header-size` the length of `x-big`; `GET /trailers` a chunked
-/// body with trailers.
+/// bytes; `GET /header-size` the length of `x-big`; `GET /echo-id` the value
+/// of `x-id`; `GET /trailers` a chunked body with trailers.
 fn reporting_backend() -> Backend {
     Backend::start(|req| async move {
         let path = req.uri().path().to_string();
@@ -59,6 +61,10 @@ fn reporting_backend() -> Backend {
             ];
             let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
             return Response::builder().header("trailer", "x-checksum").body(body.boxed()).unwrap();
+        }
+        if path == "/echo-id" {
+            let id = req.headers().get("x-id").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+            return Response::new(full(id));
         }
         if path == "/header-size" {
             let size = req.headers().get("x-big").map_or(0, |v| v.len());
@@ -421,6 +427,31 @@ fn response_trailers_from_a_chunked_http1_backend_reach_the_client() {
     assert_eq!(result["trailers"], json!([["x-checksum", "900150983cd24fb0"]]), "{report}");
 }
 
+#[test]
+fn header_fields_indexed_by_the_clients_hpack_encoder_decode_right_through_evictions() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // hyper-h2 indexes what it sends in its dynamic table (4,096 bytes): 120
+    // distinct 300-byte values evict one another again and again, and a
+    // repeated field is sent as a reference to its entry. Printable ASCII of
+    // every kind exercises the Huffman code.
+    let alphabet: Vec<char> = (0x21u8..0x7f).map(char::from).collect();
+    let value = |i: usize| -> String {
+        (0..300).map(|j| alphabet[(i * 7919 + j * 31 + j * j) % alphabet.len()]).collect::<String>() + &i.to_string()
+    };
+    let request =
+        |i: usize| json!({"path": "/echo-id", "headers": [["x-id", value(i)], ["x-common", "the same every time"]]});
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": (0..60).map(request).collect::<Vec<_>>(), "after": (60..120).map(request).collect::<Vec<_>>()}),
+    );
+    for (i, result) in report["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(result["status"], 200, "{i}: {report}");
+        assert_eq!(result["body_text"], value(i), "request {i}");
+    }
+    assert!(backend.requests().iter().all(|r| r.headers["x-common"] == "the same every time"));
+}
+
 /// A gRPC route `g` to the hyper-h2 echo backend started with `options`.
 fn through_grpc_route(options: Value) -> (GrpcBackend, Tollgate) {
     let backend = GrpcBackend::start_h2_echo(&options);
@@ -515,4 +546,24 @@ fn a_grpc_backends_reset_before_answering_maps_to_the_grpc_status_for_its_code()
     }
     // The connection to the backend and the client's connection go on.
     assert_eq!(header(&results[4], "x-body-len"), Some("10"), "{report}");
+}
+
+#[test]
+fn response_fields_a_grpc_backend_indexed_decode_right_through_evictions() {
+    // The backend's HPACK encoder indexes every response field; 120 distinct
+    // 300-byte values cycle through its 4,096-byte table.
+    let (_backend, tollgate) = through_grpc_route(json!({}));
+    let value = |i: usize| format!("{}-{i}", "v".repeat(300));
+    let call = |i: usize| {
+        let mut call = grpc_call(5);
+        call["headers"].as_array_mut().unwrap().push(json!(["x-id", value(i)]));
+        call
+    };
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": (0..60).map(call).collect::<Vec<_>>(), "after": (60..120).map(call).collect::<Vec<_>>()}),
+    );
+    for (i, result) in report["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(header(result, "x-echo-id"), Some(value(i).as_str()), "call {i}: {report}");
+    }
 }

@@ -14,7 +14,8 @@ OPTIONS_JSON: {"pad": N,                 # padding bytes on every DATA frame we 
                "reset_paths": {PATH: CODE}}  # RST_STREAM with CODE for requests to PATH, unanswered
 
 Prints "PORT N" once listening on 127.0.0.1. Every request is read whole,
-then answered: `:status 200`, the request's content-type, `x-body-len`,
+then answered: `:status 200`, the request's content-type, `x-echo-id` (the
+request's `x-id`, if any: hyper-h2 indexes it in its HPACK table), `x-body-len`,
 `x-body-sha256`, `x-data-before-raise` (request DATA bytes that arrived
 before the window was raised), the body echoed back in DATA frames, and
 trailers `grpc-status: 0`, `x-echoed: N`.
@@ -113,6 +114,8 @@ def serve(sock, options):
                     ("x-body-sha256", hashlib.sha256(s.body).hexdigest()),
                     ("x-data-before-raise", str(s.data_before_raise)),
                 ]
+                if "x-id" in s.headers:
+                    headers.append(("x-echo-id", s.headers["x-id"]))
                 if options.get("big_header"):
                     headers.append(("x-big", "b" * options["big_header"]))
                 conn.send_headers(event.stream_id, headers)
