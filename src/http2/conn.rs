@@ -28,6 +28,9 @@ const MAX_FRAME: usize = frame::DEFAULT_MAX_FRAME_SIZE;
 /// HPACK table size we announce (the default).
 const HEADER_TABLE_SIZE: usize = 4096;
 
+/// Our unwritten output is past [`OUT_HIGH_WATER`]: reading waits.
+struct Crowded(bool);
+
 /// A header block that has begun (HEADERS without END_HEADERS) and waits for CONTINUATION.
 struct PartialBlock {
     stream: u32,
@@ -195,16 +198,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return;
         }
         loop {
-            if let Err(e) = self.dispatch_buffered() {
-                self.connection_error(e);
-                return;
-            }
-            if self.shared.lock().out.len() >= OUT_HIGH_WATER {
-                // The peer is not reading what we owe it (answers to its
-                // PINGs and SETTINGS, say: the floods of CVE-2019-9512/9515):
-                // read no more until that is written.
-                self.read_paused = true;
-                return;
+            match self.dispatch_buffered() {
+                Err(e) => {
+                    self.connection_error(e);
+                    return;
+                }
+                Ok(Crowded(true)) => {
+                    // The peer is not reading what we owe it (answers to its
+                    // PINGs and SETTINGS, say: the floods of CVE-2019-9512/9515):
+                    // read no more until that is written.
+                    self.read_paused = true;
+                    return;
+                }
+                Ok(Crowded(false)) => {}
             }
             if self.read_buf.capacity() - self.read_buf.len() < 4096 {
                 self.read_buf.reserve(MAX_FRAME + frame::HEAD_LEN);
@@ -238,8 +244,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         state.fail(error);
     }
 
-    /// Handles every complete frame in the read buffer.
-    fn dispatch_buffered(&mut self) -> Result<(), Error> {
+    /// Handles every complete frame in the read buffer, and says whether our
+    /// output has grown past [`OUT_HIGH_WATER`] meanwhile.
+    fn dispatch_buffered(&mut self) -> Result<Crowded, Error> {
         if self.magic_left > 0 {
             let offset = frame::PREFACE.len() - self.magic_left;
             let n = self.magic_left.min(self.read_buf.len());
@@ -249,11 +256,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             self.read_buf.advance(n);
             self.magic_left -= n;
             if self.magic_left > 0 {
-                return Ok(());
+                return Ok(Crowded(false));
             }
         }
         if self.read_buf.len() < frame::HEAD_LEN {
-            return Ok(());
+            return Ok(Crowded(false));
         }
         let shared = Arc::clone(&self.shared);
         let mut state = shared.lock();
@@ -289,7 +296,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 });
             }
         }
-        Ok(())
+        Ok(Crowded(state.out.len() >= OUT_HIGH_WATER))
     }
 
     fn frame(&mut self, state: &mut State, head: Head, payload: Bytes) -> Result<(), Error> {
@@ -646,7 +653,7 @@ fn settings(state: &mut State, role: Role, head: Head, payload: &[u8]) -> Result
             setting::ENABLE_PUSH if value > 1 || (value == 1 && role == Role::Client) => {
                 return Err(Error::protocol("invalid SETTINGS_ENABLE_PUSH"));
             }
-            setting::HEADER_TABLE_SIZE if (value as usize) < HEADER_TABLE_SIZE && !state.peer.table_zeroed => {
+            setting::HEADER_TABLE_SIZE if value < frame::DEFAULT_HEADER_TABLE_SIZE && !state.peer.table_zeroed => {
                 state.peer.shrink_table = true;
             }
             // MAX_HEADER_LIST_SIZE: advisory.

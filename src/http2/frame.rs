@@ -12,6 +12,8 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16_384;
 /// The flow-control window every stream and the connection start with (§6.9.2).
 pub const DEFAULT_WINDOW: u32 = 65_535;
+/// A peer's HPACK table size until its SETTINGS say otherwise (§6.5.2).
+pub const DEFAULT_HEADER_TABLE_SIZE: u32 = 4096;
 /// Largest flow-control window (§6.9.1).
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
