@@ -221,3 +221,30 @@ fn an_early_answer_to_an_upload_the_backend_will_not_read_reaches_the_client() {
     assert_eq!((status, body), (413, b"big!".to_vec()));
     assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn trailers_from_a_chunked_backend_reach_an_http1_client_and_end_the_response() {
+    // hyper sends trailers it declared in `Trailer`, to a client that said
+    // `TE: trailers`; Tollgate says that again upstream.
+    let (backend, counters) = common::transport::counting_backend(|_req| async move {
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc"))),
+            Ok(http_body::Frame::trailers(http::HeaderMap::from_iter([(
+                http::HeaderName::from_static("x-checksum"),
+                http::HeaderValue::from_static("900150983cd24fb0"),
+            )]))),
+        ];
+        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(frames)));
+        hyper::Response::builder().header("trailer", "x-checksum").body(body).unwrap()
+    });
+    let tollgate = common::core_kit::start_proxy(backend.addr, "", "", "");
+    for _ in 0..2 {
+        let out = curl(&["--raw", "-H", "TE: trailers", "--max-time", "10", &tollgate.url("/t")]);
+        assert!(out.status.success(), "{out:?}");
+        let wire = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(wire.starts_with("3\r\nabc\r\n0\r\n"), "{wire:?}");
+        assert!(wire.contains("x-checksum: 900150983cd24fb0\r\n"), "{wire:?}");
+    }
+    // The trailers ended each response: one backend connection carried both.
+    assert_eq!(counters.connections(), 1);
+}

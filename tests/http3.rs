@@ -17,7 +17,7 @@ use serde_json::json;
 
 use common::core_kit::{echo_backend, streaming_echo_backend};
 use common::h3_kit::{h3_exchange, h3_exchange_with, h3_listener, h3_request, header};
-use common::transport::{admin_status, channel_body, generated_body, write_cert};
+use common::transport::{admin_status, channel_body, counting_backend, generated_body, write_cert};
 use common::*;
 
 /// A gateway with one TLS + HTTP/3 listener (and an admin port) in front of
@@ -554,4 +554,35 @@ fn unhex(text: &str) -> Vec<u8> {
 
 fn trailer<'a>(result: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     result["trailers"].as_array()?.iter().find(|p| p[0] == name).and_then(|p| p[1].as_str())
+}
+
+#[test]
+fn trailers_from_a_chunked_http1_backend_reach_an_http3_client_that_asks_for_them() {
+    // hyper sends a chunked response's trailers only to a client that said
+    // `TE: trailers`: Tollgate says it again upstream for the HTTP/3 client.
+    // Found by this test: the backend's body, polled again after its
+    // trailers, read on instead of ending, so the stream hung until the
+    // backend's idle timeout (or was reset, had the backend closed).
+    let (backend, counters) = counting_backend(|_req| async move {
+        let frames: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+            Ok(http_body::Frame::trailers(http::HeaderMap::from_iter([(
+                http::HeaderName::from_static("x-checksum"),
+                http::HeaderValue::from_static("900150983cd24fb0"),
+            )]))),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        Response::builder().header("trailer", "x-checksum").body(body).unwrap()
+    });
+    let rig = Rig::http1(backend.addr, "");
+    for _ in 0..2 {
+        let r = h3_request(rig.addr, json!({ "path": "/with-trailers", "headers": [["te", "trailers"]] }));
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["body_text"], "abc", "{r}");
+        assert_eq!(r["trailers"], json!([["x-checksum", "900150983cd24fb0"]]), "{r}");
+        assert_eq!(r["reset"], json!(null), "{r}");
+    }
+    // The trailers ended the first response: its backend connection went
+    // back to the pool and carried the second.
+    assert_eq!(counters.connections(), 1);
 }

@@ -143,7 +143,12 @@ impl http_body::Body for ResponseBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Step::Trailers(trailers) => return Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Step::Trailers(trailers) => {
+                    // The trailer section ends the message: the body is over
+                    // (polled again it says so, rather than reading on).
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
                 Step::End => {
                     this.finish();
                     return Poll::Ready(None);
