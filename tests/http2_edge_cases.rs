@@ -15,7 +15,7 @@
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
 //! raised later, a response head over our limit, a shrunk HPACK table,
 //! streams reset before an answer (mapped to gRPC statuses), response fields
-//! the backend's HPACK encoder indexed.
+//! the backend's HPACK encoder indexed, a stream limit of one.
 
 mod common;
 mod grpc_support;
@@ -565,5 +565,20 @@ fn response_fields_a_grpc_backend_indexed_decode_right_through_evictions() {
     );
     for (i, result) in report["results"].as_array().unwrap().iter().enumerate() {
         assert_eq!(header(result, "x-echo-id"), Some(value(i).as_str()), "call {i}: {report}");
+    }
+}
+
+#[test]
+fn calls_past_a_grpc_backends_stream_limit_wait_their_turn_and_all_succeed() {
+    // The backend takes one stream at a time per connection and holds each
+    // answer 50 ms: the other calls wait inside Tollgate, never opened
+    // past the limit (which hyper-h2 would refuse).
+    let (_backend, tollgate) = through_grpc_route(json!({"max_concurrent_streams": 1, "hold_ms": 50}));
+    let calls: Vec<Value> = (0..12).map(|i| grpc_call(100 + i)).collect();
+    let report = h2_client(&tollgate, json!({"requests": calls}));
+    for (i, result) in report["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(result["status"], 200, "{report}");
+        assert_eq!(header(result, "x-body-len"), Some((100 + i).to_string().as_str()), "{report}");
+        assert_eq!(header(result, "x-concurrent"), Some("1"), "{report}");
     }
 }

@@ -11,10 +11,13 @@ OPTIONS_JSON: {"pad": N,                 # padding bytes on every DATA frame we 
                "raise_window_after_ms": M,  # then INITIAL_WINDOW_SIZE = 65535, M ms into the connection
                "big_header": N,          # an `x-big` response field of N bytes
                "header_table_size": N,   # our SETTINGS_HEADER_TABLE_SIZE (0: no dynamic HPACK table)
-               "reset_paths": {PATH: CODE}}  # RST_STREAM with CODE for requests to PATH, unanswered
+               "reset_paths": {PATH: CODE},  # RST_STREAM with CODE for requests to PATH, unanswered
+               "max_concurrent_streams": N,  # our SETTINGS_MAX_CONCURRENT_STREAMS
+               "hold_ms": M}             # answer each request M ms after it ended
 
 Prints "PORT N" once listening on 127.0.0.1. Every request is read whole,
-then answered: `:status 200`, the request's content-type, `x-echo-id` (the
+then answered (after `hold_ms`): `:status 200`, the request's content-type,
+`x-concurrent` (streams open on the connection when it arrived), `x-echo-id` (the
 request's `x-id`, if any: hyper-h2 indexes it in its HPACK table), `x-body-len`,
 `x-body-sha256`, `x-data-before-raise` (request DATA bytes that arrived
 before the window was raised), the body echoed back in DATA frames, and
@@ -44,15 +47,39 @@ class Stream:
         self.sent = 0
         self.done = False
         self.data_before_raise = 0
+        self.answer_at = None
+        self.concurrent = 0
+
+
+def answer(conn, sid, s, options):
+    """Sends the head of the echo; its body goes out as windows allow."""
+    headers = [
+        (":status", "200"),
+        ("content-type", s.headers.get("content-type", "application/grpc")),
+        ("x-body-len", str(len(s.body))),
+        ("x-body-sha256", hashlib.sha256(s.body).hexdigest()),
+        ("x-data-before-raise", str(s.data_before_raise)),
+        ("x-concurrent", str(s.concurrent)),
+    ]
+    if "x-id" in s.headers:
+        headers.append(("x-echo-id", s.headers["x-id"]))
+    if options.get("big_header"):
+        headers.append(("x-big", "b" * options["big_header"]))
+    conn.send_headers(sid, headers)
+    s.to_send = s.body
 
 
 def serve(sock, options):
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    # In the SETTINGS of our preface, so that no stream opens under the defaults.
+    codes = {
+        "initial_window_size": h2.settings.SettingCodes.INITIAL_WINDOW_SIZE,
+        "header_table_size": h2.settings.SettingCodes.HEADER_TABLE_SIZE,
+        "max_concurrent_streams": h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS,
+    }
+    initial = {code: options[name] for name, code in codes.items() if name in options}
+    conn.local_settings = h2.settings.Settings(client=False, initial_values=initial)
     conn.initiate_connection()
-    if "initial_window_size" in options:
-        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: options["initial_window_size"]})
-    if "header_table_size" in options:
-        conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: options["header_table_size"]})
     sock.sendall(conn.data_to_send())
     started = time.monotonic()
     raise_at = options.get("raise_window_after_ms")
@@ -64,7 +91,10 @@ def serve(sock, options):
         if not raised and (time.monotonic() - started) * 1000 >= raise_at:
             conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
             raised = True
+        now = time.monotonic()
         for sid, s in list(streams.items()):
+            if s.to_send is None and s.answer_at is not None and now >= s.answer_at:
+                answer(conn, sid, s, options)
             if s.to_send is None or s.done:
                 continue
             while s.sent < len(s.to_send):
@@ -77,6 +107,7 @@ def serve(sock, options):
             if s.sent == len(s.to_send):
                 conn.send_headers(sid, [("grpc-status", "0"), ("x-echoed", str(s.sent))], end_stream=True)
                 s.done = True
+                del streams[sid]
         out = conn.data_to_send()
         if out:
             sock.sendall(out)
@@ -96,6 +127,8 @@ def serve(sock, options):
                     conn.reset_stream(event.stream_id, error_code=code)
                     continue
                 streams[event.stream_id] = Stream(event.headers)
+                # Streams open at once, this one included: never past our limit.
+                streams[event.stream_id].concurrent = len(streams)
             elif isinstance(event, h2.events.DataReceived):
                 s = streams.get(event.stream_id)
                 if s is not None:
@@ -107,19 +140,7 @@ def serve(sock, options):
                 s = streams.get(event.stream_id)
                 if s is None:
                     continue
-                headers = [
-                    (":status", "200"),
-                    ("content-type", s.headers.get("content-type", "application/grpc")),
-                    ("x-body-len", str(len(s.body))),
-                    ("x-body-sha256", hashlib.sha256(s.body).hexdigest()),
-                    ("x-data-before-raise", str(s.data_before_raise)),
-                ]
-                if "x-id" in s.headers:
-                    headers.append(("x-echo-id", s.headers["x-id"]))
-                if options.get("big_header"):
-                    headers.append(("x-big", "b" * options["big_header"]))
-                conn.send_headers(event.stream_id, headers)
-                s.to_send = s.body
+                s.answer_at = time.monotonic() + options.get("hold_ms", 0) / 1000
             elif isinstance(event, h2.events.StreamReset):
                 streams.pop(event.stream_id, None)
             elif isinstance(event, h2.events.ConnectionTerminated):
