@@ -44,7 +44,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// A backend that reports what it received: for a request with a body, its
 /// length, SHA-256 and trailers as JSON; `GET /big/N` answers N pattern
 /// bytes; `GET /header-size` the length of `x-big`; `GET /echo-id` the value
-/// of `x-id`; `GET /trailers` a chunked body with trailers.
+/// of `x-id`; `GET /trailers` a chunked body with trailers; `GET /big-head` a
+/// 40,000-byte response field.
 fn reporting_backend() -> Backend {
     Backend::start(|req| async move {
         let path = req.uri().path().to_string();
@@ -61,6 +62,9 @@ fn reporting_backend() -> Backend {
             ];
             let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
             return Response::builder().header("trailer", "x-checksum").body(body.boxed()).unwrap();
+        }
+        if path == "/big-head" {
+            return Response::builder().header("x-big", "h".repeat(40_000)).body(full("small")).unwrap();
         }
         if path == "/echo-id" {
             let id = req.headers().get("x-id").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
@@ -450,6 +454,21 @@ fn header_fields_indexed_by_the_clients_hpack_encoder_decode_right_through_evict
         assert_eq!(result["body_text"], value(i), "request {i}");
     }
     assert!(backend.requests().iter().all(|r| r.headers["x-common"] == "the same every time"));
+}
+
+#[test]
+fn a_response_head_larger_than_the_clients_frame_size_goes_out_continued() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // 40,000 bytes of head: HEADERS and CONTINUATION frames within the
+    // client's 16 KiB frame size, which hyper-h2 holds us to.
+    let report = h2_client(&tollgate, json!({"requests": [{"path": "/big-head"}], "after": [{"path": "/big/4"}]}));
+    let result = &report["results"][0];
+    assert_eq!(result["status"], 200, "{report}");
+    let big = result["headers"].as_array().unwrap().iter().find(|p| p[0] == "x-big").map(|p| p[1].clone());
+    assert_eq!(big, Some(json!("h".repeat(40_000))));
+    assert_eq!(result["body_text"], "small");
+    assert_eq!(report["results"][1]["body_len"], 4, "{report}");
 }
 
 /// A gRPC route `g` to the hyper-h2 echo backend started with `options`.
