@@ -9,7 +9,8 @@
 //! cookies, a body that contradicts its `content-length`, HEAD, a shrunk HPACK
 //! table, `host` standing in for `:authority`, a one-byte window, a client's
 //! GOAWAY, a client reset mid-download, response trailers, and fields the
-//! client's HPACK encoder indexed, through many table evictions.
+//! client's HPACK encoder indexed, through many table evictions, a response
+//! head past the client's frame size, and a plain CONNECT.
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
@@ -469,6 +470,21 @@ fn a_response_head_larger_than_the_clients_frame_size_goes_out_continued() {
     assert_eq!(big, Some(json!("h".repeat(40_000))));
     assert_eq!(result["body_text"], "small");
     assert_eq!(report["results"][1]["body_len"], 4, "{report}");
+}
+
+#[test]
+fn a_plain_connect_is_refused_cleanly_and_the_connection_goes_on() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    // Tollgate is not a forward proxy: a CONNECT with only :authority
+    // (RFC 9113 §8.5) matches no route, and nothing reaches a backend.
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [{"method": "CONNECT", "target": "example.com:443"}], "after": [{"path": "/big/2"}]}),
+    );
+    assert_eq!(report["results"][0]["status"], 404, "{report}");
+    assert_eq!(report["results"][1]["body_len"], 2, "{report}");
+    assert_eq!(backend.requests().len(), 1, "only the GET reached the backend");
 }
 
 /// A gRPC route `g` to the hyper-h2 echo backend started with `options`.

@@ -23,6 +23,7 @@ SCENARIO_JSON:
    "trailers": [["name", "value"]], # sent as a trailing HEADERS frame
    "priority_weight": W,            # a PRIORITY frame for the stream once it is open
    "authority": false,              # no :authority pseudo-header (a `host` field may stand in)
+   "target": "host:port",           # a CONNECT without "path": only :method and :authority (§8.5)
    "reset_after_bytes": N,          # RST_STREAM(CANCEL) after N body bytes
    "reset_after_response_bytes": N} # RST_STREAM(CANCEL) once N response body bytes arrived
 
@@ -80,10 +81,14 @@ class Request:
     def start(self, conn, authority):
         self.stream_id = conn.get_next_available_stream_id()
         method = self.spec.get("method", "GET")
-        headers = [(":method", method), (":scheme", "http")]
-        if self.spec.get("authority", True):
-            headers.append((":authority", authority))
-        headers.append((":path", self.spec.get("path", "/")))
+        if method == "CONNECT" and "path" not in self.spec:
+            # A plain CONNECT names only its target (RFC 9113 §8.5).
+            headers = [(":method", method), (":authority", self.spec.get("target", authority))]
+        else:
+            headers = [(":method", method), (":scheme", "http")]
+            if self.spec.get("authority", True):
+                headers.append((":authority", authority))
+            headers.append((":path", self.spec.get("path", "/")))
         headers += [tuple(h) for h in self.spec.get("headers", [])]
         no_body = self.body_size == 0 and not self.spec.get("trailers")
         conn.send_headers(self.stream_id, headers, end_stream=no_body)
