@@ -292,17 +292,9 @@ impl Connection {
             // HTTP/1.1: the request's future runs inside the connection's own
             // task (see `http1`), so it is not boxed.
             let service = move |req: http::Request<ClientBody>| {
-                let gateway = gateway.load_full();
-                let info = Arc::clone(&info);
                 let in_progress = requests.request(req.version());
-                let alt_svc = alt_svc.clone();
-                async move {
-                    let mut response = gateway.handle(info, req, Some(in_progress)).await;
-                    if let Some(alt_svc) = alt_svc {
-                        response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
-                    }
-                    response
-                }
+                let handling = gateway.load_full().handle(Arc::clone(&info), req, Some(in_progress));
+                with_alt_svc(handling, alt_svc.clone())
             };
             protocol::Serving::detect(io, service, self.http1, http2)
         };
@@ -326,21 +318,13 @@ impl Connection {
         let settings = self.http2;
         Box::new(move |io: Rewind<I>| {
             let service = move |req: http::Request<ClientBody>| {
-                let gateway = gateway.load_full();
-                let info = Arc::clone(&info);
                 let in_progress = activity.request(req.version());
-                let alt_svc = alt_svc.clone();
+                let handling = gateway.load_full().handle(Arc::clone(&info), req, Some(in_progress));
                 // Boxed: the request's state machine is several KB, and each
                 // stream's state would otherwise be that large, moved whole
                 // into the connection's set of streams.
                 let answer: Pin<Box<dyn std::future::Future<Output = http::Response<crate::body::Body>> + Send>> =
-                    Box::pin(async move {
-                        let mut response = gateway.handle(info, req, Some(in_progress)).await;
-                        if let Some(alt_svc) = alt_svc {
-                            response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
-                        }
-                        response
-                    });
+                    Box::pin(with_alt_svc(handling, alt_svc.clone()));
                 answer
             };
             Box::pin(http2::ServerConnection::new(io, service, &settings)) as Pin<Box<dyn protocol::Http2Connection>>
@@ -380,4 +364,24 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+/// `handling`'s response with `Alt-Svc` added when the listener advertises
+/// HTTP/3. A combinator, not an `async` block: a block would keep the
+/// request's future twice in its state (as captured, and as awaited), and
+/// every HTTP/2 stream boxes this future whole.
+fn with_alt_svc<F>(
+    handling: F,
+    alt_svc: Option<http::HeaderValue>,
+) -> impl std::future::Future<Output = http::Response<crate::body::Body>> + Send
+where
+    F: std::future::Future<Output = http::Response<crate::body::Body>> + Send,
+{
+    use futures_util::FutureExt;
+    handling.map(move |mut response| {
+        if let Some(alt_svc) = alt_svc {
+            response.headers_mut().entry(http::header::ALT_SVC).or_insert(alt_svc);
+        }
+        response
+    })
 }
