@@ -126,52 +126,61 @@ impl Upstream {
         self.send_prepared(prepared, hash_input, had_host)
     }
 
-    async fn send_prepared(
+    /// An `async` block rather than an `async fn`, which would keep the
+    /// prepared request (400 bytes) twice in this future, boxed per request.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+    fn send_prepared(
         &self,
-        prepared: Result<h1::Prepared, ProxyError>,
+        mut prepared: Result<h1::Prepared, ProxyError>,
         hash_input: Vec<u8>,
         had_host: bool,
-    ) -> Result<UpstreamResponse, ProxyError> {
-        let mut prepared = prepared?;
-        let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
-        let mut last_connect_error = None;
+    ) -> impl Future<Output = Result<UpstreamResponse, ProxyError>> + '_ {
+        async move {
+            // Used in place: `prepared?` would make a second copy in the future.
+            let prepared = match &mut prepared {
+                Ok(prepared) => prepared,
+                Err(_) => return Err(prepared.err().expect("an error")),
+            };
+            let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
+            let mut last_connect_error = None;
 
-        for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
-            let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
-            let target = &self.targets[index];
-            if !had_host {
-                // `preserve_host = false` or no Host from the client: the backend sees its own address.
-                prepared.set_host(target.authority.as_str());
-            }
-            prepared.encode();
-            let deadline = tokio::time::Instant::now() + self.config.first_byte_timeout;
-            match exchange(target, &mut prepared, deadline).await {
-                Ok(response) => {
-                    target.record_success();
-                    return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
+            for attempt in 0..MAX_CONNECT_ATTEMPTS.min(self.targets.len()) {
+                let Some((index, guard)) = self.claim_target(&hash_input, &mut tried, attempt).await? else { break };
+                let target = &self.targets[index];
+                if !had_host {
+                    // `preserve_host = false` or no Host from the client: the backend sees its own address.
+                    prepared.set_host(target.authority.as_str());
                 }
-                Err(AttemptError::Connect(e)) => {
-                    self.note_connect_failure(target);
-                    last_connect_error = Some(e);
-                    if !prepared.is_replayable() {
-                        break;
+                prepared.encode();
+                let deadline = tokio::time::Instant::now() + self.config.first_byte_timeout;
+                match exchange(target, prepared, deadline).await {
+                    Ok(response) => {
+                        target.record_success();
+                        return Ok(UpstreamResponse { response, guard, target: Arc::clone(&target.label) });
                     }
+                    Err(AttemptError::Connect(e)) => {
+                        self.note_connect_failure(target);
+                        last_connect_error = Some(e);
+                        if !prepared.is_replayable() {
+                            break;
+                        }
+                    }
+                    Err(AttemptError::Exchange(h1::H1Error::FirstByteTimeout)) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            upstream: self.config.name.clone(),
+                            phase: "first byte",
+                        });
+                    }
+                    Err(AttemptError::Exchange(e)) => return Err(self.exchange_error(e)),
                 }
-                Err(AttemptError::Exchange(h1::H1Error::FirstByteTimeout)) => {
-                    return Err(ProxyError::UpstreamTimeout {
-                        upstream: self.config.name.clone(),
-                        phase: "first byte",
-                    });
+            }
+            match last_connect_error {
+                Some(ConnectError::Timeout) => {
+                    Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" })
                 }
-                Err(AttemptError::Exchange(e)) => return Err(self.exchange_error(e)),
+                Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
+                None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
             }
-        }
-        match last_connect_error {
-            Some(ConnectError::Timeout) => {
-                Err(ProxyError::UpstreamTimeout { upstream: self.config.name.clone(), phase: "connect" })
-            }
-            Some(source) => Err(ProxyError::UpstreamConnect { upstream: self.config.name.clone(), source }),
-            None => Err(ProxyError::UpstreamSaturated { upstream: self.config.name.clone() }),
         }
     }
 
