@@ -566,8 +566,10 @@ fn reset_by_peer(state: &mut State, role: Role, id: u32, reason: Reason) {
     if role == Role::Server && !stream.head_sent {
         state.early_resets += 1;
     }
-    if role == Role::Client && stream.recv_end && reason == Reason::NO_ERROR {
-        // The response is complete; the backend wants no more of the request (§8.1).
+    if role == Role::Client && stream.recv_end {
+        // The response is complete; the backend wants no more of the request
+        // (§8.1 says NO_ERROR, but whatever the code, nothing that arrived
+        // is lost: the call's outcome is in the response already).
         stream.send_end = true;
         stream.pending.clear();
         if let Some(w) = stream.send_waker.take() {

@@ -240,6 +240,30 @@ async fn a_backend_reset_fails_the_call_with_its_code() {
 }
 
 #[tokio::test]
+async fn a_reset_after_a_complete_response_loses_none_of_it() {
+    let (client, mut peer) = connected(&[]).await;
+    let (_send, mut recv) = open(&client, false).await;
+    peer.headers(1, &[(":status", "200"), ("content-type", "application/grpc")], false).await;
+    let mut out = BytesMut::new();
+    frame::put_data(&mut out, 1, b"whole", false, 16_384);
+    peer.write(&out).await;
+    peer.headers(1, &[("grpc-status", "0")], true).await;
+    // The backend is done with the call and wants no more of the request,
+    // but says so with a code other than NO_ERROR.
+    let mut out = BytesMut::new();
+    frame::put_reset(&mut out, 1, Reason::CANCEL.into());
+    frame::put_ping(&mut out, *b"afterrst", false);
+    peer.write(&out).await;
+    peer.next_frame(kind::PING).await; // the reset has been read
+
+    assert_eq!(poll_fn(|cx| recv.poll_response(cx)).await.unwrap().status(), 200);
+    assert_eq!(poll_fn(|cx| recv.poll_data(cx)).await.unwrap().unwrap(), "whole");
+    assert!(poll_fn(|cx| recv.poll_data(cx)).await.is_none());
+    let trailers = poll_fn(|cx| recv.poll_trailers(cx)).await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+}
+
+#[tokio::test]
 async fn the_backend_closing_fails_unfinished_calls() {
     let (client, peer) = connected(&[]).await;
     let (_send, mut recv) = open(&client, true).await;
