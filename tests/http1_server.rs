@@ -122,6 +122,11 @@ fn smuggling_and_host_confusion_attempts_get_400_and_never_reach_the_backend() {
         b"GET / HTTP/1.1\r\nHost: public\r\nHost: internal\r\n\r\n",
         // HTTP/1.1 without Host.
         b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
+        // Chunked applied twice, split over two fields.
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // A Host that is not a host: routing and the backend could read it differently.
+        b"GET / HTTP/1.1\r\nHost: public/../internal\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@internal\r\n\r\n",
     ];
     for case in cases {
         let response = raw_exchange(tollgate.addr, case);
@@ -129,6 +134,38 @@ fn smuggling_and_host_confusion_attempts_get_400_and_never_reach_the_backend() {
         assert!(response.contains("\"error\":\"bad_request\""), "{response}");
         assert!(!response.contains("smuggled"), "{response}");
     }
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert_alive_and_serving(&mut tollgate, "/after");
+}
+
+#[test]
+fn a_transfer_coding_we_do_not_decode_gets_501_and_never_reaches_the_backend() {
+    let backend = echo_backend();
+    let mut tollgate = start_proxy(backend.addr, "", "", "");
+    // Passing the body on would mean dropping the gzip with the hop-by-hop
+    // field: the backend would get compressed bytes it was never told of.
+    for codings in ["gzip, chunked", "gzip\r\nTransfer-Encoding: chunked"] {
+        let request =
+            format!("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {codings}\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        let response = raw_exchange(tollgate.addr, request.as_bytes());
+        assert!(response.starts_with("HTTP/1.1 501 "), "for {codings:?}:\n{response}");
+        assert!(response.contains("\"error\":\"not_implemented\""), "{response}");
+    }
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert_alive_and_serving(&mut tollgate, "/after");
+}
+
+#[test]
+fn a_request_line_longer_than_the_head_limit_gets_414_not_431() {
+    let backend = echo_backend();
+    let mut tollgate = start_proxy(backend.addr, "max_header_bytes = 8192", "", "");
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(20_000));
+    let response = raw_exchange(tollgate.addr, long_target.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
+    // A short line with too many header bytes is still the header block's fault.
+    let long_header = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000));
+    let response = raw_exchange(tollgate.addr, long_header.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
     assert!(backend.requests().is_empty(), "{:?}", backend.requests());
     assert_alive_and_serving(&mut tollgate, "/after");
 }

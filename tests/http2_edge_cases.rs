@@ -10,7 +10,8 @@
 //! table, `host` standing in for `:authority`, a one-byte window, a client's
 //! GOAWAY, a client reset mid-download, response trailers, and fields the
 //! client's HPACK encoder indexed, through many table evictions, a response
-//! head past the client's frame size, and a plain CONNECT.
+//! head past the client's frame size, a plain CONNECT, and an `:authority`
+//! with user info.
 //!
 //! Client (`src/http2/client.rs`, gRPC upstreams), with hyper-h2 as the
 //! backend (tests/peers/h2_backend.py): padded DATA, a zero initial window
@@ -204,15 +205,17 @@ fn a_client_that_opens_with_a_zero_window_gets_data_only_once_it_raises_it() {
 }
 
 #[test]
-fn request_trailers_reach_an_http1_backend() {
+fn request_trailers_reach_an_http1_backend_without_fields_unfit_for_trailers() {
     let backend = reporting_backend();
     let tollgate = start_proxy(backend.addr, "", "", "");
     let size = 100_000;
+    // A late `content-length` or `host` could make a backend that merges
+    // trailers into the head re-read the request (RFC 9110 §6.5.1).
     let report = h2_client(
         &tollgate,
         json!({"requests": [{
             "method": "POST", "path": "/with-trailers", "body_size": size,
-            "trailers": [["x-checksum", "c0ffee"]],
+            "trailers": [["x-checksum", "c0ffee"], ["content-length", "5"], ["host", "internal"]],
         }]}),
     );
     let result = &report["results"][0];
@@ -220,7 +223,7 @@ fn request_trailers_reach_an_http1_backend() {
     let seen = backend_report(result);
     assert_eq!(seen["len"], size);
     assert_eq!(seen["sha256"], result["sent_sha256"]);
-    assert_eq!(seen["trailers"]["x-checksum"], "c0ffee", "{seen}");
+    assert_eq!(seen["trailers"], json!({"x-checksum": "c0ffee"}), "{seen}");
 }
 
 #[test]
@@ -376,6 +379,26 @@ fn a_request_with_host_instead_of_authority_is_routed_by_it() {
     assert_eq!(by_host.requests().len(), 1, "{report}");
     assert_eq!(by_host.requests()[0].headers["host"], "api.example.test");
     assert!(other.requests().is_empty());
+}
+
+#[test]
+fn an_authority_with_user_info_or_a_host_with_a_path_is_malformed_and_reaches_no_backend() {
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let authority = format!("user@{}", tollgate.addr);
+    // RFC 9113 §8.3.1: no user info in :authority; a `host` must be a host.
+    let report = h2_client(
+        &tollgate,
+        json!({"requests": [
+            {"path": "/big/2", "authority": authority},
+            {"path": "/big/2", "authority": false, "headers": [["host", "example.test/evil"]]},
+        ], "after": [{"path": "/big/3"}]}),
+    );
+    for refused in &report["results"].as_array().unwrap()[..2] {
+        assert_eq!(refused["reset"], 1, "PROTOCOL_ERROR: {report}");
+    }
+    assert_eq!(report["results"][2]["body_len"], 3, "the connection goes on: {report}");
+    assert_eq!(backend.requests().len(), 1, "only the good request reached the backend");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! shared with the head's bytes, and the framing fields (RFC 9112 §6).
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 /// Where one field's name and value sit in the head's bytes, recorded
 /// while httparse's borrow of the buffer lasts.
@@ -61,10 +61,130 @@ fn parse_length(item: &[u8]) -> Option<u64> {
     Some(item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Whether a `Transfer-Encoding` field ends in `chunked`: the final coding
-/// of the final field decides (RFC 9112 §6.3).
-pub fn ends_chunked(value: &[u8]) -> bool {
-    value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default().eq_ignore_ascii_case(b"chunked")
+/// What a head's `Transfer-Encoding` fields amount to, all of them read as
+/// one list (RFC 9110 §5.3). Tollgate decodes `chunked` and nothing else:
+/// passing a body on without a coding it still carries (`gzip, chunked`
+/// with the `gzip` dropped, as the field is hop-by-hop) would hand the
+/// other side bytes it cannot read, so anything but exactly `chunked` is
+/// refused rather than guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferCoding {
+    /// No `Transfer-Encoding` field.
+    #[default]
+    Absent,
+    /// Exactly `chunked`.
+    Chunked,
+    /// Ends in `chunked` after other codings we do not decode (a request
+    /// gets 501, RFC 9112 §6.1).
+    Unsupported,
+    /// Not ending in `chunked`, `chunked` twice, or empty: the body cannot
+    /// be delimited (RFC 9112 §6.1, §6.3).
+    Invalid,
+}
+
+/// The codings seen so far in a head's `Transfer-Encoding` fields.
+#[derive(Debug, Default)]
+pub struct TransferCodings {
+    present: bool,
+    chunked: u32,
+    others: bool,
+    last_is_chunked: bool,
+}
+
+impl TransferCodings {
+    /// Adds one `Transfer-Encoding` field (empty list elements are allowed and skipped).
+    pub fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            self.last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            if self.last_is_chunked {
+                self.chunked += 1;
+            } else {
+                self.others = true;
+            }
+        }
+    }
+
+    /// What they amount to.
+    pub fn outcome(&self) -> TransferCoding {
+        match *self {
+            TransferCodings { present: false, .. } => TransferCoding::Absent,
+            TransferCodings { last_is_chunked: false, .. } | TransferCodings { chunked: 2.., .. } => {
+                TransferCoding::Invalid
+            }
+            TransferCodings { others: true, .. } => TransferCoding::Unsupported,
+            TransferCodings { .. } => TransferCoding::Chunked,
+        }
+    }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC
+/// 3986 §3.2.2): no user info, path or spaces that routing and the backend
+/// could each read differently. Empty is allowed (a target with no authority).
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(close) = literal.iter().position(|&b| b == b']') else { return false };
+            let inside = &literal[..close];
+            let ok = !inside.is_empty()
+                && inside.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b));
+            if !ok {
+                return false;
+            }
+            (&b""[..], &literal[close + 1..])
+        }
+        None => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
+    let name_ok = host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    port_ok && name_ok
+}
+
+/// Whether a field may travel in a trailer section. RFC 9110 §6.5.1: what
+/// frames, routes, authenticates or modifies a message, controls its
+/// response or describes its content is settled by the header section, and
+/// a recipient that merges trailers into it (some do) could be led to
+/// re-read the message by a late `content-length` or `host`; such fields
+/// are left out when trailers are passed on.
+pub fn fit_for_trailers(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "trailer"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "upgrade"
+            | "te"
+            | "authorization"
+            | "proxy-authorization"
+            | "www-authenticate"
+            | "proxy-authenticate"
+            | "cookie"
+            | "set-cookie"
+            | "expect"
+            | "range"
+            | "if-match"
+            | "if-none-match"
+            | "if-modified-since"
+            | "if-unmodified-since"
+            | "if-range"
+            | "max-forwards"
+            | "cache-control"
+            | "age"
+            | "expires"
+            | "location"
+            | "retry-after"
+            | "vary"
+            | "content-type"
+            | "content-encoding"
+            | "content-range"
+    )
 }
 
 /// The options of a `Connection` field.
@@ -116,10 +236,47 @@ mod tests {
     }
 
     #[test]
-    fn only_a_final_chunked_coding_counts() {
-        assert!(ends_chunked(b"chunked"));
-        assert!(ends_chunked(b"gzip, Chunked "));
-        assert!(!ends_chunked(b"chunked, gzip"));
-        assert!(!ends_chunked(b""));
+    fn hosts_are_a_name_or_address_and_a_port_only() {
+        for good in ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:443", "[::1]", "a-b_c~d", "", "x:"] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in ["t/evil", "user@t", "t:80:80", "t:8a", "a b", "[::1", "[]", "t\\x", "t?q", "t#f", "[::1]x"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn framing_routing_and_credentials_are_unfit_for_trailers() {
+        for unfit in ["content-length", "transfer-encoding", "host", "authorization", "cookie", "content-type"] {
+            assert!(!fit_for_trailers(&HeaderName::from_static(unfit)), "{unfit}");
+        }
+        for fit in ["grpc-status", "grpc-message", "x-checksum", "server-timing", "digest"] {
+            assert!(fit_for_trailers(&HeaderName::from_static(fit)), "{fit}");
+        }
+    }
+
+    fn coding(fields: &[&str]) -> TransferCoding {
+        let mut codings = TransferCodings::default();
+        for field in fields {
+            codings.add(field.as_bytes());
+        }
+        codings.outcome()
+    }
+
+    #[test]
+    fn only_exactly_chunked_is_a_coding_we_decode() {
+        assert_eq!(coding(&[]), TransferCoding::Absent);
+        assert_eq!(coding(&["chunked"]), TransferCoding::Chunked);
+        assert_eq!(coding(&[" Chunked ,"]), TransferCoding::Chunked);
+        // Codings we would have to remove before passing the body on.
+        assert_eq!(coding(&["gzip, chunked"]), TransferCoding::Unsupported);
+        assert_eq!(coding(&["gzip", "chunked"]), TransferCoding::Unsupported);
+        // Not delimitable, or chunked applied twice.
+        assert_eq!(coding(&["chunked, gzip"]), TransferCoding::Invalid);
+        assert_eq!(coding(&["chunked", "gzip"]), TransferCoding::Invalid);
+        assert_eq!(coding(&["chunked", "chunked"]), TransferCoding::Invalid);
+        assert_eq!(coding(&["chunked, chunked"]), TransferCoding::Invalid);
+        assert_eq!(coding(&["xchunked"]), TransferCoding::Invalid);
+        assert_eq!(coding(&[""]), TransferCoding::Invalid);
     }
 }

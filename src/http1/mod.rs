@@ -33,10 +33,11 @@ pub fn poll_read_more<I: AsyncRead + ?Sized>(
     Poll::Ready(Ok(n))
 }
 
-/// `0\r\n`, the trailers, and the final CRLF of a chunked body.
+/// `0\r\n`, the trailers (less the fields unfit for a trailer section,
+/// [`fields::fit_for_trailers`]), and the final CRLF of a chunked body.
 pub fn encode_last_chunk(wire: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     wire.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
+    for (name, value) in trailers.into_iter().flatten().filter(|(name, _)| fields::fit_for_trailers(name)) {
         wire.extend_from_slice(name.as_str().as_bytes());
         wire.extend_from_slice(b": ");
         wire.extend_from_slice(value.as_bytes());

@@ -83,11 +83,12 @@ fn is_connection_specific(name: &header::HeaderName) -> bool {
         || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
-/// Encodes trailers as an HPACK block (connection-specific fields and `te` left out).
+/// Encodes trailers as an HPACK block (connection-specific fields, and
+/// those unfit for a trailer section, left out).
 fn encode_trailers(trailers: &HeaderMap) -> BytesMut {
     let mut block = BytesMut::with_capacity(64);
     for (name, value) in trailers {
-        if !is_connection_specific(name) && *name != header::TE {
+        if crate::http1::fields::fit_for_trailers(name) {
             hpack::encode_field(&mut block, name, value);
         }
     }

@@ -217,6 +217,9 @@ fn parse_request(fields: &mut Vec<hpack::Field>) -> Result<request::Parts, &'sta
                 if name == header::TE && field.value != "trailers" {
                     return Err("te other than trailers");
                 }
+                if name == header::HOST && !crate::http1::fields::valid_host(&field.value) {
+                    return Err("invalid host");
+                }
                 headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
             }
             hpack::Name::Malformed(_) => return Err("invalid field name"),
@@ -235,6 +238,10 @@ fn parse_request(fields: &mut Vec<hpack::Field>) -> Result<request::Parts, &'sta
     let plain_connect = connect && head.extensions.get::<h2::ext::Protocol>().is_none();
     let mut uri = http::uri::Parts::default();
     if let Some(authority) = authority {
+        // No user info (§8.3.1), nothing routing and the backend could read differently.
+        if !crate::http1::fields::valid_host(&authority) {
+            return Err("invalid :authority");
+        }
         uri.authority = Some(Authority::from_maybe_shared(authority).map_err(|_| "invalid :authority")?);
     } else if connect {
         return Err("CONNECT without :authority");

@@ -538,6 +538,13 @@ impl StreamTask {
         if connection_specific {
             return Some(ProxyError::BadRequest("connection-specific header field in an HTTP/3 request"));
         }
+        // RFC 9114 §4.3.1: no user info in `:authority`; and no `Host` that
+        // routing and the backend could read differently.
+        let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+        let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
+        if authority.into_iter().chain(host).any(|h| !crate::http1::fields::valid_host(h)) {
+            return Some(ProxyError::BadRequest("invalid :authority or host in an HTTP/3 request"));
+        }
         if self.early && !is_safe(req.method()) {
             return refuse(
                 StatusCode::from_u16(425).expect("425 is a status"),

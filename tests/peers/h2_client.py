@@ -22,7 +22,8 @@ SCENARIO_JSON:
    "pad": N,                        # padding bytes on every DATA frame (0..255)
    "trailers": [["name", "value"]], # sent as a trailing HEADERS frame
    "priority_weight": W,            # a PRIORITY frame for the stream once it is open
-   "authority": false,              # no :authority pseudo-header (a `host` field may stand in)
+   "authority": false,              # no :authority pseudo-header (a `host` field may stand in);
+                                    # a string is sent as the :authority instead of host:port
    "target": "host:port",           # a CONNECT without "path": only :method and :authority (§8.5)
    "reset_after_bytes": N,          # RST_STREAM(CANCEL) after N body bytes
    "reset_after_response_bytes": N} # RST_STREAM(CANCEL) once N response body bytes arrived
@@ -86,8 +87,9 @@ class Request:
             headers = [(":method", method), (":authority", self.spec.get("target", authority))]
         else:
             headers = [(":method", method), (":scheme", "http")]
-            if self.spec.get("authority", True):
-                headers.append((":authority", authority))
+            named = self.spec.get("authority", True)
+            if named:
+                headers.append((":authority", named if isinstance(named, str) else authority))
             headers.append((":path", self.spec.get("path", "/")))
         headers += [tuple(h) for h in self.spec.get("headers", [])]
         no_body = self.body_size == 0 and not self.spec.get("trailers")

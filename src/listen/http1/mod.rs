@@ -336,7 +336,7 @@ where
                     return Poll::Ready(Ok(()));
                 }
                 Ok(None) if self.read_buf.len() >= self.settings.max_head_bytes => {
-                    self.refuse(HeadError::TooLarge);
+                    self.refuse(HeadError::too_large(&self.read_buf, self.settings.max_head_bytes));
                     return Poll::Ready(Ok(()));
                 }
                 Ok(None) => {}
@@ -362,7 +362,9 @@ where
     fn refuse(&mut self, error: HeadError) {
         let code = match error {
             HeadError::TooLarge => "header_too_large",
+            HeadError::UriTooLong => "uri_too_long",
             HeadError::Malformed(_) => "bad_request",
+            HeadError::UnsupportedCoding => "not_implemented",
         };
         tracing::debug!(status = error.status().as_u16(), reason = error.message(), "request head refused");
         let response = crate::error::error_response(error.status(), code, error.message(), "");

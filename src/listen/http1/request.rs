@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use crate::http1::fields::{self, Field};
+use crate::http1::fields::{self, Field, TransferCoding, TransferCodings};
 use crate::http1::names::NameCache;
 
 /// Header slots on the stack; a listener allowing more parses again on the heap.
@@ -44,22 +44,40 @@ pub(super) struct Head {
 pub(super) enum HeadError {
     /// Over `max_header_bytes` or `max_headers`: 431.
     TooLarge,
+    /// The request line alone is over `max_header_bytes`: 414 (RFC 9112 §3).
+    UriTooLong,
     /// Not a valid HTTP/1.x request head: 400, saying what was wrong.
     Malformed(&'static str),
+    /// A transfer coding other than `chunked`, which we do not decode: 501.
+    UnsupportedCoding,
 }
 
 impl HeadError {
     pub fn status(self) -> StatusCode {
         match self {
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         }
+    }
+
+    /// Which limit a head of more than `max_bytes` (its start in `buf`)
+    /// broke: a request line that alone does not fit is a target too long
+    /// to parse, anything else a header block too large.
+    pub fn too_large(buf: &[u8], max_bytes: usize) -> HeadError {
+        // Empty lines before the request line are skipped (RFC 9112 §2.2).
+        let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+        let line = &buf[start..buf.len().min(start + max_bytes)];
+        if line.contains(&b'\n') { HeadError::TooLarge } else { HeadError::UriTooLong }
     }
 
     pub fn message(self) -> &'static str {
         match self {
             HeadError::TooLarge => "the request header block is too large",
+            HeadError::UriTooLong => "the request target is too long",
             HeadError::Malformed(what) => what,
+            HeadError::UnsupportedCoding => "transfer codings other than chunked are not supported",
         }
     }
 }
@@ -128,7 +146,7 @@ impl HeadParser {
         };
         let Some(scan) = parsed else { return Ok(None) };
         if scan.len > max_bytes {
-            return Err(HeadError::TooLarge);
+            return Err(HeadError::too_large(buf, max_bytes));
         }
         let head = buf.split_to(scan.len).freeze();
         self.build(&head, scan).map(Some)
@@ -174,7 +192,7 @@ impl HeadParser {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 2);
         let mut keep_alive = version == Version::HTTP_11;
         let mut length: Option<u64> = None;
-        let mut chunked: Option<bool> = None;
+        let mut codings = TransferCodings::default();
         let mut expect_continue = false;
         let mut upgrade = method == Method::CONNECT;
         let mut hosts = 0usize;
@@ -190,7 +208,7 @@ impl HeadParser {
                 Meaning::ContentLength => {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(HeadError::Malformed)?;
                 }
-                Meaning::TransferEncoding => chunked = Some(fields::ends_chunked(value.as_bytes())),
+                Meaning::TransferEncoding => codings.add(value.as_bytes()),
                 Meaning::Connection => {
                     for option in fields::connection_options(value.as_bytes()) {
                         if option.eq_ignore_ascii_case(b"close") {
@@ -202,7 +220,12 @@ impl HeadParser {
                 }
                 Meaning::Expect => expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
                 Meaning::Upgrade => upgrade |= version == Version::HTTP_11,
-                Meaning::Host => hosts += 1,
+                Meaning::Host => {
+                    if !fields::valid_host(value.as_bytes()) {
+                        return Err(HeadError::Malformed("invalid Host field"));
+                    }
+                    hosts += 1;
+                }
             }
             headers.append(name, value);
         }
@@ -212,20 +235,23 @@ impl HeadParser {
         if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
             return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host field"));
         }
-        let framing = match (chunked, length) {
+        let framing = match (codings.outcome(), length) {
             // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-            (Some(_), _) if version == Version::HTTP_10 => {
+            (TransferCoding::Absent, _) => match length {
+                None | Some(0) => Framing::None,
+                Some(n) => Framing::Length(n),
+            },
+            _ if version == Version::HTTP_10 => {
                 return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
             }
-            // RFC 9112 §6.3: a request whose final coding is not chunked cannot be delimited.
-            (Some(false), _) => return Err(HeadError::Malformed("the final transfer coding is not chunked")),
             // Both framings: the classic smuggling vector, refused rather than guessed (§6.3 item 3).
-            (Some(true), Some(_)) => {
-                return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length"));
+            (_, Some(_)) => return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length")),
+            // RFC 9112 §6.3: a request whose final coding is not chunked cannot be delimited.
+            (TransferCoding::Invalid, None) => {
+                return Err(HeadError::Malformed("the transfer codings do not end in one chunked"));
             }
-            (Some(true), None) => Framing::Chunked,
-            (None, Some(0)) | (None, None) => Framing::None,
-            (None, Some(n)) => Framing::Length(n),
+            (TransferCoding::Unsupported, None) => return Err(HeadError::UnsupportedCoding),
+            (TransferCoding::Chunked, None) => Framing::Chunked,
         };
         let mut request = Request::new(());
         *request.method_mut() = method;
@@ -280,13 +306,19 @@ mod tests {
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(Framing::Length(5)));
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), Ok(Framing::Length(5)));
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Ok(Framing::None));
-        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Ok(Framing::Chunked));
+        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(Framing::Chunked));
+        // We would have to take the gzip off before passing the body on.
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(HeadError::UnsupportedCoding)
+        );
         for smuggling in [
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(framing(smuggling), Err(HeadError::Malformed(_))), "{smuggling:?}");
@@ -344,7 +376,16 @@ mod tests {
             matches!(HeadParser::default().parse(&mut buf, 8192, 100), Err(HeadError::TooLarge)),
             "whole but too long"
         );
+        let long = format!("\r\nGET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+        let mut buf = BytesMut::from(long.as_bytes());
+        assert!(
+            matches!(HeadParser::default().parse(&mut buf, 8192, 100), Err(HeadError::UriTooLong)),
+            "a request line that alone is over the limit"
+        );
+        assert_eq!(HeadError::too_large(&long.as_bytes()[..8192], 8192), HeadError::UriTooLong, "arriving");
         for garbage in [
+            "GET / HTTP/1.1\r\nHost: t/evil\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: user@t\r\n\r\n",
             "GARBAGE\r\n\r\n",
             "GET / HTTP/9.9\r\n\r\n",
             "GET /a b HTTP/1.1\r\n\r\n",

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Version};
 
 use super::{H1Error, MAX_HEADERS};
-use crate::http1::fields::{self, Field};
+use crate::http1::fields::{self, Field, TransferCoding, TransferCodings};
 use crate::http1::names::NameCache;
 
 /// Fields that describe this connection and are consumed here rather than
@@ -130,7 +130,7 @@ impl HeadParser {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 3);
         let mut keep_alive = minor == 1;
         let mut length: Option<u64> = None;
-        let mut chunked = None;
+        let mut codings = TransferCodings::default();
         for position in 0..self.fields.len() {
             let field = self.fields[position];
             let (name, role) = self
@@ -161,7 +161,7 @@ impl HeadParser {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(H1Error::Framing)?;
                 }
                 Role::TransferEncoding => {
-                    chunked = Some(fields::ends_chunked(value.as_bytes()));
+                    codings.add(value.as_bytes());
                     continue;
                 }
                 Role::ConnectionLevel => continue,
@@ -171,17 +171,23 @@ impl HeadParser {
         let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
         } else {
-            match (chunked, length) {
-                (Some(true), _) => {
+            match (codings.outcome(), length) {
+                (TransferCoding::Chunked, _) => {
                     // Chunked wins over a length, which must not be passed on (RFC 9112 §6.3).
                     headers.remove(header::CONTENT_LENGTH);
                     Framing::Chunked
                 }
-                (Some(false), _) | (None, None) => {
+                // The body would reach the client still carrying a coding
+                // nobody tells it about (Transfer-Encoding is hop-by-hop, and
+                // HTTP/2 and HTTP/3 have none): 502, as nginx answers too.
+                (TransferCoding::Unsupported | TransferCoding::Invalid, _) => {
+                    return Err(H1Error::Framing("a transfer coding other than chunked"));
+                }
+                (TransferCoding::Absent, None) => {
                     keep_alive = false;
                     Framing::UntilClose
                 }
-                (None, Some(n)) => Framing::Length(n),
+                (TransferCoding::Absent, Some(n)) => Framing::Length(n),
             }
         };
         let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -264,10 +270,18 @@ mod tests {
 
     #[test]
     fn chunked_wins_over_content_length_and_the_length_is_dropped() {
-        let wire = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let wire = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         let (head, _) = parsed(wire, false).unwrap().unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn transfer_codings_we_cannot_take_off_are_a_framing_error() {
+        for codings in ["gzip, chunked", "chunked, chunked", "gzip", "chunked\r\nTransfer-Encoding: br"] {
+            let wire = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\n\r\n");
+            assert!(matches!(parsed(&wire, false), Err(H1Error::Framing(_))), "{codings:?}");
+        }
     }
 
     #[test]
