@@ -1005,20 +1005,25 @@ def report(facts, runs, raw_dir):
 # ---------------------------------------------------------------- profile
 
 def profile(args, tmp):
-    """perf profile of Tollgate under the h1-small load (PROFILE_SCENARIO=h2c-small etc. for another), raw
-    reports into bench/out/profile/ (bench/out/profile-SCENARIO/ for another scenario), then a
-    system-call census of all three proxies (h1-small and h2c-small)."""
+    """perf profile of Tollgate under the h1-small load (PROFILE_SCENARIO=h2c-small etc. for another;
+    PROFILE_PROXY=nginx or haproxy profiles that proxy instead, to compare where the kernel's share
+    goes), raw reports into bench/out/profile/ (bench/out/profile-SCENARIO/ for another scenario,
+    -PROXY appended for a peer), then a system-call census of all three proxies (h1-small and h2c-small;
+    PROFILE_CENSUS=0 skips it)."""
     if not shutil.which("perf"):
         die("perf not found (Debian: apt-get install -y linux-perf)")
     seconds = int(os.environ.get("PROFILE_SECONDS", "8"))
     origin, proxies, _tls = setup(tmp)
-    tg = proxies["tollgate"]
+    who = os.environ.get("PROFILE_PROXY", "tollgate")
+    tg = proxies.get(who) or die(f"no proxy {who} (tollgate, nginx, haproxy)")
     tg.start()
     check_responses(tg, tmp)
     sid = os.environ.get("PROFILE_SCENARIO", "h1-small")
     sc = next((x for x in SCENARIOS if x["id"] == sid), None) or die(f"no scenario {sid}")
     url = tg.url(sc)
     out_dir = OUT / ("profile" if sid == "h1-small" else f"profile-{sid}")
+    if who != "tollgate":
+        out_dir = out_dir.with_name(f"{out_dir.name}-{who}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = tmp / "perf.data"
     if sc["tool"] == "wrk":
@@ -1034,14 +1039,15 @@ def profile(args, tmp):
     # Rust release builds have no frame pointers: unwind with DWARF (Cargo's release profile has debug = 1).
     # cpu-clock: hardware counters are not available in this VM.
     perf_cmd = pinned(LOAD_CPU) + ["perf", "record", "-e", "cpu-clock", "-F", "1999",
-                "--call-graph", "dwarf,16384", "-p", str(tg.proc.pid), "-o", str(data), "--", "sleep", str(seconds)]
+                "--call-graph", "dwarf,16384", "-p", ",".join(map(str, tg.pids())), "-o", str(data), "--", "sleep", str(seconds)]
     log(" ".join(perf_cmd[perf_cmd.index("perf"):]))
     subprocess.run(perf_cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wrk_out, _ = wrk.communicate()
     STARTED.remove(wrk)
     tg.stop()
     (out_dir / "load.txt").write_text(wrk_out)
-    (out_dir / "syscalls.txt").write_text(syscall_census(proxies, origin))
+    if os.environ.get("PROFILE_CENSUS", "1") != "0":
+        (out_dir / "syscalls.txt").write_text(syscall_census(proxies, origin))
     stop(origin.proc)
     reports = {
         "report-head.txt": ["--no-children"],
