@@ -240,7 +240,7 @@ fn grpc_web_over_http3_is_translated_for_a_grpc_backend() {
 }
 
 #[test]
-fn an_oversized_or_overlong_header_block_over_http3_is_refused_with_431() {
+fn oversized_header_blocks_get_431_and_malformed_ones_400_over_http3() {
     let backend = Backend::fixed("never");
     let rig = Rig::http1(backend.addr, "max_header_bytes = 16384\nmax_headers = 20");
     let big = "x".repeat(20_000);
@@ -251,6 +251,12 @@ fn an_oversized_or_overlong_header_block_over_http3_is_refused_with_431() {
     assert_eq!(r["status"], 431, "{r}");
     let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["connection", "keep-alive"]] }));
     assert_eq!(r["status"], 400, "{r}");
+    // RFC 9114 §4.3.1: no user info in :authority; a `host` names a host.
+    let r = h3_request(rig.addr, json!({ "path": "/", "authority": "user@localhost" }));
+    assert_eq!(r["status"], 400, "{r}");
+    let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["host", "localhost/evil"]] }));
+    // Beside an :authority it contradicts, the h3 layer already resets the stream as malformed.
+    assert!(r["status"] == 400 || r["reset"] == 0x10e, "H3_MESSAGE_ERROR or 400: {r}");
     assert!(backend.requests().is_empty(), "refused requests reached the backend");
     // The connection-level state is unharmed: a normal request still works.
     assert_eq!(h3_request(rig.addr, json!({ "path": "/" }))["status"], 200);
