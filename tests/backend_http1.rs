@@ -180,18 +180,26 @@ fn trailers_of_a_chunked_response_reach_an_http2_client() {
 fn broken_response_framing_is_a_502_not_a_guess() {
     let (backend, _) = raw_backend(|stream, index| {
         let Some(mut writer) = after_one_request(stream) else { return };
+        let huge_head = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(70_000));
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n".repeat(100) + "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let response: &[u8] = match index {
             0 => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
             1 => b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
             // A coding we would strip with the hop-by-hop field, handing the client gzip it cannot know of.
             2 => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
             3 => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // Over the 64 KiB head limit, though it arrives in one piece.
+            4 => huge_head.as_bytes(),
+            // Interim responses without end, to hold the request open.
+            5 => interim.as_bytes(),
             _ => b"I am not HTTP\r\n\r\n",
         };
         let _ = writer.write_all(response);
     });
     let tollgate = proxy(backend);
-    for case in ["conflicting lengths", "bad length", "gzip transfer coding", "chunked twice", "not HTTP"] {
+    let cases =
+        ["conflicting lengths", "bad length", "gzip coding", "chunked twice", "huge head", "endless 100s", "not HTTP"];
+    for case in cases {
         let (status, _, body) = curl_full(&["--http1.1", &tollgate.url("/f")]);
         assert_eq!(status, 502, "{case}");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error body");

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Version};
 
-use super::{H1Error, MAX_HEADERS};
+use super::{H1Error, MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::http1::fields::{self, Field, TransferCoding, TransferCodings};
 use crate::http1::names::NameCache;
 
@@ -59,7 +59,13 @@ impl Head {
 pub(super) struct HeadParser {
     names: NameCache<Role>,
     fields: Vec<Field>,
+    /// Interim (1xx) heads before the final one of the current response.
+    interim: u32,
 }
+
+/// Interim responses allowed before the final one: a backend could
+/// otherwise hold a request open for ever with a stream of 100s.
+const MAX_INTERIM: u32 = 32;
 
 /// What a field means to the connection, worked out once per name.
 #[derive(Clone, Copy)]
@@ -112,15 +118,24 @@ impl HeadParser {
                 self.fields.extend(response.headers.iter().map(|h| Field::locate(buf, h)));
                 (len, response.code.unwrap_or(0), response.version.unwrap_or(1))
             };
+            // A head that arrived whole in one read is held to the same limit as one still arriving.
+            if len > MAX_HEAD_BYTES {
+                return Err(H1Error::HeadTooLarge);
+            }
             let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("status code out of range"))?;
             let head = buf.split_to(len).freeze();
             if status.is_informational() {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(H1Error::Malformed("101 Switching Protocols without an upgrade request"));
                 }
+                self.interim += 1;
+                if self.interim > MAX_INTERIM {
+                    return Err(H1Error::Malformed("too many interim responses"));
+                }
                 // 100 Continue, 103 Early Hints: interim, and the client was answered already.
                 continue;
             }
+            self.interim = 0;
             return self.build(status, minor, &head, head_request).map(Some);
         }
     }
@@ -274,6 +289,21 @@ mod tests {
         let (head, _) = parsed(wire, false).unwrap().unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused_even_when_it_arrived_whole() {
+        let wire = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert!(matches!(parsed(&wire, false), Err(H1Error::HeadTooLarge)));
+    }
+
+    #[test]
+    fn an_endless_run_of_interim_responses_is_refused() {
+        let wire = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM as usize)
+            + "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parsed(&wire, false).unwrap().unwrap().0.status, StatusCode::OK, "up to the limit");
+        let wire = "HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INTERIM as usize + 1);
+        assert!(matches!(parsed(&wire, false), Err(H1Error::Malformed(_))));
     }
 
     #[test]
