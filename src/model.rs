@@ -71,6 +71,8 @@ pub struct ListenerInfo {
     pub max_body_bytes: Option<u64>,
     /// Per-client connection and request limits (DDoS protection).
     pub limits: crate::listen::limits::ClientLimits,
+    /// Merge runs of slashes when normalizing request paths.
+    pub merge_slashes: bool,
 }
 
 /// Facts about one accepted connection, shared by all its requests.

@@ -171,3 +171,40 @@ fn no_matching_route_is_a_json_404_carrying_the_request_id() {
     }
     assert!(backend.requests().is_empty(), "an unrouted request reached the backend");
 }
+
+#[test]
+fn paths_are_normalized_before_routing_so_a_dot_segment_cannot_slip_past_a_routes_policy() {
+    // `/admin` is closed to loopback clients; `/public` is open. Both reach one backend.
+    let backend = labelled("backend");
+    let tollgate = Tollgate::start_with(&format!(
+        "{}{}{}\n[policy.closed]\nkind = \"ip_filter\"\ndeny = [\"127.0.0.0/8\", \"::1/128\"]\n",
+        upstream_toml("b", &[backend.addr], ""),
+        route_toml("admin", r#"path_prefix = "/admin""#, "b", "policies = [\"closed\"]"),
+        route_toml("public", r#"path_prefix = "/public""#, "b", "")
+    ));
+    for proto in Proto::ALL {
+        // Each would reach `/admin` at a backend that resolves dot segments or merges slashes.
+        for sneaky in ["/public/../admin", "/public/%2e%2e/admin", "/public/.%2E/admin", "/public//../admin"] {
+            let (code, _, body) = curl_proto(proto, &["--path-as-is", &tollgate.url(sneaky)]);
+            assert_eq!(code, 403, "{proto:?} {sneaky}: {}", String::from_utf8_lossy(&body));
+        }
+        // The backend gets the path routing saw.
+        assert_eq!(
+            routed(&tollgate, proto, "/public/a/./b/../c?q=/../x", &["--path-as-is"]),
+            "backend /public/a/c?q=/../x"
+        );
+        assert_eq!(routed(&tollgate, proto, "/public//%7euser", &["--path-as-is"]), "backend /public/~user");
+        // Escapes that only a decoding backend would read as slashes cannot hide a dot segment.
+        for hidden in ["/public/..%2fadmin", "/public/..%5cadmin", "/public/%zz"] {
+            let (code, _, body) = curl_proto(proto, &["--path-as-is", &tollgate.url(hidden)]);
+            assert_eq!(code, 400, "{proto:?} {hidden}: {}", String::from_utf8_lossy(&body));
+            assert!(String::from_utf8_lossy(&body).contains("\"error\":\"bad_request\""));
+        }
+    }
+    assert!(backend_requests_never_named(&backend, "admin"));
+}
+
+/// True when no request the backend saw had `segment` in its path.
+fn backend_requests_never_named(backend: &Backend, segment: &str) -> bool {
+    backend.requests().iter().all(|r| !r.uri.to_string().contains(segment))
+}

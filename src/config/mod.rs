@@ -96,6 +96,9 @@ pub struct ListenerConfig {
     /// source address becomes the peer. Only for listeners that nothing but
     /// the proxy can reach: the header is believed because this says so.
     pub proxy_protocol: bool,
+    /// Runs of slashes in request paths become one before routing (see
+    /// `pipeline::normalize`); on by default, as in nginx.
+    pub merge_slashes: bool,
     /// QUIC + HTTP/3 on the same port number over UDP; `None` when off.
     pub http3: Option<Http3Config>,
 }

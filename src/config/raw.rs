@@ -71,6 +71,7 @@ pub struct RawListener {
     pub h2_max_pending_accept_reset_streams: Option<Spanned<i64>>,
     pub h2_max_local_error_reset_streams: Option<Spanned<i64>>,
     pub proxy_protocol: Option<bool>,
+    pub merge_slashes: Option<bool>,
     /// QUIC + HTTP/3 on the same port number over UDP (TLS listeners only).
     pub http3: Option<Spanned<bool>>,
     /// HTTP/3 tuning; only with `http3 = true`.

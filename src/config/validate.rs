@@ -336,6 +336,7 @@ impl Validator<'_> {
             limits,
             policies: policy_names,
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            merge_slashes: raw.merge_slashes.unwrap_or(true),
             http3,
         })
     }

@@ -87,6 +87,7 @@ impl Listener {
             name: Arc::from(config.name.as_str()),
             max_body_bytes: config.limits.max_body_bytes,
             limits: limits::ClientLimits::new(&config.name, &config.limits),
+            merge_slashes: config.merge_slashes,
         });
         let connections = config.limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let (quic, alt_svc) = match (&config.http3, &tls_config) {

@@ -520,8 +520,12 @@ mod tests {
     #[test]
     fn forwarded_quotes_ipv6_and_odd_hosts() {
         use crate::model::{ConnectionInfo, ListenerInfo};
-        let listener =
-            std::sync::Arc::new(ListenerInfo { name: "l".into(), max_body_bytes: None, limits: Default::default() });
+        let listener = std::sync::Arc::new(ListenerInfo {
+            name: "l".into(),
+            max_body_bytes: None,
+            limits: Default::default(),
+            merge_slashes: true,
+        });
         let v6 =
             ConnectionInfo::new(listener.clone(), "[::1]:5000".parse().unwrap(), "[::1]:80".parse().unwrap(), None);
         assert_eq!(forwarded_element(&v6.forwarded_for, None), "for=\"[::1]\";proto=http");

@@ -12,6 +12,7 @@ mod deadline;
 pub mod forwarded;
 pub mod grpc;
 mod grpc_json;
+pub mod normalize;
 pub mod request_id;
 
 use std::collections::HashMap;
@@ -209,7 +210,16 @@ impl Gateway {
             let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
             let path = if self.access_log { req.uri().path().to_string() } else { String::new() };
 
-            let route = self.find_route(&req);
+            // Routing, policies and the backend must read the same path.
+            let normalized = match normalize::normalize_uri(req.uri(), ctx.connection.listener.merge_slashes) {
+                Ok(Some(uri)) => {
+                    *req.uri_mut() = uri;
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            let route = if normalized.is_ok() { self.find_route(&req) } else { None };
             let id_header = route.is_none_or(|r| r.config.request_id_header);
             if id_header {
                 // The backend logs the same id the client gets back.
@@ -220,7 +230,10 @@ impl Gateway {
             let chain = chain_for(chains, listener);
             // The listener's request_timeout bounds everything up to the response head.
             let limit = ctx.connection.listener.limits.request_timeout;
-            let forwarded = deadline::WithinLimit::new(self.forward(route, chain, &mut ctx, req), limit).await;
+            let forwarded = match normalized {
+                Ok(()) => deadline::WithinLimit::new(self.forward(route, chain, &mut ctx, req), limit).await,
+                Err(e) => Err(ProxyError::BadRequest(e.message())),
+            };
             let (outcome, error) = match forwarded {
                 Ok(outcome) => (outcome, None),
                 Err(e) => {
@@ -435,8 +448,12 @@ mod tests {
         )
         .unwrap();
         let gateway = Arc::new(Gateway::new(&config));
-        let listener =
-            Arc::new(crate::model::ListenerInfo { name: "l".into(), max_body_bytes: None, limits: Default::default() });
+        let listener = Arc::new(crate::model::ListenerInfo {
+            name: "l".into(),
+            max_body_bytes: None,
+            limits: Default::default(),
+            merge_slashes: true,
+        });
         let peer = "192.0.2.1:5000".parse().unwrap();
         let connection = Arc::new(ConnectionInfo::new(listener, peer, "192.0.2.2:80".parse().unwrap(), None));
         let request = gateway.handle(connection, Request::new(ClientBody::Empty), None);

@@ -277,7 +277,12 @@ pub(crate) fn spec_from_str(text: &str) -> Result<PolicySpec, SpecError> {
 #[cfg(test)]
 pub(crate) fn test_context() -> RequestContext {
     use crate::model::{ConnectionInfo, DownstreamProtocol, ListenerInfo};
-    let listener = Arc::new(ListenerInfo { name: Arc::from("test"), max_body_bytes: None, limits: Default::default() });
+    let listener = Arc::new(ListenerInfo {
+        name: Arc::from("test"),
+        max_body_bytes: None,
+        limits: Default::default(),
+        merge_slashes: true,
+    });
     let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("an address");
     RequestContext {
         id: http::HeaderValue::from_static("test"),
