@@ -31,7 +31,9 @@ fn hop_by_hop_request_headers_are_not_forwarded() {
         Proto::Http1,
         &[
             "-H",
-            "Connection: keep-alive, X-Secret-Hop",
+            "Connection: keep-alive, X-Secret-Hop, Host, X-Request-Id",
+            "-H",
+            "X-Request-Id: client-chosen-id",
             "-H",
             "X-Secret-Hop: hidden",
             "-H",
@@ -57,6 +59,9 @@ fn hop_by_hop_request_headers_are_not_forwarded() {
     assert_eq!(seen_header(&seen, "te").as_deref(), Some("trailers"));
     assert_eq!(seen_header(&seen, "connection").as_deref(), Some("te"));
     assert_eq!(seen_header(&seen, "x-end-to-end").as_deref(), Some("kept"));
+    // Listing them in `Connection` does not change the host the backend sees or lose the request id.
+    assert_eq!(seen_header(&seen, "host"), Some(tollgate.addr.to_string()), "{:?}", seen.headers);
+    assert_eq!(seen_header(&seen, "x-request-id").as_deref(), Some("client-chosen-id"), "{:?}", seen.headers);
 }
 
 #[test]

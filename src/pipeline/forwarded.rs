@@ -115,7 +115,10 @@ fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName], present: u16) 
             let tokens = connection.to_str().unwrap_or("").split(',');
             listed.extend(tokens.filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()));
         }
-        for name in listed {
+        // `Host` is end to end by definition (routing read it already) and
+        // `X-Request-Id` is the gateway's own: a client listing either in
+        // `Connection` does not get to make the backend see another host or no id.
+        for name in listed.into_iter().filter(|n| *n != header::HOST && n.as_str() != "x-request-id") {
             headers.remove(name);
         }
     }
