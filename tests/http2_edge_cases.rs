@@ -607,6 +607,22 @@ fn a_grpc_backends_reset_before_answering_maps_to_the_grpc_status_for_its_code()
 }
 
 #[test]
+fn a_call_the_backend_refused_unprocessed_is_sent_again_and_succeeds() {
+    // RFC 9113 §8.7: a refused stream (REFUSED_STREAM, or above a GOAWAY's
+    // last stream) was not processed, so it may be retried; gRPC calls this
+    // a transparent retry. The whole request is still at hand for a unary call.
+    for options in [json!({"refuse_first": 2}), json!({"goaway_first": true})] {
+        let (_backend, tollgate) = through_grpc_route(options.clone());
+        let report = h2_client(&tollgate, json!({"requests": [grpc_call(100)]}));
+        let result = &report["results"][0];
+        assert_eq!(result["status"], 200, "{options}: {report}");
+        assert_eq!(header(result, "x-body-len"), Some("100"), "{options}: {report}");
+        let trailers = result["trailers"].as_array().unwrap();
+        assert!(trailers.iter().any(|p| p[0] == "grpc-status" && p[1] == "0"), "{options}: {report}");
+    }
+}
+
+#[test]
 fn response_fields_a_grpc_backend_indexed_decode_right_through_evictions() {
     // The backend's HPACK encoder indexes every response field; 120 distinct
     // 300-byte values cycle through its 4,096-byte table.

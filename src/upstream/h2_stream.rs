@@ -29,6 +29,8 @@ pub enum Start {
     /// More is to come: a task streams the body, beginning with this frame
     /// when one was already read.
     Streaming(Option<Result<Frame<Bytes>, BoxError>>),
+    /// Handed to a pipe task already: it cannot be sent again.
+    Streamed,
 }
 
 impl Start {
@@ -51,18 +53,30 @@ impl Start {
         }
     }
 
+    /// True when the request can be sent again whole, for a call the
+    /// backend refused unprocessed: it never streamed.
+    pub fn replayable(&self) -> bool {
+        !matches!(self, Start::Streaming(_) | Start::Streamed)
+    }
+
     /// True when HEADERS can end the stream.
     pub fn is_empty(&self) -> bool {
         matches!(self, Start::Empty)
     }
 
-    /// Sends the body on the stream just opened. Returns the handle that
-    /// cancels the pipe task, when one was spawned.
-    pub fn send(self, body: Body, mut stream: SendHalf) -> Result<Option<PipeCancel>, Error> {
+    /// Sends the body on the stream just opened. A whole body stays here
+    /// (its bytes shared, not copied) to be sent again if the backend
+    /// refuses the stream; one still arriving is handed, with `body`, to a
+    /// pipe task, whose cancelling handle is returned.
+    pub fn send(&mut self, body: &mut Option<Body>, mut stream: SendHalf) -> Result<Option<PipeCancel>, Error> {
         match self {
             Start::Empty => Ok(None),
-            Start::Whole(data) => stream.send_data(data, true).map(|()| None),
-            Start::Streaming(first) => {
+            Start::Whole(data) => stream.send_data(data.clone(), true).map(|()| None),
+            Start::Streaming(_) | Start::Streamed => {
+                let Start::Streaming(first) = std::mem::replace(self, Start::Streamed) else {
+                    return Err(Error::Refused);
+                };
+                let body = body.take().unwrap_or_else(crate::body::empty);
                 let (cancel, cancelled) = oneshot::channel();
                 tokio::spawn(Pipe { sender: BodySender::new(body, stream, first), cancelled: Some(cancelled) });
                 Ok(Some(PipeCancel(Some(cancel))))

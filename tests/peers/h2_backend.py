@@ -12,6 +12,8 @@ OPTIONS_JSON: {"pad": N,                 # padding bytes on every DATA frame we 
                "big_header": N,          # an `x-big` response field of N bytes
                "header_table_size": N,   # our SETTINGS_HEADER_TABLE_SIZE (0: no dynamic HPACK table)
                "reset_paths": {PATH: CODE},  # RST_STREAM with CODE for requests to PATH, unanswered
+               "refuse_first": N,        # RST_STREAM(REFUSED_STREAM) for the first N requests (all connections)
+               "goaway_first": true,     # the first request: GOAWAY refusing it (last stream 0), then close
                "max_concurrent_streams": N,  # our SETTINGS_MAX_CONCURRENT_STREAMS
                "hold_ms": M}             # answer each request M ms after it ended
 
@@ -34,6 +36,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
@@ -67,6 +70,11 @@ def answer(conn, sid, s, options):
         headers.append(("x-big", "b" * options["big_header"]))
     conn.send_headers(sid, headers)
     s.to_send = s.body
+
+
+# Requests seen by every connection, for "refuse_first" and "goaway_first".
+SEEN = {"requests": 0}
+SEEN_LOCK = threading.Lock()
 
 
 def serve(sock, options):
@@ -122,6 +130,18 @@ def serve(sock, options):
             return
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
+                with SEEN_LOCK:
+                    SEEN["requests"] += 1
+                    nth = SEEN["requests"]
+                if nth == 1 and options.get("goaway_first"):
+                    # A graceful shutdown racing the request: nothing on this connection was processed.
+                    conn.close_connection(error_code=0, last_stream_id=0)
+                    sock.sendall(conn.data_to_send())
+                    sock.close()
+                    return
+                if nth <= options.get("refuse_first", 0):
+                    conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+                    continue
                 code = options.get("reset_paths", {}).get(dict(event.headers).get(":path"))
                 if code is not None:
                     conn.reset_stream(event.stream_id, error_code=code)
