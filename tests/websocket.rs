@@ -338,12 +338,27 @@ async fn bad_client_handshakes_are_refused_before_the_backend() {
     let head = read_head(&mut tcp).await;
     assert_eq!(status_of(&head), 426, "{head}");
     assert_eq!(header_in(&head, "sec-websocket-version").as_deref(), Some("13"));
+    // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+    assert_eq!(header_in(&head, "upgrade").as_deref(), Some("websocket"), "{head}");
 
-    let mut tcp = tokio::net::TcpStream::connect(rig.addr()).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut tcp).await), 400);
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for bad in [
+        "Sec-WebSocket-Key: short\r\n".to_string(),
+        // Two keys: the backend could answer for another than we checked.
+        format!("{key}Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+        // A body: after the 101 one side would read it as frames.
+        format!("{key}Content-Length: 5\r\n"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(rig.addr()).await.unwrap();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{bad}Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let body = if bad.contains("Content-Length") { &b"hello"[..] } else { &b""[..] };
+        tcp.write_all(body).await.unwrap();
+        let head = read_head(&mut tcp).await;
+        assert_eq!(status_of(&head), 400, "{bad:?}: {head}");
+    }
     assert!(backend.seen.lock().unwrap().heads.is_empty());
 }
 

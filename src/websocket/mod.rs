@@ -79,7 +79,7 @@ pub async fn accept(
         Some(upgrade) => client::ClientSide::WebTransport(upgrade),
         None => {
             let handshake = handshake::validate_client(&parts.method, parts.version, &parts.headers, protocol(&parts))
-                .map_err(refusal)?;
+                .map_err(|e| refusal(e, ctx.protocol))?;
             let upgrade = match parts.extensions.remove::<PendingUpgrade>() {
                 Some(upgrade) => client::ClientUpgrade::Http1(upgrade),
                 None => parts
@@ -104,10 +104,17 @@ pub async fn accept(
     }
 }
 
-/// A bad handshake is the client's fault: 400, or 426 with the versions we speak.
-fn refusal(e: HandshakeError) -> ProxyError {
+/// A bad handshake is the client's fault: 400, or 426 with the versions we
+/// speak. Over HTTP/1.1 a 426 also names the protocol to upgrade to
+/// (RFC 9110 §15.5.22), as a connection option (§7.8); HTTP/2 and 3 have
+/// no `Upgrade`.
+fn refusal(e: HandshakeError, protocol: DownstreamProtocol) -> ProxyError {
     let mut rejection = Rejection::new(e.status(), "websocket_handshake", e.to_string());
     rejection.headers = e.headers();
+    if e.status() == http::StatusCode::UPGRADE_REQUIRED && protocol == DownstreamProtocol::Http1 {
+        rejection.headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        rejection.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    }
     ProxyError::Rejected(Box::new(rejection))
 }
 

@@ -55,6 +55,9 @@ pub enum HandshakeError {
     /// RFC 6455 §4.2.2 item 4: only version 13 exists; answered 426 with
     /// `Sec-WebSocket-Version: 13`.
     UnsupportedVersion,
+    /// A handshake with a body: after the 101 its bytes would be read as
+    /// frames by one side and as a body by the other.
+    HasBody,
 }
 
 impl HandshakeError {
@@ -84,6 +87,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::MissingConnectionUpgrade => "a WebSocket upgrade needs `Connection: Upgrade`",
             HandshakeError::BadKey => "Sec-WebSocket-Key must be 16 random bytes in base64",
             HandshakeError::UnsupportedVersion => "only WebSocket version 13 is supported",
+            HandshakeError::HasBody => "a WebSocket upgrade request carries no body",
         })
     }
 }
@@ -120,18 +124,31 @@ pub fn validate_client(
             return Err(HandshakeError::MissingConnectionUpgrade);
         }
     }
-    // RFC 8441 §5 keeps Sec-WebSocket-Version; RFC 6455 §4.2.1 item 6 requires 13.
-    match headers.get(&SEC_WEBSOCKET_VERSION) {
+    // RFC 8441 §5 keeps Sec-WebSocket-Version; RFC 6455 §4.2.1 item 6 requires 13, once.
+    match only(headers, &SEC_WEBSOCKET_VERSION) {
         Some(v) if v.as_bytes().trim_ascii() == VERSION_13.as_bytes() => {}
         _ => return Err(HandshakeError::UnsupportedVersion),
     }
     if extended_connect {
         return Ok(ClientHandshake::ExtendedConnect);
     }
-    match headers.get(&SEC_WEBSOCKET_KEY) {
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|n| n.as_bytes().trim_ascii() != b"0");
+    if has_body {
+        return Err(HandshakeError::HasBody);
+    }
+    // Exactly one key: a backend could pick another of several than we did.
+    match only(headers, &SEC_WEBSOCKET_KEY) {
         Some(key) if is_valid_key(key.as_bytes()) => Ok(ClientHandshake::Upgrade { key: key.clone() }),
         _ => Err(HandshakeError::BadKey),
     }
+}
+
+/// The value of a field that must appear once; `None` if absent or repeated.
+fn only<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
 }
 
 /// A nonce of 16 bytes in base64 is 22 alphabet characters and `==`
@@ -370,6 +387,14 @@ mod tests {
         let mut h = h1_headers();
         assert_eq!(validate_client(&Method::POST, Version::HTTP_11, &h, None), Err(HandshakeError::NotGet));
         assert_eq!(validate_client(&Method::GET, Version::HTTP_10, &h, None), Err(HandshakeError::OldHttpVersion));
+        let mut twice = h.clone();
+        twice.append(&SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert_eq!(validate_client(&Method::GET, Version::HTTP_11, &twice, None), Err(HandshakeError::BadKey));
+        let mut with_body = h.clone();
+        with_body.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(validate_client(&Method::GET, Version::HTTP_11, &with_body, None), Err(HandshakeError::HasBody));
+        with_body.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(validate_client(&Method::GET, Version::HTTP_11, &with_body, None).is_ok());
         h.insert(&SEC_WEBSOCKET_KEY, HeaderValue::from_static("c2hvcnQ="));
         assert_eq!(validate_client(&Method::GET, Version::HTTP_11, &h, None), Err(HandshakeError::BadKey));
         h.insert(&SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
