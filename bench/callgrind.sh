@@ -23,7 +23,8 @@
 # or bench/bench.py, h2 to the backend in grpc mode; BINARY is then ignored):
 # the same load, so the two counts compare user-space work like for like.
 # PEER=nginx does the same for nginx in h1 mode (one worker, upstream
-# keep-alive and the X-Forwarded-* fields of bench/bench.py).
+# keep-alive and the X-Forwarded-* fields of bench/bench.py) and ws mode
+# (the WebSocket proxying of bench/ws.py).
 set -euo pipefail
 
 BIN=${1:?usage: bench/callgrind.sh BINARY [h1|h2c|grpc|ws] [REQUESTS]}
@@ -111,7 +112,13 @@ backend origin
 EOF
     PROXY_CMD=(haproxy -f "$DIR/haproxy.cfg" -db)
 elif [ "${PEER:-}" = nginx ]; then
-    [ "$MODE" = h1 ] || { echo "PEER=nginx counts h1" >&2; exit 2; }
+    [ "$MODE" = h1 ] || [ "$MODE" = ws ] || { echo "PEER=nginx counts h1 and ws" >&2; exit 2; }
+    if [ "$MODE" = ws ]; then
+        # As bench/ws.py: the upgrade passed on, then bytes spliced both ways.
+        NGINX_HEADERS='proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 300s;'
+    else
+        NGINX_HEADERS='proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;'
+    fi
     mkdir -p "$DIR/proxy-tmp"
     cat > "$DIR/nginx-proxy.conf" <<EOF
 daemon off;
@@ -131,9 +138,7 @@ http {
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
+            $NGINX_HEADERS
         }
     }
 }
