@@ -187,6 +187,10 @@ impl HeadParser {
         let uri =
             Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
         let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        // An absolute-form target's authority routes the request (RFC 9112 §3.2.2): no user info.
+        if uri.authority().is_some_and(|a| !fields::valid_host(a.as_str().as_bytes())) {
+            return Err(HeadError::Malformed("invalid authority in the request target"));
+        }
 
         // Room for what the pipeline adds (`x-request-id`) without growing the map.
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 2);
@@ -386,6 +390,7 @@ mod tests {
         for garbage in [
             "GET / HTTP/1.1\r\nHost: t/evil\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: user@t\r\n\r\n",
+            "GET http://user@t/ HTTP/1.1\r\nHost: t\r\n\r\n",
             "GARBAGE\r\n\r\n",
             "GET / HTTP/9.9\r\n\r\n",
             "GET /a b HTTP/1.1\r\n\r\n",
