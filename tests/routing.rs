@@ -195,7 +195,7 @@ fn paths_are_normalized_before_routing_so_a_dot_segment_cannot_slip_past_a_route
         );
         assert_eq!(routed(&tollgate, proto, "/public//%7euser", &["--path-as-is"]), "backend /public/~user");
         // Escapes that only a decoding backend would read as slashes cannot hide a dot segment.
-        for hidden in ["/public/..%2fadmin", "/public/..%5cadmin", "/public/%zz"] {
+        for hidden in ["/public/..%2fadmin", "/public/..%5cadmin", "/public/%zz", "/public/a.txt%00.png"] {
             let (code, _, body) = curl_proto(proto, &["--path-as-is", &tollgate.url(hidden)]);
             assert_eq!(code, 400, "{proto:?} {hidden}: {}", String::from_utf8_lossy(&body));
             assert!(String::from_utf8_lossy(&body).contains("\"error\":\"bad_request\""));

@@ -10,7 +10,7 @@
 //! - runs of slashes are merged into one, unless the listener says
 //!   `merge_slashes = false` (a backend that merges them before resolving
 //!   dot segments would otherwise read `/a//../b` differently);
-//! - a malformed escape (`%zz`) is refused, and so is a segment that would
+//! - a malformed escape (`%zz`) or an encoded NUL is refused, and so is a segment that would
 //!   become a dot segment once an escaped slash or a backslash in it is
 //!   read as `/` (`..%2Fadmin`): some backends decode those first.
 //!
@@ -27,6 +27,8 @@ pub enum PathError {
     BadEscape,
     /// A segment that an escaped slash or a backslash would turn into `.` or `..`.
     HiddenDotSegment,
+    /// `%00`: a NUL ends the path early for backends written in C (nginx refuses it too).
+    EncodedNul,
 }
 
 impl PathError {
@@ -34,6 +36,7 @@ impl PathError {
         match self {
             PathError::BadEscape => "the request path has a malformed percent-encoding",
             PathError::HiddenDotSegment => "the request path hides a dot segment behind an escaped slash",
+            PathError::EncodedNul => "the request path has an encoded NUL (%00)",
         }
     }
 }
@@ -139,6 +142,9 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, PathError> {
             return Err(PathError::BadEscape);
         };
         let value = hi << 4 | lo;
+        if value == 0 {
+            return Err(PathError::EncodedNul);
+        }
         if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
             out.push(value);
         } else {
@@ -233,6 +239,7 @@ mod tests {
         for bad in ["/a%zz", "/a%4", "/a%"] {
             assert_eq!(norm(bad), Err(PathError::BadEscape), "{bad}");
         }
+        assert_eq!(norm("/file.txt%00.png"), Err(PathError::EncodedNul));
         for hidden in ["/public/..%2fadmin", "/public/..%5Cadmin", "/public/..\\admin", "/a/x%2F..%2Fy"] {
             assert_eq!(norm(hidden), Err(PathError::HiddenDotSegment), "{hidden}");
         }
