@@ -121,27 +121,52 @@ impl TransferCodings {
 /// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC
 /// 3986 §3.2.2): no user info, path or spaces that routing and the backend
 /// could each read differently. Empty is allowed (a target with no authority).
+/// Checked on every request, so one pass over a table for names and addresses.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.strip_prefix(b"[") {
-        Some(literal) => {
-            let Some(close) = literal.iter().position(|&b| b == b']') else { return false };
-            let inside = &literal[..close];
-            let ok = !inside.is_empty()
-                && inside.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b));
-            if !ok {
+    if value.first() == Some(&b'[') {
+        return valid_ip_literal(&value[1..]);
+    }
+    let mut colon = None;
+    for (i, &b) in value.iter().enumerate() {
+        if b == b':' {
+            if colon.is_some() {
                 return false;
             }
-            (&b""[..], &literal[close + 1..])
+            colon = Some(i);
+        } else if !HOST_BYTES[usize::from(b)] {
+            return false;
         }
-        None => match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &b""[..]),
-        },
-    };
-    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
-    let name_ok = host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-    port_ok && name_ok
+    }
+    colon.is_none_or(|at| value[at + 1..].iter().all(u8::is_ascii_digit))
 }
+
+/// `[...]` after its `[`, then an optional `:port`.
+fn valid_ip_literal(literal: &[u8]) -> bool {
+    let Some(close) = literal.iter().position(|&b| b == b']') else { return false };
+    let (inside, port) = (&literal[..close], &literal[close + 1..]);
+    !inside.is_empty()
+        && inside.iter().all(|&b| b == b':' || HOST_BYTES[usize::from(b)])
+        && (port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit)))
+}
+
+/// Bytes of a reg-name or an IPv4 address: unreserved, sub-delims and the
+/// `%` of an escape (RFC 3986 §3.2.2).
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~%!$&'()*+,;=";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Whether a field may travel in a trailer section. RFC 9110 §6.5.1: what
 /// frames, routes, authenticates or modifies a message, controls its
