@@ -88,6 +88,9 @@ impl HeadError {
 pub(super) struct HeadParser {
     fields: Vec<Field>,
     names: NameCache<Meaning>,
+    /// The last `Host` found valid on this connection: nearly every request
+    /// repeats it, and comparing is cheaper than checking it again.
+    valid_host: Vec<u8>,
 }
 
 /// What a field means to the connection, worked out once per name.
@@ -225,8 +228,13 @@ impl HeadParser {
                 Meaning::Expect => expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
                 Meaning::Upgrade => upgrade |= version == Version::HTTP_11,
                 Meaning::Host => {
-                    if !fields::valid_host(value.as_bytes()) {
-                        return Err(HeadError::Malformed("invalid Host field"));
+                    let host = value.as_bytes();
+                    if host != self.valid_host.as_slice() {
+                        if !fields::valid_host(host) {
+                            return Err(HeadError::Malformed("invalid Host field"));
+                        }
+                        self.valid_host.clear();
+                        self.valid_host.extend_from_slice(host);
                     }
                     hosts += 1;
                 }
