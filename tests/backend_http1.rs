@@ -161,12 +161,13 @@ fn a_body_delimited_by_close_arrives_whole() {
 }
 
 #[test]
-fn trailers_of_a_chunked_response_reach_an_http2_client() {
+fn trailers_of_a_chunked_response_reach_an_http2_client_less_fields_unfit_for_trailers() {
     let (backend, _) = raw_backend(|stream, _| {
         let Some(mut writer) = after_one_request(stream) else { return };
         let _ = writer.write_all(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
-              5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n",
+              5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\nSet-Cookie: late=1\r\n\
+              Content-Length: 99\r\n\r\n",
         );
     });
     let tollgate = proxy(backend);
@@ -174,6 +175,9 @@ fn trailers_of_a_chunked_response_reach_an_http2_client() {
     assert_eq!(status, 200);
     assert_eq!(body, b"hello world");
     assert_eq!(header_value(&headers, "x-checksum").as_deref(), Some("abc123"), "{headers}");
+    // RFC 9110 §6.5.1: a cookie or a length set after the content goes no further.
+    assert_eq!(header_value(&headers, "set-cookie"), None, "{headers}");
+    assert_eq!(header_value(&headers, "content-length"), None, "{headers}");
 }
 
 #[test]

@@ -592,3 +592,31 @@ fn trailers_from_a_chunked_http1_backend_reach_an_http3_client_that_asks_for_the
     // back to the pool and carried the second.
     assert_eq!(counters.connections(), 1);
 }
+
+#[test]
+fn trailer_fields_unfit_for_a_trailer_section_do_not_reach_an_http3_client() {
+    // A backend of raw bytes: hyper's server would not send these trailers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                  3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\nSet-Cookie: late=1\r\nContent-Length: 99\r\n\r\n",
+            );
+        }
+    });
+    let rig = Rig::http1(addr, "");
+    let r = h3_request(rig.addr, json!({ "path": "/t", "headers": [["te", "trailers"]] }));
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body_text"], "abc", "{r}");
+    // RFC 9110 §6.5.1: a cookie or a length set after the content goes no further.
+    assert_eq!(r["trailers"], json!([["x-checksum", "900150983cd24fb0"]]), "{r}");
+}

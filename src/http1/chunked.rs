@@ -105,7 +105,9 @@ impl Chunked {
     }
 }
 
-/// Trailer fields as a header map (a rare path, so values are copied).
+/// Trailer fields as a header map (a rare path, so values are copied),
+/// less those unfit for a trailer section ([`super::fields::fit_for_trailers`]):
+/// dropped where they come in, they reach no client or backend by any protocol.
 fn trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let fields = match httparse::parse_headers(section, &mut slots) {
@@ -116,7 +118,9 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes());
         let value = HeaderValue::from_bytes(field.value);
-        if let (Ok(name), Ok(value)) = (name, value) {
+        if let (Ok(name), Ok(value)) = (name, value)
+            && super::fields::fit_for_trailers(&name)
+        {
             map.append(name, value);
         }
     }
@@ -143,9 +147,12 @@ mod tests {
 
     #[test]
     fn chunks_with_extensions_and_trailers_decode() {
-        let (data, trailers) = decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n").unwrap();
+        let (data, trailers) =
+            decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\nContent-Length: 9\r\n\r\n").unwrap();
         assert_eq!(data, b"hello world");
-        assert_eq!(trailers.unwrap()["x-sum"], "11");
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["x-sum"], "11");
+        assert!(!trailers.contains_key("content-length"), "unfit for a trailer section");
     }
 
     #[test]

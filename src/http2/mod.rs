@@ -104,7 +104,11 @@ fn parse_trailers(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<He
     for field in fields.drain(..) {
         match field.name {
             hpack::Name::Header(name) if !is_connection_specific(&name) => {
-                trailers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
+                let value = HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?;
+                // Dropped where they come in, they reach no client or backend by any protocol.
+                if crate::http1::fields::fit_for_trailers(&name) {
+                    trailers.append(name, value);
+                }
             }
             _ => return Err("invalid field in trailers"),
         }
