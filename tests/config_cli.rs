@@ -76,6 +76,18 @@ fn check_names_line_and_key_of_an_unknown_key_in_a_later_route_match() {
 }
 
 #[test]
+fn check_names_the_key_not_the_value_when_a_value_has_the_wrong_type() {
+    let config = "[runtime]\nworker_threads = \"two\"\n";
+    assert_check_fails_at(config, &[], 2, "runtime.worker_threads", "expected i64");
+    let config = "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:18080\"\nmerge_slashes = \"no\"\n";
+    assert_check_fails_at(config, &[], 4, "listener.merge_slashes", "expected a boolean");
+    let config =
+        format!("{VALID}\n[[route]]\nname = \"typed\"\nmatch = {{ path_prefix = 5 }}\nupstream = \"legacy\"\n");
+    let line = config.lines().position(|l| l.contains("path_prefix = 5")).unwrap() + 1;
+    assert_check_fails_at(&config, &[], line, "route.match.path_prefix", "expected a string");
+}
+
+#[test]
 fn check_rejects_an_unknown_top_level_section() {
     let config = format!("{VALID}\n[listner]\nbind = \"x\"\n");
     let line = config.lines().position(|l| l == "[listner]").unwrap() + 1;

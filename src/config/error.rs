@@ -62,7 +62,13 @@ impl SourceMap<'_> {
         match err.span() {
             Some(span) => {
                 let snippet = self.text.get(span.clone()).unwrap_or("").trim();
-                let key = if !snippet.is_empty() && snippet.len() <= 64 && !snippet.contains('\n') {
+                let line_start = self.text[..span.start.min(self.text.len())].rfind('\n').map_or(0, |i| i + 1);
+                let prefix = self.text.get(line_start..span.start).unwrap_or("").trim_end();
+                let key = if let Some(assigned) = prefix.strip_suffix('=') {
+                    // The span is a value (a wrong type): name the key it is assigned to.
+                    let mut names = assigned.trim_end().rsplit(|c: char| c.is_whitespace() || c == '{' || c == ',');
+                    names.next().unwrap_or("").trim_matches('"').to_string()
+                } else if !snippet.is_empty() && snippet.len() <= 64 && !snippet.contains('\n') {
                     snippet.trim_matches(|c| c == '"' || c == '[' || c == ']').to_string()
                 } else {
                     self.key_before(span.start)
