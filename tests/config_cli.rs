@@ -85,6 +85,11 @@ fn check_names_the_key_not_the_value_when_a_value_has_the_wrong_type() {
         format!("{VALID}\n[[route]]\nname = \"typed\"\nmatch = {{ path_prefix = 5 }}\nupstream = \"legacy\"\n");
     let line = config.lines().position(|l| l.contains("path_prefix = 5")).unwrap() + 1;
     assert_check_fails_at(&config, &[], line, "route.match.path_prefix", "expected a string");
+    // A value TOML cannot parse, and one that fits none of a field's shapes.
+    let config = "[[listener]]\nname = \"public\"\nbind = 127.0.0.1\n";
+    assert_check_fails_at(config, &[], 3, "listener.bind", "invalid");
+    let config = "[[upstream]]\nname = \"u\"\ntargets = [1]\n";
+    assert_check_fails_at(config, &[], 3, "upstream.targets", "expected a target: \"host:port\" or { address");
 }
 
 #[test]

@@ -64,8 +64,11 @@ impl SourceMap<'_> {
                 let snippet = self.text.get(span.clone()).unwrap_or("").trim();
                 let line_start = self.text[..span.start.min(self.text.len())].rfind('\n').map_or(0, |i| i + 1);
                 let prefix = self.text.get(line_start..span.start).unwrap_or("").trim_end();
-                let key = if let Some(assigned) = prefix.strip_suffix('=') {
-                    // The span is a value (a wrong type): name the key it is assigned to.
+                // A span followed by `=` is a key (an unknown field); one after
+                // an `=` on its line is (part of) a value: a wrong type or bad syntax.
+                let is_key = self.text.get(span.end..).is_some_and(|rest| rest.trim_start().starts_with('='));
+                let key = if let Some((assigned, _)) = prefix.rsplit_once('=').filter(|_| !is_key) {
+                    // Name the key the value is assigned to.
                     let mut names = assigned.trim_end().rsplit(|c: char| c.is_whitespace() || c == '{' || c == ',');
                     names.next().unwrap_or("").trim_matches('"').to_string()
                 } else if !snippet.is_empty() && snippet.len() <= 64 && !snippet.contains('\n') {

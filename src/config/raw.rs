@@ -147,7 +147,7 @@ pub struct RawUpstreamTls {
 
 /// A target is `"host:port"` or `{ address = "host:port", weight = 3 }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a target: \"host:port\" or { address = \"host:port\", weight = N }")]
 pub enum RawTarget {
     // Plain types: serde's untagged enums buffer their input, which loses spans.
     Address(String),
@@ -215,7 +215,7 @@ pub struct RawMatch {
 
 /// `method = "GET"` or `method = ["GET", "HEAD"]`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
