@@ -140,6 +140,28 @@ pub fn valid_host(value: &[u8]) -> bool {
     colon.is_none_or(|at| value[at + 1..].iter().all(u8::is_ascii_digit))
 }
 
+/// [`valid_host`] for one connection: nearly every request on it repeats
+/// the last host found valid, and comparing is cheaper than checking again.
+#[derive(Debug, Default)]
+pub struct HostCheck {
+    last_valid: Vec<u8>,
+}
+
+impl HostCheck {
+    /// Whether `value` is a valid host, remembering it when it is.
+    pub fn valid(&mut self, value: &[u8]) -> bool {
+        if value == self.last_valid.as_slice() {
+            return true;
+        }
+        let ok = valid_host(value);
+        if ok {
+            self.last_valid.clear();
+            self.last_valid.extend_from_slice(value);
+        }
+        ok
+    }
+}
+
 /// `[...]` after its `[`, then an optional `:port`.
 fn valid_ip_literal(literal: &[u8]) -> bool {
     let Some(close) = literal.iter().position(|&b| b == b']') else { return false };
@@ -278,6 +300,16 @@ mod tests {
         for fit in ["grpc-status", "grpc-message", "x-checksum", "server-timing", "digest"] {
             assert!(fit_for_trailers(&HeaderName::from_static(fit)), "{fit}");
         }
+    }
+
+    #[test]
+    fn a_host_check_remembers_only_valid_hosts() {
+        let mut hosts = HostCheck::default();
+        assert!(hosts.valid(b"example.com:8080"));
+        assert!(hosts.valid(b"example.com:8080"), "the remembered one");
+        assert!(!hosts.valid(b"user@example.com"));
+        assert!(!hosts.valid(b"user@example.com"), "an invalid one is never remembered");
+        assert!(hosts.valid(b"example.com:8080"));
     }
 
     fn coding(fields: &[&str]) -> TransferCoding {

@@ -131,7 +131,7 @@ pub(super) fn on_headers(
         frame::put_reset(&mut state.out, id, Reason::REFUSED_STREAM.into());
         return Ok(());
     }
-    let head = match parse_request(fields, &mut state.valid_host) {
+    let head = match parse_request(fields, &mut state.hosts) {
         Ok(head) => head,
         Err(what) => {
             tracing::debug!(stream = id, what, "malformed HTTP/2 request");
@@ -189,20 +189,13 @@ fn trailers(state: &mut State, id: u32, fields: Option<&mut Vec<hpack::Field>>, 
 /// A request head from its fields, checked as RFC 9113 §8.3.1 says (and
 /// RFC 8441 §4 for extended CONNECT, whose `:protocol` goes in the
 /// extensions as `h2::ext::Protocol`).
-fn parse_request(fields: &mut Vec<hpack::Field>, valid_host: &mut Vec<u8>) -> Result<request::Parts, &'static str> {
-    // No user info (§8.3.1), nothing routing and the backend could read
-    // differently; the connection's last valid host is not checked again.
-    let mut host_ok = |value: &[u8]| {
-        if value == valid_host.as_slice() {
-            return true;
-        }
-        let ok = crate::http1::fields::valid_host(value);
-        if ok {
-            valid_host.clear();
-            valid_host.extend_from_slice(value);
-        }
-        ok
-    };
+///
+/// `:authority` and `host` must be `host[:port]`: no user info (§8.3.1),
+/// nothing routing and the backend could read differently.
+fn parse_request(
+    fields: &mut Vec<hpack::Field>,
+    hosts: &mut crate::http1::fields::HostCheck,
+) -> Result<request::Parts, &'static str> {
     let (mut method, mut scheme, mut authority, mut path, mut protocol) = (None, None, None, None, None);
     let mut headers = HeaderMap::with_capacity(fields.len());
     for field in fields.drain(..) {
@@ -230,7 +223,7 @@ fn parse_request(fields: &mut Vec<hpack::Field>, valid_host: &mut Vec<u8>) -> Re
                 if name == header::TE && field.value != "trailers" {
                     return Err("te other than trailers");
                 }
-                if name == header::HOST && !host_ok(&field.value) {
+                if name == header::HOST && !hosts.valid(&field.value) {
                     return Err("invalid host");
                 }
                 headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
@@ -251,7 +244,7 @@ fn parse_request(fields: &mut Vec<hpack::Field>, valid_host: &mut Vec<u8>) -> Re
     let plain_connect = connect && head.extensions.get::<h2::ext::Protocol>().is_none();
     let mut uri = http::uri::Parts::default();
     if let Some(authority) = authority {
-        if !host_ok(&authority) {
+        if !hosts.valid(&authority) {
             return Err("invalid :authority");
         }
         uri.authority = Some(Authority::from_maybe_shared(authority).map_err(|_| "invalid :authority")?);

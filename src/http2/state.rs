@@ -252,10 +252,8 @@ pub(crate) struct State {
     /// Server role: streams the client reset before we answered, less one
     /// per answer sent (HTTP/2 rapid reset, CVE-2023-44487).
     pub early_resets: usize,
-    /// Server role: the last `:authority` or `host` found valid on this
-    /// connection; nearly every stream repeats it, and comparing is cheaper
-    /// than checking it again.
-    pub valid_host: Vec<u8>,
+    /// Server role: `:authority` and `host` are checked against the last valid one first.
+    pub hosts: crate::http1::fields::HostCheck,
 }
 
 /// Encodes `item` of stream `id` into `out` as far as the connection's and
@@ -333,7 +331,7 @@ impl State {
             clients: 1,
             peer_faults: 0,
             early_resets: 0,
-            valid_host: Vec::new(),
+            hosts: Default::default(),
         }
     }
 

@@ -88,9 +88,8 @@ impl HeadError {
 pub(super) struct HeadParser {
     fields: Vec<Field>,
     names: NameCache<Meaning>,
-    /// The last `Host` found valid on this connection: nearly every request
-    /// repeats it, and comparing is cheaper than checking it again.
-    valid_host: Vec<u8>,
+    /// Host fields are checked against the last valid one first.
+    hosts: fields::HostCheck,
 }
 
 /// What a field means to the connection, worked out once per name.
@@ -228,13 +227,8 @@ impl HeadParser {
                 Meaning::Expect => expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
                 Meaning::Upgrade => upgrade |= version == Version::HTTP_11,
                 Meaning::Host => {
-                    let host = value.as_bytes();
-                    if host != self.valid_host.as_slice() {
-                        if !fields::valid_host(host) {
-                            return Err(HeadError::Malformed("invalid Host field"));
-                        }
-                        self.valid_host.clear();
-                        self.valid_host.extend_from_slice(host);
+                    if !self.hosts.valid(value.as_bytes()) {
+                        return Err(HeadError::Malformed("invalid Host field"));
                     }
                     hosts += 1;
                 }
