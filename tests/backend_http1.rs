@@ -263,3 +263,42 @@ fn trailers_from_a_chunked_backend_reach_an_http1_client_and_end_the_response() 
     // The trailers ended each response: one backend connection carried both.
     assert_eq!(counters.connections(), 1);
 }
+
+#[test]
+fn equal_content_lengths_reach_the_client_as_one_field_and_a_204_without_one() {
+    // One keep-alive connection answering by path; the 204 comes with a
+    // length and five stray bytes, which must not be read as the next answer.
+    let (backend, connections) = raw_backend(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        while let Some(request) = read_request(&mut reader) {
+            let path = request.head.split(' ').nth(1).unwrap_or_default().to_owned();
+            let answer: &[u8] = match path.as_str() {
+                "/listed" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+                "/repeated" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                "/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            };
+            if writer.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let tollgate = proxy(backend);
+    for protocol in ["--http1.1", "--http2-prior-knowledge"] {
+        for path in ["/listed", "/repeated"] {
+            let (status, headers, body) = curl_full(&[protocol, &tollgate.url(path)]);
+            assert_eq!((status, &body[..]), (200, &b"abc"[..]), "{protocol} {path}");
+            let lengths: Vec<_> =
+                headers.lines().filter(|l| l.to_ascii_lowercase().starts_with("content-length:")).collect();
+            assert_eq!(lengths.len(), 1, "{protocol} {path}: {headers}");
+            assert_eq!(lengths[0].split_once(':').unwrap().1.trim(), "3", "{protocol} {path}");
+        }
+        let (status, headers, body) = curl_full(&[protocol, &tollgate.url("/no-content")]);
+        assert_eq!((status, body.len()), (204, 0), "{protocol}");
+        assert!(!headers.to_ascii_lowercase().contains("content-length"), "{protocol}: {headers}");
+        let (status, _, body) = curl_full(&[protocol, &tollgate.url("/next")]);
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]), "{protocol}: the stray bytes were not taken as an answer");
+    }
+    assert!(connections.load(Ordering::SeqCst) >= 2, "the connection with stray bytes was not reused");
+}

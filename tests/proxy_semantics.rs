@@ -361,6 +361,21 @@ fn chunked_request_body_streams_to_the_backend_intact() {
 }
 
 #[test]
+fn equal_content_lengths_from_a_client_reach_the_backend_as_one_number() {
+    let backend = streaming_echo_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    for proto in Proto::ALL {
+        // RFC 9110 §8.6: `3, 3` means 3; the backend must not be left to guess.
+        let args = ["-H", "Content-Length: 3, 3", "--data-binary", "abc", &tollgate.url("/l")];
+        let (code, headers, body) = curl_proto(proto, &args);
+        assert_eq!((code, &body[..]), (200, &b"abc"[..]), "{proto:?}: {headers}");
+        let seen = backend.requests().pop().unwrap();
+        let lengths: Vec<_> = seen.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["3"], "{proto:?}");
+    }
+}
+
+#[test]
 fn chunked_response_body_arrives_intact() {
     let payload = pattern_bytes(64 * 4096 + 123);
     let chunks: Vec<Bytes> = payload.chunks(4096).map(Bytes::copy_from_slice).collect();

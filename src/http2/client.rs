@@ -201,7 +201,11 @@ pub(super) fn on_headers(
         }
         Ok(Parsed::Informational) => return Ok(()),
         Ok(Parsed::Head(response)) => {
-            stream.expect_len = super::content_length(response.headers());
+            let Ok(expect_len) = super::content_length(response.headers()) else {
+                state.reset_stream(id, Error::protocol("invalid content-length"), Some(h2::Reason::PROTOCOL_ERROR));
+                return Ok(());
+            };
+            stream.expect_len = expect_len;
             stream.response = Some(response);
             stream.head_received = true;
         }

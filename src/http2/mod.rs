@@ -116,7 +116,23 @@ fn parse_trailers(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<He
     Ok(trailers)
 }
 
-/// The `Content-Length` of a head, when it has a valid one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+/// The `Content-Length` of a head: `Ok(None)` without one, `Err` when its
+/// fields are not digits or do not agree (RFC 9113 §8.1.1: malformed, since
+/// the peer we pass the message to might read a different length).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        crate::http1::fields::merge_content_length(value.as_bytes(), &mut length)?;
+    }
+    Ok(length)
+}
+
+/// Leaves one `Content-Length` field holding just `n` where equal values
+/// came repeated or listed, so whoever reads the head after us reads `n`.
+fn single_content_length(headers: &mut HeaderMap, n: u64) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }

@@ -131,7 +131,7 @@ pub(super) fn on_headers(
         frame::put_reset(&mut state.out, id, Reason::REFUSED_STREAM.into());
         return Ok(());
     }
-    let head = match parse_request(fields, &mut state.hosts) {
+    let mut head = match parse_request(fields, &mut state.hosts) {
         Ok(head) => head,
         Err(what) => {
             tracing::debug!(stream = id, what, "malformed HTTP/2 request");
@@ -141,18 +141,20 @@ pub(super) fn on_headers(
         }
     };
     let expect_len = super::content_length(&head.headers);
-    let bad_length = head.headers.contains_key(header::CONTENT_LENGTH) && expect_len.is_none();
-    if bad_length || (end_stream && expect_len.is_some_and(|n| n > 0)) {
+    if expect_len.is_err() || (end_stream && expect_len.is_ok_and(|n| n.is_some_and(|n| n > 0))) {
         state.peer_faults += 1;
         frame::put_reset(&mut state.out, id, Reason::PROTOCOL_ERROR.into());
         return Ok(());
+    }
+    if let Ok(Some(n)) = expect_len {
+        super::single_content_length(&mut head.headers, n);
     }
     let mut stream = state.new_stream(false);
     stream.head_received = true;
     stream.opened = true;
     stream.counted = true;
     stream.recv_end = end_stream;
-    stream.expect_len = expect_len;
+    stream.expect_len = expect_len.ok().flatten();
     state.active += 1;
     state.streams.insert(id, stream);
     accepted.push_back(Accepted { id, head });

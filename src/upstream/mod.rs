@@ -192,6 +192,7 @@ impl Upstream {
                 None => ProxyError::BadRequest("the request body is malformed or incomplete"),
             },
             h1::H1Error::RequestLength(_) => ProxyError::BadRequest("the request body does not match its length"),
+            h1::H1Error::RequestLengthInvalid(what) => ProxyError::BadRequest(what),
             e => ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e.into() },
         }
     }

@@ -234,6 +234,26 @@ async fn more_data_than_content_length_resets_the_stream() {
 }
 
 #[tokio::test]
+async fn content_lengths_that_disagree_reset_the_stream_and_equal_ones_count_once() {
+    let (mut peer, mut accepted, _task) = connected().await;
+    let post = |lengths: &[&'static str]| {
+        let mut fields = get("/up");
+        fields[0] = (":method", "POST");
+        fields.extend(lengths.iter().map(|&n| ("content-length", n)));
+        fields
+    };
+    peer.headers(1, &post(&["3", "5"]), false).await;
+    assert_eq!(next_reset(&mut peer).await, (1, Reason::PROTOCOL_ERROR));
+    peer.headers(3, &post(&["3, 4"]), false).await;
+    assert_eq!(next_reset(&mut peer).await, (3, Reason::PROTOCOL_ERROR));
+    for (id, lengths) in [(5, &["3", "3"][..]), (7, &["3, 3"][..])] {
+        peer.headers(id, &post(lengths), false).await;
+        let (request, _, _) = accepted.recv().await.unwrap();
+        let values: Vec<_> = request.headers().get_all("content-length").iter().collect();
+        assert_eq!(values, ["3"], "{lengths:?}");
+    }
+}
+#[tokio::test]
 async fn a_response_waits_for_the_clients_window() {
     let (mut peer, mut accepted, _task) = connected().await;
     peer.settings(&[(setting::INITIAL_WINDOW_SIZE, 10)]).await;

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::http1::fields::{self, Field, TransferCoding, TransferCodings};
@@ -198,6 +198,8 @@ impl HeadParser {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 2);
         let mut keep_alive = version == Version::HTTP_11;
         let mut length: Option<u64> = None;
+        // Repeated or listed `Content-Length` (equal values): passed on as one.
+        let mut length_fields = 0usize;
         let mut codings = TransferCodings::default();
         let mut expect_continue = false;
         let mut upgrade = method == Method::CONNECT;
@@ -213,6 +215,7 @@ impl HeadParser {
                 Meaning::Other => {}
                 Meaning::ContentLength => {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(HeadError::Malformed)?;
+                    length_fields += if value.as_bytes().contains(&b',') { 2 } else { 1 };
                 }
                 Meaning::TransferEncoding => codings.add(value.as_bytes()),
                 Meaning::Connection => {
@@ -240,6 +243,12 @@ impl HeadParser {
         // routing by host and the backend could each pick a different one.
         if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
             return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host field"));
+        }
+        if length_fields > 1
+            && let Some(n) = length
+        {
+            // RFC 9110 §8.6: `3, 3` is 3, and whoever reads the field after us should see just that.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         let framing = match (codings.outcome(), length) {
             // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
@@ -365,6 +374,25 @@ mod tests {
         assert!(head.upgrade);
         let (head, _) = parse("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(!head.upgrade, "HTTP/1.0 has no Upgrade");
+    }
+
+    #[test]
+    fn equal_content_lengths_repeated_or_listed_become_one_field() {
+        for wire in [
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n",
+        ] {
+            let (head, _) = parse(wire).unwrap().unwrap();
+            assert_eq!(head.framing, Framing::Length(3), "{wire:?}");
+            let values: Vec<_> = head.request.headers().get_all("content-length").iter().collect();
+            assert_eq!(values, ["3"], "{wire:?}");
+        }
+        let (head, _) = parse("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.request.headers()["content-length"], "3");
+        assert!(matches!(
+            parse("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 4\r\n\r\n"),
+            Err(HeadError::Malformed("conflicting Content-Length values"))
+        ));
     }
 
     #[test]

@@ -65,12 +65,12 @@ pub(super) fn encode_head(
     let mut has_date = false;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
+            // Written once, as a plain number, below (a repeat or a `3, 3`
+            // list from a backend is one value; RFC 9110 §8.6). Unusable
+            // values are dropped and the framing decides.
             let mut length = None;
             declared = fields::merge_content_length(value.as_bytes(), &mut length).ok().and(length);
-            if declared.is_none() {
-                // Unusable; the framing below replaces it.
-                continue;
-            }
+            continue;
         } else if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             // Ours to decide; the pipeline removed the backend's.
             continue;
@@ -84,15 +84,16 @@ pub(super) fn encode_head(
     }
 
     let framing = if bodiless {
-        if exchange.head_request
-            && declared.is_none()
-            && let Some(n) = body_length.filter(|&n| n > 0)
-        {
-            // A HEAD response says the length a GET would have had, when known.
+        // A HEAD or 304 response may say the length a GET would have had
+        // (from the backend, or the body's size when known); a 1xx or 204
+        // must not (RFC 9110 §8.6).
+        let says_length = exchange.head_request || status == StatusCode::NOT_MODIFIED;
+        if let Some(n) = declared.or(body_length.filter(|&n| n > 0)).filter(|_| says_length) {
             write_length(out, n);
         }
         Framing::None
     } else if let Some(n) = declared {
+        write_length(out, n);
         Framing::Length(n)
     } else if let Some(n) = body_length {
         write_length(out, n);
@@ -309,6 +310,24 @@ mod tests {
         let response = Response::builder().status(304).header("date", "x").body(()).unwrap();
         let (wire, framing, _) = head(response, None, Version::HTTP_11, false);
         assert_eq!(wire, "HTTP/1.1 304 Not Modified\r\ndate: x\r\n\r\n");
+        assert_eq!(framing, Framing::None);
+    }
+
+    #[test]
+    fn content_length_is_written_once_as_a_number_and_never_on_a_204() {
+        let response = Response::builder()
+            .header("date", "x")
+            .header("content-length", "3, 3")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        let (wire, framing, _) = head(response, Some(3), Version::HTTP_11, false);
+        assert_eq!(wire, "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(framing, Framing::Length(3));
+        let response =
+            Response::builder().status(204).header("date", "x").header("content-length", "5").body(()).unwrap();
+        let (wire, framing, _) = head(response, Some(0), Version::HTTP_11, false);
+        assert_eq!(wire, "HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");
         assert_eq!(framing, Framing::None);
     }
 

@@ -144,6 +144,8 @@ pub enum H1Error {
     ClientBody(BoxError),
     /// The client's body did not match the length it declared.
     RequestLength(&'static str),
+    /// The client's `Content-Length` fields are not one number.
+    RequestLengthInvalid(&'static str),
 }
 
 impl std::fmt::Display for H1Error {
@@ -160,6 +162,7 @@ impl std::fmt::Display for H1Error {
             H1Error::FirstByteTimeout => f.write_str("no response within first_byte_timeout"),
             H1Error::ClientBody(e) => write!(f, "reading the request body failed: {e}"),
             H1Error::RequestLength(what) => write!(f, "the request body is {what} than its Content-Length"),
+            H1Error::RequestLengthInvalid(what) => write!(f, "the request's Content-Length: {what}"),
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
-use crate::http1::{encode_last_chunk, itoa};
+use crate::http1::{encode_last_chunk, fields, itoa};
 use crate::pipeline::forwarded::Forwarding;
 
 /// Most body bytes gathered before the head is written; the rest streams.
@@ -221,18 +221,14 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-/// The client's `Content-Length`, if it sent one (HTTP/1.1 and HTTP/2
-/// servers have already refused conflicting values).
+/// The client's `Content-Length`, if it sent one. The listeners refuse
+/// conflicting values; equal ones, repeated or listed, count once.
 fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, super::H1Error> {
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or(super::H1Error::RequestLength("not as long")),
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        fields::merge_content_length(value.as_bytes(), &mut length).map_err(super::H1Error::RequestLengthInvalid)?;
     }
+    Ok(length)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::{H1Error, MAX_HEAD_BYTES, MAX_HEADERS};
@@ -145,6 +145,7 @@ impl HeadParser {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 3);
         let mut keep_alive = minor == 1;
         let mut length: Option<u64> = None;
+        let mut length_fields = 0usize;
         let mut codings = TransferCodings::default();
         for position in 0..self.fields.len() {
             let field = self.fields[position];
@@ -174,6 +175,7 @@ impl HeadParser {
                 }
                 Role::ContentLength => {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(H1Error::Framing)?;
+                    length_fields += if value.as_bytes().contains(&b',') { 2 } else { 1 };
                 }
                 Role::TransferEncoding => {
                     codings.add(value.as_bytes());
@@ -182,6 +184,15 @@ impl HeadParser {
                 Role::ConnectionLevel => continue,
             }
             headers.append(name, value);
+        }
+        if status == StatusCode::NO_CONTENT {
+            // RFC 9110 §8.6: never on a 204, whatever the backend says.
+            headers.remove(header::CONTENT_LENGTH);
+        } else if length_fields > 1
+            && let Some(n) = length
+        {
+            // `3, 3` is 3 (RFC 9110 §8.6); the client gets one field, one value.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
@@ -246,6 +257,26 @@ mod tests {
         let head = parser.parse(&mut fifth, false).unwrap().unwrap();
         assert_eq!(head.framing, Framing::Length(7));
         assert_eq!(head.headers["x-keep"], "1");
+    }
+
+    #[test]
+    fn equal_content_lengths_become_one_field_and_a_204_loses_its_length() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        ] {
+            let (head, rest) = parsed(wire, false).unwrap().unwrap();
+            assert_eq!(head.framing, Framing::Length(3));
+            let values: Vec<_> = head.headers.get_all("content-length").iter().collect();
+            assert_eq!(values, ["3"], "{wire:?}");
+            assert_eq!(&rest[..], b"abc");
+        }
+        let (head, rest) = parsed("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(!head.headers.contains_key("content-length"));
+        assert_eq!(&rest[..], b"hello", "left for the pool's check, which will not reuse the connection");
+        let (head, _) = parsed("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(head.headers["content-length"], "5", "a 304 tells the length the 200 would have had");
     }
 
     #[test]
