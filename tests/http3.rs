@@ -263,6 +263,34 @@ fn oversized_header_blocks_get_431_and_malformed_ones_400_over_http3() {
 }
 
 #[test]
+fn an_http3_body_that_breaks_its_content_length_is_refused_and_never_answered_as_whole() {
+    // RFC 9114 §4.1.2: DATA adding up to other than `content-length` is a
+    // malformed request. A backend must not get a body cut to the declared
+    // length (or short of it) as if it were the whole request.
+    let backend = echo_backend();
+    let rig = Rig::http1(backend.addr, "");
+    let report = h3_exchange(
+        rig.addr,
+        &json!([
+            { "method": "POST", "path": "/longer", "headers": [["content-length", "100000"]], "body_size": 300_000 },
+            { "method": "POST", "path": "/shorter", "headers": [["content-length", "300000"]], "body_size": 100_000 },
+            { "method": "POST", "path": "/small", "headers": [["content-length", "3"]], "body": "abcde" },
+            { "method": "POST", "path": "/exact", "headers": [["content-length", "5"]], "body": "abcde" },
+        ]),
+    );
+    let results = report["results"].as_array().unwrap();
+    for r in &results[..3] {
+        let refused = r["status"] == 400 || r["reset"] == 0x10e;
+        assert!(refused, "H3_MESSAGE_ERROR or 400, not an answer: {r}");
+    }
+    assert_eq!(results[3]["status"], 200, "{}", results[3]);
+    assert_eq!(results[3]["body_text"], "abcde");
+    let answered: Vec<_> = backend.requests().into_iter().map(|r| r.uri).collect();
+    assert!(!answered.contains(&"/small".to_string()), "a whole body over its length was forwarded: {answered:?}");
+    rig.wait_for_idle(false);
+}
+
+#[test]
 fn a_body_over_the_limit_over_http3_is_413() {
     let backend = echo_backend();
     let rig = Rig::http1(backend.addr, "max_body_bytes = 1000");

@@ -16,8 +16,11 @@ use crate::error::BodyError;
 pub struct RequestBody {
     stream: RequestStream<h3_quinn::RecvStream, Bytes>,
     state: State,
-    /// The request's `content-length`, if it sent one, for `size_hint`.
+    /// The request's `content-length`, if it sent one: the `size_hint`, and
+    /// what the DATA frames must add up to.
     length: Option<u64>,
+    /// Bytes of DATA so far.
+    received: u64,
     /// A frame read ahead by [`RequestBody::settle`].
     first: Option<Frame<Bytes>>,
 }
@@ -31,7 +34,7 @@ enum State {
 
 impl RequestBody {
     pub(crate) fn new(stream: RequestStream<h3_quinn::RecvStream, Bytes>, length: Option<u64>) -> Self {
-        Self { stream, state: State::Data, length, first: None }
+        Self { stream, state: State::Data, length, received: 0, first: None }
     }
 
     /// Reads up to the first frame, so an empty body is known to be empty.
@@ -51,6 +54,16 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// Ends the body on a length that broke `content-length`, and stops the
+    /// client's stream with H3_MESSAGE_ERROR (RFC 9114 §4.1.2).
+    fn fail_length(&mut self, declared: u64) -> BodyError {
+        self.state = State::Done;
+        self.stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        BodyError::Length { declared, received: self.received }
+    }
+}
+
 impl http_body::Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -64,14 +77,23 @@ impl http_body::Body for RequestBody {
                 State::Data => match ready!(self.stream.poll_recv_data(cx)) {
                     Ok(Some(mut buf)) => {
                         let bytes = buf.copy_to_bytes(buf.remaining());
+                        self.received += bytes.len() as u64;
+                        if let Some(declared) = self.length.filter(|&n| self.received > n) {
+                            return Poll::Ready(Some(Err(self.fail_length(declared))));
+                        }
                         if !bytes.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(bytes))));
                         }
                     }
-                    Ok(None) => self.state = State::Trailers,
+                    Ok(None) => {
+                        if let Some(declared) = self.length.filter(|&n| self.received != n) {
+                            return Poll::Ready(Some(Err(self.fail_length(declared))));
+                        }
+                        self.state = State::Trailers;
+                    }
                     Err(e) => {
                         self.state = State::Done;
-                        return Poll::Ready(Some(Err(BodyError(e))));
+                        return Poll::Ready(Some(Err(BodyError::Stream(e))));
                     }
                 },
                 State::Trailers => {
@@ -80,7 +102,7 @@ impl http_body::Body for RequestBody {
                     return Poll::Ready(match polled {
                         Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
                         Ok(None) => None,
-                        Err(e) => Some(Err(BodyError(e))),
+                        Err(e) => Some(Err(BodyError::Stream(e))),
                     });
                 }
                 State::Done => return Poll::Ready(None),

@@ -115,7 +115,7 @@ impl Incoming {
         let waits_for_server = parts.method == http::Method::CONNECT
             || parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if length.is_none() && !waits_for_server {
-            body.settle().await.map_err(|e| H3Error::Stream(e.0))?;
+            body.settle().await.map_err(H3Error::Body)?;
         }
         Ok(Resolved::Request(Request::from_parts(parts, body), Responder::new(send)))
     }

@@ -12,6 +12,8 @@ pub enum H3Error {
     /// framing does not use them, so it was refused (the client's mistake,
     /// not the connection's).
     WebTransportStream,
+    /// The request body failed before the request could be handed on.
+    Body(BodyError),
 }
 
 impl std::fmt::Display for H3Error {
@@ -20,6 +22,7 @@ impl std::fmt::Display for H3Error {
             H3Error::Connection(e) => write!(f, "HTTP/3 connection: {e}"),
             H3Error::Stream(e) => write!(f, "HTTP/3 stream: {e}"),
             H3Error::WebTransportStream => f.write_str("bidirectional WebTransport stream refused"),
+            H3Error::Body(e) => e.fmt(f),
         }
     }
 }
@@ -34,18 +37,31 @@ impl H3Error {
             H3Error::Connection(e) => e.is_h3_no_error() || format!("{e}").contains("timeout"),
             H3Error::Stream(e) => e.is_h3_no_error(),
             H3Error::WebTransportStream => false,
+            H3Error::Body(BodyError::Stream(e)) => e.is_h3_no_error(),
+            H3Error::Body(BodyError::Length { .. }) => false,
         }
     }
 }
 
-/// Reading the request body failed: the client reset the stream, or the
-/// connection went away mid-body.
+/// Reading the request body failed.
 #[derive(Debug)]
-pub struct BodyError(pub h3::error::StreamError);
+pub enum BodyError {
+    /// The client reset the stream, or the connection went away mid-body.
+    Stream(h3::error::StreamError),
+    /// The DATA frames came to more, or ended at less, than the request's
+    /// `content-length` (RFC 9114 §4.1.2: a malformed request, which must
+    /// not reach a backend as if it were whole).
+    Length { declared: u64, received: u64 },
+}
 
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP/3 request body: {}", self.0)
+        match self {
+            BodyError::Stream(e) => write!(f, "HTTP/3 request body: {e}"),
+            BodyError::Length { declared, received } => {
+                write!(f, "HTTP/3 request body: {received} bytes or more against a content-length of {declared}")
+            }
+        }
     }
 }
 
