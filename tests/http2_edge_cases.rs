@@ -656,3 +656,23 @@ fn calls_past_a_grpc_backends_stream_limit_wait_their_turn_and_all_succeed() {
         assert_eq!(header(result, "x-concurrent"), Some("1"), "{report}");
     }
 }
+
+#[test]
+fn field_values_with_line_breaks_or_edge_whitespace_are_refused_before_any_backend() {
+    // RFC 9113 §8.2.1. An HTTP/1.1 backend would read a CR LF in a value as
+    // the start of another field, and trim whitespace this hop would keep.
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let values = ["a\r\nx-injected: 1", "a\nx-injected: 1", "a\u{0}b", " padded", "padded\t"];
+    let mut requests: Vec<Value> =
+        values.iter().map(|v| json!({"path": "/echo-id", "headers": [["x-id", v]]})).collect();
+    requests.push(json!({"path": "/echo-id", "headers": [["x-id", "inner space\tand tab"]]}));
+    let report = h2_client(&tollgate, json!({"unchecked_headers": true, "requests": requests}));
+    let results = report["results"].as_array().unwrap();
+    for (result, value) in results.iter().zip(values) {
+        assert_eq!(result["reset"], 1, "PROTOCOL_ERROR for {value:?}: {report}");
+    }
+    assert_eq!(results[5]["status"], 200, "{report}");
+    assert_eq!(results[5]["body_text"], "inner space\tand tab", "{report}");
+    assert_eq!(report["closed"], Value::Null, "the connection outlives a few malformed streams: {report}");
+}

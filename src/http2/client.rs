@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, request};
+use http::{HeaderMap, Response, StatusCode, Version, header, request};
 
 pub use super::conn::Connection;
 use super::state::{Role, Shared, State};
@@ -235,7 +235,7 @@ fn parse_head(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<Parsed
                 if super::is_connection_specific(&name) {
                     return Err("connection-specific field in a response");
                 }
-                headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
+                headers.append(name, super::field_value(field.value)?);
             }
             hpack::Name::Malformed(_) => return Err("invalid field name"),
         }

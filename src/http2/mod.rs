@@ -95,6 +95,17 @@ fn encode_trailers(trailers: &HeaderMap) -> BytesMut {
     block
 }
 
+/// A field value as received: what `HeaderValue` allows (no CR, LF or NUL,
+/// RFC 9113 §8.2.1), and no whitespace at either end, which an HTTP/1.1
+/// hop would trim and an HTTP/2 one would keep.
+fn field_value(value: bytes::Bytes) -> Result<HeaderValue, &'static str> {
+    if value.first().is_some_and(|&b| b == b' ' || b == b'\t') || value.last().is_some_and(|&b| b == b' ' || b == b'\t')
+    {
+        return Err("whitespace around a field value");
+    }
+    HeaderValue::from_maybe_shared(value).map_err(|_| "invalid field value")
+}
+
 /// Trailers: END_STREAM, no pseudo-headers, nothing connection-specific (§8.1).
 fn parse_trailers(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<HeaderMap, &'static str> {
     if !end_stream {
@@ -104,7 +115,7 @@ fn parse_trailers(fields: &mut Vec<hpack::Field>, end_stream: bool) -> Result<He
     for field in fields.drain(..) {
         match field.name {
             hpack::Name::Header(name) if !is_connection_specific(&name) => {
-                let value = HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?;
+                let value = field_value(field.value)?;
                 // Dropped where they come in, they reach no client or backend by any protocol.
                 if crate::http1::fields::fit_for_trailers(&name) {
                     trailers.append(name, value);

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use h2::Reason;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version, header, request, response};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header, request, response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::{self, Connection};
@@ -228,7 +228,7 @@ fn parse_request(
                 if name == header::HOST && !hosts.valid(&field.value) {
                     return Err("invalid host");
                 }
-                headers.append(name, HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid field value")?);
+                headers.append(name, super::field_value(field.value)?);
             }
             hpack::Name::Malformed(_) => return Err("invalid field name"),
         }

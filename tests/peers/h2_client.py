@@ -13,6 +13,7 @@ SCENARIO_JSON:
    "prioritize_idle": ID,           # a PRIORITY frame for idle stream ID before any request
    "raise_window_after_ms": M,      # then SETTINGS_INITIAL_WINDOW_SIZE = 65535, M ms after start
    "goaway_after_requests": true,   # GOAWAY(NO_ERROR) right after sending "requests"
+   "unchecked_headers": true,       # send header fields as given (malformed-request tests)
    "requests": [REQUEST, ...],      # sent concurrently on one connection
    "after": [REQUEST, ...]}         # sent on the same connection once all of "requests" ended
   REQUEST:
@@ -143,7 +144,14 @@ def main():
     host, port, scenario = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     authority = f"{host}:{port}"
     sock = socket.create_connection((host, port))
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    unchecked = bool(scenario.get("unchecked_headers"))
+    config = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding="utf-8",
+        validate_outbound_headers=not unchecked,
+        normalize_outbound_headers=not unchecked,
+    )
+    conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     if "initial_window_size" in scenario:
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: scenario["initial_window_size"]})

@@ -145,6 +145,26 @@ async fn malformed_requests_are_reset_and_the_connection_goes_on() {
 }
 
 #[tokio::test]
+async fn field_values_with_line_breaks_nul_or_edge_whitespace_are_malformed() {
+    let (mut peer, mut accepted, _task) = connected().await;
+    // RFC 9113 §8.2.1: an HTTP/1.1 hop would read a CR LF as a new field,
+    // and trim the whitespace an HTTP/2 hop keeps.
+    let mut id = 1;
+    for value in ["a\r\nx-b: 1", "a\0", " a", "a\t"] {
+        let mut fields = get("/");
+        fields.push(("x-a", value));
+        peer.headers(id, &fields, true).await;
+        assert_eq!(next_reset(&mut peer).await, (id, Reason::PROTOCOL_ERROR), "{value:?}");
+        id += 2;
+    }
+    let mut fields = get("/fine");
+    fields.push(("x-a", "a b\tc"));
+    peer.headers(id, &fields, true).await;
+    let (request, _, _) = accepted.recv().await.unwrap();
+    assert_eq!(request.headers()["x-a"], "a b\tc");
+}
+
+#[tokio::test]
 async fn an_extended_connect_carries_its_protocol() {
     let (mut peer, mut accepted, _task) = connected().await;
     let fields = [
