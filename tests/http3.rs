@@ -251,6 +251,10 @@ fn oversized_header_blocks_get_431_and_malformed_ones_400_over_http3() {
     assert_eq!(r["status"], 431, "{r}");
     let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["connection", "keep-alive"]] }));
     assert_eq!(r["status"], 400, "{r}");
+    for padded in [" lead", "trail\t"] {
+        let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["x-padded", padded]] }));
+        assert_eq!(r["status"], 400, "{padded:?}: {r}");
+    }
     // RFC 9114 §4.3.1: no user info in :authority; a `host` names a host.
     let r = h3_request(rig.addr, json!({ "path": "/", "authority": "user@localhost" }));
     assert_eq!(r["status"], 400, "{r}");
