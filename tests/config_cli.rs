@@ -115,6 +115,20 @@ fn check_names_a_bad_bind_address() {
 }
 
 #[test]
+fn check_names_an_upstream_target_without_a_usable_port() {
+    let cases = [
+        ("127.0.0.1:99999", "the port must be between 1 and 65535"),
+        ("127.0.0.1:0", "the port must be between 1 and 65535"),
+        ("127.0.0.1", "needs a port"),
+        ("http://127.0.0.1:9000/x", "is not HOST:PORT"),
+    ];
+    for (bad, message) in cases {
+        let config = VALID.replace("\"127.0.0.1:9000\"", &format!("\"{bad}\""));
+        assert_check_fails_at(&config, &[], 16, "upstream.legacy.targets", message);
+    }
+}
+
+#[test]
 fn check_names_a_missing_tls_certificate_file() {
     let dir = tempfile::tempdir().unwrap();
     let key = write_file(dir.path(), "key.pem", b"not used");

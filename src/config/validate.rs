@@ -498,8 +498,13 @@ impl Validator<'_> {
                 Ok(a) => a,
                 Err(_) => return self.err(span, key("targets"), format!("`{text}` is not HOST:PORT")),
             };
-            if authority.port_u16().is_none() {
+            // `Authority::port` is `None` for a port that does not fit a u16, too.
+            let port_text = authority.as_str().rsplit_once(':').map(|(_, p)| p);
+            if !port_text.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
                 return self.err(span, key("targets"), format!("`{text}` needs a port, e.g. \"{text}:80\""));
+            }
+            if authority.port_u16().is_none_or(|p| p == 0) {
+                return self.err(span, key("targets"), format!("`{text}`: the port must be between 1 and 65535"));
             }
             let weight = match weight {
                 None => 1,
