@@ -219,8 +219,18 @@ where
     if let Some(push) = push {
         let max = settings.max_reply_bytes;
         tasks.spawn(async move {
-            exchange(push, true, max, push_tx.clone()).await;
-            let _ = push_tx.send(Outgoing::Fail(close::frame(CloseCode::Error, "push stream ended"))).await;
+            let end = match push.await {
+                // An error page is not an event stream: none of it is pushed.
+                Ok(response) if !response.status().is_success() => {
+                    close::frame(CloseCode::Error, "push stream refused by the backend")
+                }
+                Ok(response) => {
+                    relay_response(response, true, max, &push_tx).await;
+                    close::frame(CloseCode::Error, "push stream ended")
+                }
+                Err(_) => close::frame(BAD_GATEWAY, "bad gateway: push request failed"),
+            };
+            let _ = push_tx.send(Outgoing::Fail(end)).await;
         });
     } else {
         drop(push_tx);
@@ -483,6 +493,29 @@ mod tests {
         let n = peer.read(&mut buf).await.unwrap();
         assert_eq!(buf[0], 0x88, "a close frame: {:?}", &buf[..n]);
         assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 1014);
+        assert_eq!(server.await.unwrap().end, End::BackendGone);
+    }
+
+    #[tokio::test]
+    async fn a_push_request_the_backend_refuses_closes_with_1011_and_pushes_none_of_its_page() {
+        let (peer, gw) = tokio::io::duplex(4096);
+        let mut client = client_stream(peer, &Limits::default()).await;
+        let server = tokio::spawn(async move {
+            let ws = server_stream(gw, &Limits::default()).await;
+            // Every request, the push request included, gets a 404 page.
+            async fn not_found() -> Result<Response<Chunks>, &'static str> {
+                let mut page = Response::new(Chunks([Bytes::from_static(b"<h1>Not Found</h1>")].into()));
+                *page.status_mut() = http::StatusCode::NOT_FOUND;
+                page.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(18));
+                Ok(page)
+            }
+            let call = |_req: Request<Bytes>| not_found();
+            serve(ws, template(), settings(), call, Some(not_found()), std::future::pending()).await
+        });
+        match client.next().await.unwrap().unwrap() {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1011, "{frame:?}"),
+            other => panic!("the error page was pushed: {other:?}"),
+        }
         assert_eq!(server.await.unwrap().end, End::BackendGone);
     }
 }
