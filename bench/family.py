@@ -153,6 +153,9 @@ class Window:
             "cpu_ticks": proxy,
             "cpu_us": proxy * 1e6 / B.CLK_TCK / max(per, 1),
             "user_us": (b["u"] - a["u"]) * 1e6 / B.CLK_TCK / max(per, 1),
+            # The load side's CPU (backend, load client) per unit: the same work whichever proxy is
+            # in front, so it tracks how fast the shared machine ran during this run.
+            "load_us": (b["ours"] - a["ours"]) * 1e6 / B.CLK_TCK / max(per, 1),
             "other_cpu_pct": max(0.0, other / B.CLK_TCK / secs * 100),
             "window_s": secs,
         }
