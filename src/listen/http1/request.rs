@@ -199,7 +199,7 @@ impl HeadParser {
         let mut keep_alive = version == Version::HTTP_11;
         let mut length: Option<u64> = None;
         // Repeated or listed `Content-Length` (equal values): passed on as one.
-        let mut length_fields = 0usize;
+        let (mut length_fields, mut length_listed) = (0usize, false);
         let mut codings = TransferCodings::default();
         let mut expect_continue = false;
         let mut upgrade = method == Method::CONNECT;
@@ -215,7 +215,8 @@ impl HeadParser {
                 Meaning::Other => {}
                 Meaning::ContentLength => {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(HeadError::Malformed)?;
-                    length_fields += if value.as_bytes().contains(&b',') { 2 } else { 1 };
+                    length_fields += 1;
+                    length_listed |= value.as_bytes().contains(&b',');
                 }
                 Meaning::TransferEncoding => codings.add(value.as_bytes()),
                 Meaning::Connection => {
@@ -244,7 +245,7 @@ impl HeadParser {
         if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
             return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host field"));
         }
-        if length_fields > 1
+        if (length_fields > 1 || length_listed)
             && let Some(n) = length
         {
             // RFC 9110 §8.6: `3, 3` is 3, and whoever reads the field after us should see just that.

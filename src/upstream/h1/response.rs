@@ -145,7 +145,7 @@ impl HeadParser {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + 3);
         let mut keep_alive = minor == 1;
         let mut length: Option<u64> = None;
-        let mut length_fields = 0usize;
+        let (mut length_fields, mut length_listed) = (0usize, false);
         let mut codings = TransferCodings::default();
         for position in 0..self.fields.len() {
             let field = self.fields[position];
@@ -175,7 +175,8 @@ impl HeadParser {
                 }
                 Role::ContentLength => {
                     fields::merge_content_length(value.as_bytes(), &mut length).map_err(H1Error::Framing)?;
-                    length_fields += if value.as_bytes().contains(&b',') { 2 } else { 1 };
+                    length_fields += 1;
+                    length_listed |= value.as_bytes().contains(&b',');
                 }
                 Role::TransferEncoding => {
                     codings.add(value.as_bytes());
@@ -188,7 +189,7 @@ impl HeadParser {
         if status == StatusCode::NO_CONTENT {
             // RFC 9110 §8.6: never on a 204, whatever the backend says.
             headers.remove(header::CONTENT_LENGTH);
-        } else if length_fields > 1
+        } else if (length_fields > 1 || length_listed)
             && let Some(n) = length
         {
             // `3, 3` is 3 (RFC 9110 §8.6); the client gets one field, one value.
