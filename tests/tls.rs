@@ -87,6 +87,22 @@ fn alpn_negotiates_h2_and_http1_on_one_tls_port() {
 }
 
 #[test]
+fn plain_http_to_a_tls_port_gets_a_readable_400_and_reaches_no_backend() {
+    let backend = Backend::fixed("never");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path(), "localhost", "localhost", &["localhost", "127.0.0.1"]);
+    let tollgate = start_tls(&single(&cert), &backend);
+    let (code, headers, body) = curl_full(&["--http1.1", &format!("http://{}/oops", tollgate.addr)]);
+    assert_eq!(code, 400, "{headers}");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error body");
+    assert_eq!(json["error"], "plain_http_on_tls", "{json}");
+    assert!(backend.requests().is_empty());
+    // TLS clients on the same port are served as before.
+    let (code, _, body) = curl_full(&["-k", &https(tollgate.addr, "/fine")]);
+    assert_eq!((code, &body[..]), (200, &b"never"[..]));
+}
+
+#[test]
 fn tls12_and_tls13_clients_are_both_accepted_by_default() {
     let backend = Backend::fixed("ok");
     let dir = tempfile::tempdir().unwrap();

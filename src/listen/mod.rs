@@ -11,6 +11,7 @@ mod date;
 pub mod http1;
 pub mod http2;
 pub mod limits;
+mod plain_on_tls;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod quic;
@@ -228,7 +229,7 @@ impl Connection {
 
     async fn serve_io<S>(
         self,
-        stream: S,
+        mut stream: S,
         peer: SocketAddr,
         local: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
@@ -246,9 +247,22 @@ impl Connection {
                 self.serve_http(stream, info, watcher).await;
             }
             Some(acceptor) => {
-                let tls_stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
+                let handshake = async {
+                    let first = match plain_on_tls::sniff(&mut stream).await {
+                        plain_on_tls::Opening::Tls(first) => first,
+                        plain_on_tls::Opening::PlainHttp => {
+                            tracing::debug!(%peer, "plain HTTP on a TLS port: answered 400");
+                            plain_on_tls::refuse(&mut stream).await;
+                            return None;
+                        }
+                        plain_on_tls::Opening::Nothing => return None,
+                    };
+                    Some(acceptor.accept(Rewind::new(first, stream)).await)
+                };
+                let tls_stream = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Ok(None) => return,
+                    Ok(Some(Ok(s))) => s,
+                    Ok(Some(Err(e))) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
