@@ -41,6 +41,9 @@ fn malformed_request_lines_and_headers_get_400_and_never_reach_the_backend() {
         b"GET / HTTP/1.1\r\nHost: t\r\nX-Ctl: a\x01b\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
         b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+        // RFC 9112 §3.2: asterisk-form is for OPTIONS, authority-form for CONNECT.
+        b"GET * HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET t:443 HTTP/1.1\r\nHost: t\r\n\r\n",
     ];
     for case in cases {
         let response = raw_exchange(tollgate.addr, case);

@@ -186,8 +186,19 @@ impl HeadParser {
         let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
         let method =
             Method::from_bytes(&slice(scan.method)).map_err(|_| HeadError::Malformed("invalid request method"))?;
-        let uri =
-            Uri::from_maybe_shared(slice(scan.target)).map_err(|_| HeadError::Malformed("invalid request target"))?;
+        let target = slice(scan.target);
+        // RFC 9112 §3.2: `*` is for OPTIONS only, `host:port` for CONNECT only.
+        match target.first() {
+            Some(b'/') => {}
+            _ if &target[..] == b"*" && method != Method::OPTIONS => {
+                return Err(HeadError::Malformed("the `*` target is for OPTIONS only"));
+            }
+            _ if &target[..] != b"*" && !target.windows(3).any(|w| w == b"://") && method != Method::CONNECT => {
+                return Err(HeadError::Malformed("a `host:port` target is for CONNECT only"));
+            }
+            _ => {}
+        }
+        let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Malformed("invalid request target"))?;
         let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
         // An absolute-form target's authority routes the request (RFC 9112 §3.2.2): no user info.
         if uri.authority().is_some_and(|a| !fields::valid_host(a.as_str().as_bytes())) {
@@ -375,6 +386,16 @@ mod tests {
         assert!(head.upgrade);
         let (head, _) = parse("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
         assert!(!head.upgrade, "HTTP/1.0 has no Upgrade");
+    }
+
+    #[test]
+    fn asterisk_and_authority_targets_belong_to_options_and_connect() {
+        assert!(parse("OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n").is_ok());
+        assert!(parse("CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n").is_ok());
+        assert!(parse("GET http://t/a HTTP/1.1\r\nHost: t\r\n\r\n").is_ok());
+        for wire in ["GET * HTTP/1.1\r\nHost: t\r\n\r\n", "GET t:443 HTTP/1.1\r\nHost: t\r\n\r\n"] {
+            assert!(matches!(parse(wire), Err(HeadError::Malformed(_))), "{wire:?}");
+        }
     }
 
     #[test]
