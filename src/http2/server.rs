@@ -268,6 +268,10 @@ fn parse_request(
     match path {
         Some(_) if plain_connect => return Err(":path in CONNECT"),
         Some(path) if path.is_empty() => return Err("empty :path"),
+        // RFC 9113 §8.3.1: a path, or `*` for OPTIONS.
+        Some(path) if path[0] != b'/' && !(&path[..] == b"*" && method == Method::OPTIONS) => {
+            return Err(":path neither a path nor `*` on OPTIONS");
+        }
         Some(path) => {
             uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "invalid :path")?);
         }

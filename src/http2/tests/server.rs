@@ -165,6 +165,22 @@ async fn field_values_with_line_breaks_nul_or_edge_whitespace_are_malformed() {
 }
 
 #[tokio::test]
+async fn a_path_must_be_absolute_or_an_asterisk_on_options() {
+    let (mut peer, mut accepted, _task) = connected().await;
+    let mut id = 1;
+    for (method, path) in [("GET", "*"), ("GET", "relative"), ("OPTIONS", "relative")] {
+        let fields = [(":method", method), (":scheme", "http"), (":authority", "t"), (":path", path)];
+        peer.headers(id, &fields, true).await;
+        assert_eq!(next_reset(&mut peer).await, (id, Reason::PROTOCOL_ERROR), "{method} {path}");
+        id += 2;
+    }
+    let fields = [(":method", "OPTIONS"), (":scheme", "http"), (":authority", "t"), (":path", "*")];
+    peer.headers(id, &fields, true).await;
+    let (request, _, _) = accepted.recv().await.unwrap();
+    assert_eq!(request.method(), "OPTIONS");
+}
+
+#[tokio::test]
 async fn an_extended_connect_carries_its_protocol() {
     let (mut peer, mut accepted, _task) = connected().await;
     let fields = [
