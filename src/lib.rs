@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod http1;
 pub mod http2;
+pub mod interim;
 pub mod listen;
 pub mod model;
 pub mod pipeline;

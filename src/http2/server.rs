@@ -298,6 +298,18 @@ pub fn encode_response(head: &response::Parts) -> BytesMut {
     block
 }
 
+/// Encodes an interim (1xx) head, sent ahead of the final one on the same stream.
+pub fn encode_interim(interim: &crate::interim::Interim) -> BytesMut {
+    let mut block = BytesMut::with_capacity(32 + interim.headers.len() * 32);
+    encode_status(&mut block, interim.status);
+    for (name, value) in &interim.headers {
+        if !is_connection_specific(name) {
+            hpack::encode_field(&mut block, name, value);
+        }
+    }
+    block
+}
+
 fn encode_status(block: &mut BytesMut, status: StatusCode) {
     hpack::encode_pseudo(block, ":status", status.as_str().as_bytes());
 }

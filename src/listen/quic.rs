@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -474,6 +475,7 @@ impl StreamTask {
                 return;
             }
         };
+        let mut responder = responder;
         let response = match self.precheck(&req) {
             Some(refusal) => {
                 let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
@@ -482,7 +484,25 @@ impl StreamTask {
             // Boxed so this task stays small (tokio copies a task's future whole; see listen::serve_http).
             None => {
                 let body = req.map(|body| ClientBody::H3(Box::new(body)));
-                Box::pin(self.gateway.load_full().handle(self.info, body, None)).await
+                let mut handling = Box::pin(self.gateway.load_full().handle(self.info, body, None));
+                loop {
+                    // Interim (1xx) heads from the backend go out as they come (RFC 9110 §15.2).
+                    let (response, interim) =
+                        std::future::poll_fn(|cx| match crate::interim::collect(|| handling.as_mut().poll(cx)) {
+                            (Poll::Ready(response), interim) => Poll::Ready((Some(response), interim)),
+                            (Poll::Pending, interim) if !interim.is_empty() => Poll::Ready((None, interim)),
+                            (Poll::Pending, _) => Poll::Pending,
+                        })
+                        .await;
+                    for head in interim {
+                        if let Err(e) = responder.send_interim(head.status, head.headers).await {
+                            tracing::debug!(%peer, error = %e, "HTTP/3 interim response not sent");
+                        }
+                    }
+                    if let Some(response) = response {
+                        break response;
+                    }
+                }
             }
         };
         if let Err(e) = responder.send(response).await {

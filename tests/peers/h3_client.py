@@ -19,7 +19,8 @@ SPEC_JSON is a list of requests sent concurrently on one QUIC connection:
 
 Prints one JSON object: {"alpn": ..., "results": [{"status", "headers", "body_len",
 "body_sha256", "body_text" and "body_hex" (first 4 KiB), "sent_sha256", "trailers",
-"reset": error code or null}, ...], "closed": connection close error code or null}.
+"reset": error code or null, "interim": [[status, headers], ...] (1xx heads before the
+final one)}, ...], "closed": connection close error code or null}.
 """
 
 import asyncio
@@ -53,6 +54,7 @@ class Exchange:
         self.body_len = 0
         self.head = bytearray()
         self.reset = None
+        self.interim = []
         self.done = asyncio.get_running_loop().create_future()
 
     def finish(self):
@@ -70,6 +72,7 @@ class Exchange:
             "body_hex": self.head.hex(),
             "sent_sha256": self.sent.hexdigest(),
             "reset": self.reset,
+            "interim": self.interim,
         }
 
 
@@ -98,7 +101,9 @@ class Client(QuicConnectionProtocol):
                 if ex.status is None:
                     ex.status = int(dict(fields)[":status"])
                     if ex.status < 200:
-                        ex.status = None  # informational; the final head comes later
+                        # Informational; the final head comes later.
+                        ex.interim.append([ex.status, [f for f in fields if not f[0].startswith(":")]])
+                        ex.status = None
                     else:
                         ex.headers = [f for f in fields if not f[0].startswith(":")]
                         if ex.spec.get("close_after_headers"):

@@ -18,6 +18,15 @@ impl Responder {
         Self { stream }
     }
 
+    /// Sends an interim (1xx) head ahead of the final response (RFC 9114
+    /// §4.1: HEADERS frames before the final ones).
+    pub async fn send_interim(&mut self, status: http::StatusCode, headers: http::HeaderMap) -> Result<(), SendError> {
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = headers;
+        self.stream.send_response(head).await.map_err(SendError::Stream)
+    }
+
     /// Streams `response` to the client. A body error resets the stream
     /// (H3_INTERNAL_ERROR) rather than finishing it, so a cut-off body never
     /// looks complete; a client that stopped the stream ends the send at the

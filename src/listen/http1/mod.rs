@@ -436,11 +436,20 @@ where
             let exchange = self.exchange.as_mut().expect("an exchange is in progress");
             if matches!(exchange.response, Outgoing::Waiting)
                 && let Some(future) = in_flight.as_mut().as_pin_mut()
-                && let Poll::Ready(response) = future.poll(cx)
             {
-                in_flight.set(None);
-                self.start_response(response);
-                progress = true;
+                let (polled, interim) = crate::interim::collect(|| future.poll(cx));
+                // RFC 9110 §15.2: never to an HTTP/1.0 client.
+                if !interim.is_empty() && exchange.exchange.version == Version::HTTP_11 {
+                    for head in &interim {
+                        response::encode_interim(head, &mut self.out.tail);
+                    }
+                    progress = true;
+                }
+                if let Poll::Ready(response) = polled {
+                    in_flight.set(None);
+                    self.start_response(response);
+                    progress = true;
+                }
             }
             progress |= self.pull_response_body(cx)?;
             if !self.out.is_empty() || self.unflushed {

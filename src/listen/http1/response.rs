@@ -123,6 +123,22 @@ pub(super) fn encode_head(
     (framing, keep_alive)
 }
 
+/// Encodes an interim (1xx) head from the backend, ahead of the final one.
+pub(super) fn encode_interim(interim: &crate::interim::Interim, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(interim.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(interim.status.canonical_reason().unwrap_or("Informational").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &interim.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa(n, &mut [0u8; 20]));

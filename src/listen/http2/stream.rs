@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::upgrade::StreamIo;
 use crate::body::Body;
-use crate::http2::server::encode_response;
+use crate::http2::server::{encode_interim, encode_response};
 use crate::http2::{BodySender, RecvHalf, SendEnd, SendHalf, reason_in};
 use crate::listen::date;
 use crate::pipeline::forwarded::remove_connection_specific;
@@ -52,7 +52,12 @@ where
             match this {
                 StreamTask::Answering { answer, send, connect } => {
                     let Some(stream) = send.as_mut() else { return Poll::Ready(()) };
-                    let response = match Pin::new(answer).poll(cx) {
+                    let (polled, interim) = crate::interim::collect(|| Pin::new(&mut *answer).poll(cx));
+                    for head in &interim {
+                        // HEADERS without END_STREAM before the final ones (RFC 9113 §8.1).
+                        let _ = stream.send_headers(encode_interim(head), false);
+                    }
+                    let response = match polled {
                         Poll::Ready(response) => response,
                         Poll::Pending => {
                             // Not answered yet: a client reset abandons the request.

@@ -10,6 +10,7 @@ use http::{StatusCode, Version};
 use super::{H1Error, MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::http1::fields::{self, Field, TransferCoding, TransferCodings};
 use crate::http1::names::NameCache;
+use crate::interim::Interim;
 
 /// Fields that describe this connection and are consumed here rather than
 /// passed on (RFC 9110 §7.6.1; `Transfer-Encoding` is read above first).
@@ -132,12 +133,29 @@ impl HeadParser {
                 if self.interim > MAX_INTERIM {
                     return Err(H1Error::Malformed("too many interim responses"));
                 }
-                // 100 Continue, 103 Early Hints: interim, and the client was answered already.
+                // A 100 answers an `Expect` the listener already answered the
+                // client itself; 102, 103 and the rest go on (RFC 9110 §15.2).
+                if status != StatusCode::CONTINUE {
+                    crate::interim::forward(Interim { status, headers: self.interim_headers(&head) });
+                }
                 continue;
             }
             self.interim = 0;
             return self.build(status, minor, &head, head_request).map(Some);
         }
+    }
+
+    /// An interim head's end-to-end fields. Rare, so the name cache (kept
+    /// for final heads, by position) is left alone.
+    fn interim_headers(&self, head: &Bytes) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for field in &self.fields {
+            let Ok(name) = HeaderName::from_bytes(field.name(head)) else { continue };
+            if matches!(Role::of(&name), Role::EndToEnd) {
+                headers.append(name, field.value(head));
+            }
+        }
+        headers
     }
 
     fn build(&mut self, status: StatusCode, minor: u8, head: &Bytes, head_request: bool) -> Result<Head, H1Error> {
