@@ -9,7 +9,7 @@
 //! a collector for the length of each poll ([`collect`]) and the client puts
 //! what it reads there ([`forward`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use http::{HeaderMap, StatusCode};
 
@@ -21,40 +21,45 @@ pub struct Interim {
 }
 
 thread_local! {
-    /// Heads forwarded during the poll in progress; `None` outside [`collect`].
-    static COLLECTED: RefCell<Option<Vec<Interim>>> = const { RefCell::new(None) };
+    /// A [`collect`] is in progress on this thread.
+    static COLLECTING: Cell<bool> = const { Cell::new(false) };
+    /// Heads forwarded during it.
+    static COLLECTED: RefCell<Vec<Interim>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `poll`, returning its result and the interim heads forwarded during it.
+/// Runs `poll`, returning its result and the interim heads forwarded during
+/// it. Not nested: a request future never polls another listener's request.
+/// Per poll this is a few thread-local loads and stores; the heads' vector
+/// is only allocated when a head comes.
 pub fn collect<R>(poll: impl FnOnce() -> R) -> (R, Vec<Interim>) {
-    /// Puts back what was there before, also when `poll` panics.
-    struct Restore(Option<Option<Vec<Interim>>>);
-    impl Drop for Restore {
+    /// Ends the collection, also when `poll` panics (so that a head
+    /// forwarded later is never taken for another request's).
+    struct End;
+    impl Drop for End {
         fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                COLLECTED.with(|c| *c.borrow_mut() = previous);
+            COLLECTING.set(false);
+            if std::thread::panicking() {
+                COLLECTED.with_borrow_mut(Vec::clear);
             }
         }
     }
-    let previous = COLLECTED.with(|c| c.borrow_mut().replace(Vec::new()));
-    let mut restore = Restore(Some(previous));
+    COLLECTING.set(true);
+    let end = End;
     let result = poll();
-    let previous = restore.0.take().expect("restored only here");
-    let collected = COLLECTED.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
-    (result, collected.unwrap_or_default())
+    drop(end);
+    let collected = COLLECTED.with_borrow_mut(std::mem::take);
+    (result, collected)
 }
 
 /// Hands an interim head to the listener polling this request. False when
 /// none is collecting (a gRPC call on its own task, a test), so the caller
 /// can drop it, as before.
 pub fn forward(interim: Interim) -> bool {
-    COLLECTED.with(|c| match c.borrow_mut().as_mut() {
-        Some(collected) => {
-            collected.push(interim);
-            true
-        }
-        None => false,
-    })
+    if !COLLECTING.get() {
+        return false;
+    }
+    COLLECTED.with_borrow_mut(|collected| collected.push(interim));
+    true
 }
 
 #[cfg(test)]
@@ -70,12 +75,26 @@ mod tests {
         assert!(!forward(hints()));
         let (value, collected) = collect(|| {
             assert!(forward(hints()));
-            // A nested collector (a request polled inside another) keeps its own.
-            let ((), inner) = collect(|| assert!(forward(hints())));
-            assert_eq!(inner.len(), 1);
+            assert!(forward(hints()));
             7
         });
-        assert_eq!((value, collected.len()), (7, 1));
+        assert_eq!((value, collected.len()), (7, 2));
         assert!(!forward(hints()), "the collector is gone after the poll");
+        let ((), none) = collect(|| ());
+        assert!(none.is_empty(), "the next poll starts empty");
+    }
+
+    #[test]
+    fn a_poll_that_panics_ends_the_collection() {
+        let panicked = std::panic::catch_unwind(|| {
+            collect(|| {
+                forward(hints());
+                panic!("request task failed")
+            })
+        });
+        assert!(panicked.is_err());
+        assert!(!forward(hints()), "no later head is taken for another request's");
+        let ((), next) = collect(|| ());
+        assert!(next.is_empty(), "nor one from before the panic");
     }
 }
