@@ -676,3 +676,16 @@ fn field_values_with_line_breaks_or_edge_whitespace_are_refused_before_any_backe
     assert_eq!(results[5]["body_text"], "inner space\tand tab", "{report}");
     assert_eq!(report["closed"], Value::Null, "the connection outlives a few malformed streams: {report}");
 }
+
+#[test]
+fn a_flood_of_empty_data_frames_ends_the_connection_and_a_few_are_harmless() {
+    // CVE-2019-9518: frames that carry nothing cost the server work and move nothing.
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let upload = |empty: u32| json!({"method": "POST", "path": "/up", "body_size": 1000, "empty_frames": empty});
+    let report = h2_client(&tollgate, json!({"requests": [upload(20)]}));
+    assert_eq!(report["results"][0]["status"], 200, "{report}");
+    assert_eq!(backend_report(&report["results"][0])["len"], 1000, "{report}");
+    let report = h2_client(&tollgate, json!({"requests": [upload(10_000)]}));
+    assert_eq!(report["closed"], 11, "GOAWAY with ENHANCE_YOUR_CALM: {report}");
+}

@@ -45,6 +45,11 @@ enum Ping {
     Awaiting,
 }
 
+/// Empty DATA, HEADERS or CONTINUATION frames allowed in a row before the
+/// connection is ended with ENHANCE_YOUR_CALM (CVE-2019-9518). A real peer
+/// sends at most a few (an empty DATA before the END_STREAM one, say).
+const MAX_EMPTY_FRAMES: u32 = 100;
+
 /// See the module doc. Our client's is spawned by whoever called
 /// [`super::client::handshake`]; our server's is driven by
 /// [`super::server::Server`].
@@ -63,6 +68,9 @@ pub struct Connection<T> {
     magic_left: usize,
     /// The peer's first frame must be SETTINGS (§3.4).
     preface_seen: bool,
+    /// DATA, HEADERS and CONTINUATION frames in a row that carried nothing
+    /// and ended nothing (see [`MAX_EMPTY_FRAMES`]).
+    empty_frames: u32,
     read_closed: bool,
     /// Reading waits for our output to be written (see `poll_read`).
     read_paused: bool,
@@ -90,6 +98,7 @@ impl<T> Connection<T> {
             decoder: Decoder::new(HEADER_TABLE_SIZE),
             partial: None,
             preface_seen: false,
+            empty_frames: 0,
             read_closed: false,
             read_paused: false,
             keep_alive: Box::pin(tokio::time::sleep(settings.keep_alive_interval)),
@@ -284,6 +293,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 && (head.kind != kind::CONTINUATION || head.stream != partial.stream)
             {
                 return Err(Error::protocol("header block interrupted"));
+            }
+            if matches!(head.kind, kind::DATA | kind::HEADERS | kind::CONTINUATION) {
+                // CVE-2019-9518: frames that carry nothing cost work and move nothing.
+                let ends = head.has(if head.kind == kind::DATA { flag::END_STREAM } else { flag::END_HEADERS });
+                // A DATA frame of padding alone carries nothing either.
+                let padding = match payload.first() {
+                    Some(&pad) if head.kind == kind::DATA && head.has(flag::PADDED) => 1 + usize::from(pad),
+                    _ => 0,
+                };
+                if payload.len() <= padding && !ends {
+                    self.empty_frames += 1;
+                    if self.empty_frames > MAX_EMPTY_FRAMES {
+                        return Err(Error::Protocol {
+                            reason: Reason::ENHANCE_YOUR_CALM,
+                            what: "a flood of empty frames",
+                        });
+                    }
+                } else {
+                    self.empty_frames = 0;
+                }
             }
             self.frame(&mut state, head, payload)?;
             if state.peer_faults > self.settings.max_peer_faults {

@@ -400,6 +400,39 @@ async fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
 }
 
 #[tokio::test]
+async fn a_flood_of_empty_data_frames_ends_the_connection_and_a_few_do_not() {
+    let (mut peer, mut accepted, task) = connected().await;
+    let mut fields = get("/up");
+    fields[0] = (":method", "POST");
+    peer.headers(1, &fields, false).await;
+    let (_request, _send, recv) = accepted.recv().await.unwrap();
+    let mut body = std::pin::pin!(RecvBody::new(recv, None));
+    let mut out = BytesMut::new();
+    // Up to the limit, then a byte of data: the connection goes on.
+    for _ in 0..100 {
+        frame::put_data(&mut out, 1, b"", false, 16_384);
+    }
+    frame::put_data(&mut out, 1, b"x", false, 16_384);
+    peer.write(&out).await;
+    let first = poll_fn(|cx| body.as_mut().poll_frame(cx)).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "x");
+    // CVE-2019-9518: then a long run of frames carrying nothing, some of them padding alone.
+    let mut out = BytesMut::new();
+    for i in 0..101 {
+        if i % 2 == 0 {
+            frame::put_data(&mut out, 1, b"", false, 16_384);
+        } else {
+            // DATA, PADDED, stream 1: a pad length of 4 and four bytes of padding.
+            out.extend_from_slice(&[0, 0, 5, kind::DATA, flag::PADDED, 0, 0, 0, 1, 4, 0, 0, 0, 0]);
+        }
+    }
+    peer.write(&out).await;
+    assert_eq!(goaway_code(&mut peer).await.1, Reason::ENHANCE_YOUR_CALM);
+    let ended = task.await.unwrap();
+    assert!(matches!(ended, Err(Error::Protocol { reason: Reason::ENHANCE_YOUR_CALM, .. })), "{ended:?}");
+}
+
+#[tokio::test]
 async fn a_flood_of_malformed_streams_ends_the_connection() {
     let (mut peer, _accepted, task) = connected().await;
     for id in (1..20).step_by(2) {
