@@ -10,19 +10,20 @@
 //! flight finish, then CONNECTION_CLOSE with H3_NO_ERROR.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::body::ClientBody;
+use crate::body::{Body, ClientBody};
 use crate::config::{Http3Config, ListenerConfig};
 use crate::error::ProxyError;
 use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
@@ -463,7 +464,7 @@ impl StreamTask {
         let _live = Live::new(&LIVE_STREAMS);
         let peer = self.info.peer;
         let limits = &self.shared.config.limits;
-        let (req, responder) = match tokio::time::timeout(limits.header_read_timeout, stream.resolve()).await {
+        let (req, mut responder) = match tokio::time::timeout(limits.header_read_timeout, stream.resolve()).await {
             Ok(Ok(Resolved::Request(req, responder))) => (req, responder),
             Ok(Ok(Resolved::WebTransport(session))) => return self.serve_session(session).await,
             Ok(Err(e)) => {
@@ -475,7 +476,6 @@ impl StreamTask {
                 return;
             }
         };
-        let mut responder = responder;
         let response = match self.precheck(&req) {
             Some(refusal) => {
                 let grpc = tollgate_grpc_web::GrpcKind::of(req.headers());
@@ -484,25 +484,8 @@ impl StreamTask {
             // Boxed so this task stays small (tokio copies a task's future whole; see listen::serve_http).
             None => {
                 let body = req.map(|body| ClientBody::H3(Box::new(body)));
-                let mut handling = Box::pin(self.gateway.load_full().handle(self.info, body, None));
-                loop {
-                    // Interim (1xx) heads from the backend go out as they come (RFC 9110 §15.2).
-                    let (response, interim) =
-                        std::future::poll_fn(|cx| match crate::interim::collect(|| handling.as_mut().poll(cx)) {
-                            (Poll::Ready(response), interim) => Poll::Ready((Some(response), interim)),
-                            (Poll::Pending, interim) if !interim.is_empty() => Poll::Ready((None, interim)),
-                            (Poll::Pending, _) => Poll::Pending,
-                        })
-                        .await;
-                    for head in interim {
-                        if let Err(e) = responder.send_interim(head.status, head.headers).await {
-                            tracing::debug!(%peer, error = %e, "HTTP/3 interim response not sent");
-                        }
-                    }
-                    if let Some(response) = response {
-                        break response;
-                    }
-                }
+                let handling = Box::pin(self.gateway.load_full().handle(self.info, body, None));
+                answer(handling, &mut responder, peer).await
             }
         };
         if let Err(e) = responder.send(response).await {
@@ -578,6 +561,32 @@ impl StreamTask {
             );
         }
         None
+    }
+}
+
+/// Waits for the gateway's answer to a request, sending the backend's
+/// interim (1xx) heads on as they come (RFC 9110 §15.2).
+async fn answer(
+    mut handling: Pin<Box<impl Future<Output = Response<Body>>>>,
+    responder: &mut tollgate_h3::Responder,
+    peer: SocketAddr,
+) -> Response<Body> {
+    loop {
+        let (response, interim) =
+            std::future::poll_fn(|cx| match crate::interim::collect(|| handling.as_mut().poll(cx)) {
+                (Poll::Ready(response), interim) => Poll::Ready((Some(response), interim)),
+                (Poll::Pending, interim) if !interim.is_empty() => Poll::Ready((None, interim)),
+                (Poll::Pending, _) => Poll::Pending,
+            })
+            .await;
+        for head in interim {
+            if let Err(e) = responder.send_interim(head.status, head.headers).await {
+                tracing::debug!(%peer, error = %e, "HTTP/3 interim response not sent");
+            }
+        }
+        if let Some(response) = response {
+            return response;
+        }
     }
 }
 
