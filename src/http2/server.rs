@@ -288,21 +288,18 @@ fn parse_request(
 /// Encodes a response head as an HPACK block: `:status`, then the fields
 /// (connection-specific ones left out, RFC 9113 §8.2.2).
 pub fn encode_response(head: &response::Parts) -> BytesMut {
-    let mut block = BytesMut::with_capacity(32 + head.headers.len() * 32);
-    encode_status(&mut block, head.status);
-    for (name, value) in &head.headers {
-        if !is_connection_specific(name) {
-            hpack::encode_field(&mut block, name, value);
-        }
-    }
-    block
+    encode_head(head.status, &head.headers)
 }
 
 /// Encodes an interim (1xx) head, sent ahead of the final one on the same stream.
 pub fn encode_interim(interim: &crate::interim::Interim) -> BytesMut {
-    let mut block = BytesMut::with_capacity(32 + interim.headers.len() * 32);
-    encode_status(&mut block, interim.status);
-    for (name, value) in &interim.headers {
+    encode_head(interim.status, &interim.headers)
+}
+
+fn encode_head(status: StatusCode, headers: &HeaderMap) -> BytesMut {
+    let mut block = BytesMut::with_capacity(32 + headers.len() * 32);
+    encode_status(&mut block, status);
+    for (name, value) in headers {
         if !is_connection_specific(name) {
             hpack::encode_field(&mut block, name, value);
         }
