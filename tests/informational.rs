@@ -87,3 +87,47 @@ fn a_103_early_hints_reaches_an_http3_client_before_the_200() {
     assert_eq!(r["interim"][0][0], 103, "{r}");
     assert_eq!(r["interim"][0][1][0], json!(["link", "</style.css>; rel=preload"]), "{r}");
 }
+
+#[test]
+fn early_hints_reach_the_client_while_the_backend_still_works_on_the_final_response() {
+    // The backend sends its 103 and then waits: the final response goes out
+    // only once the client has read the hints, so they must travel early.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\n");
+        if wait.recv_timeout(std::time::Duration::from_secs(10)).is_ok() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npage");
+        }
+    });
+    let tollgate = Tollgate::start_with(&format!(
+        "[[upstream]]\nname = \"b\"\ntargets = [\"{backend}\"]\n\n[[route]]\nname = \"all\"\nupstream = \"b\"\n"
+    ));
+    let mut client = std::net::TcpStream::connect(tollgate.addr).unwrap();
+    client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    client.write_all(b"GET /page HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf).expect("the 103 arrives while the backend waits");
+        assert!(n > 0, "closed before the hints: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let hints = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(hints.starts_with("http/1.1 103 early hints\r\n"), "{hints}");
+    assert!(hints.contains("link: </app.js>; rel=preload"), "{hints}");
+    go.send(()).unwrap();
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"page") {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("page"), "{rest}");
+}
