@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""What each proxy puts on the wire, per request (h1) or per echo round-trip (ws).
+
+    python3 bench/wire_census.py h1 [ROUNDS]   # wrk -c50 on /small: Tollgate, nginx, HAProxy in turn
+    python3 bench/wire_census.py ws [ROUNDS]   # 50 WebSocket echo connections: Tollgate and nginx in turn
+
+Same setup as bench/run.sh (proxy on core 0, origin and load on core 1; TOLLGATE_BIN and
+LOADGEN_BIN skip the builds). Around each 4-second load it reads the kernel's TCP counters
+(`nstat -az`: segments sent, bytes received, pure and delayed ACKs) and the proxy's voluntary
+context switches, and prints them per unit of work with the proxy's CPU and the load side's CPU
+(origin + wrk, or echo backend + load client): the load side does the same work whichever proxy
+is in front, so its CPU per unit gauges how fast the shared machine ran during that run.
+Loopback only; nothing else should use it meanwhile (the counters are machine-wide).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench as B  # noqa: E402
+
+SECONDS = 4
+
+
+def nstat():
+    counters = {}
+    for line in subprocess.run(["nstat", "-az"], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            counters[parts[0]] = int(parts[1])
+    return counters
+
+
+def voluntary_switches(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as status:
+                    for line in status:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def line(name, units, cpu_ticks, load_ticks, n0, n1, v0, v1):
+    per = lambda key: (n1.get(key, 0) - n0.get(key, 0)) / units  # noqa: E731
+    us = lambda ticks: ticks * 1e6 / B.CLK_TCK / units  # noqa: E731
+    print(f"{name:9s} units {units:8d}  proxy cpu {us(cpu_ticks):5.1f} us  load cpu {us(load_ticks):5.1f} us  "
+          f"segments {per('TcpOutSegs'):.2f}  bytes {per('IpExtInOctets'):.0f}  "
+          f"pure acks {per('TcpExtTCPPureAcks'):.3f}  delayed acks {per('TcpExtDelayedACKs'):.3f}  "
+          f"proxy switches {(v1 - v0) / units:.3f}", flush=True)
+
+
+def census_h1(rounds):
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-census-"))
+    origin, proxies, _ = B.setup(tmp)
+    scenario = B.SCENARIOS[0]
+    for _ in range(rounds):
+        for name in B.SYSTEMS:
+            proxy = proxies[name]
+            proxy.start()
+            url = proxy.url(scenario)
+            B.run_wrk(url, 1)
+            pids = proxy.pids()
+            u0, s0 = B.user_sys_ticks(pids)
+            o0, g0 = B.cpu_ticks([origin.proc.pid]), B.children_ticks()
+            n0, v0 = nstat(), voluntary_switches(pids)
+            res = B.run_wrk(url, SECONDS)
+            n1, v1 = nstat(), voluntary_switches(pids)
+            u1, s1 = B.user_sys_ticks(pids)
+            o1, g1 = B.cpu_ticks([origin.proc.pid]), B.children_ticks()
+            proxy.stop()
+            line(name, res["completed"], u1 + s1 - u0 - s0, (o1 - o0) + (g1 - g0), n0, n1, v0, v1)
+
+
+def census_ws(rounds):
+    os.environ["WS_SECONDS"] = str(SECONDS)
+    import family as F
+    import ws as W
+
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-census-ws-"))
+    bench = W.Bench(tmp)
+    for _ in range(rounds):
+        for name in ["tollgate", "nginx"]:
+            proxy = bench.proxies[name].start()
+            load = bench.load(["echo", proxy.url, "--conns", "50", "--seconds", str(SECONDS), "--warmup", "1",
+                               "--size", "64"])
+            window = F.Window(proxy.pids(), [bench.backend.proc.pid, load.pid])
+            a = b = None
+            for out in iter(load.stdout.readline, ""):
+                if out.startswith("start"):
+                    a, n0, v0 = window.snap(), nstat(), voluntary_switches(proxy.pids())
+                elif out.startswith("end"):
+                    b, n1, v1 = window.snap(), nstat(), voluntary_switches(proxy.pids())
+                    break
+            result = json.loads(bench.finish(load).strip().splitlines()[-1])
+            proxy.stop()
+            if a is None or b is None:
+                B.die(f"{name}: the echo load ended early")
+            cpu = (b["u"] + b["s"]) - (a["u"] + a["s"])
+            line(name, result["round_trips"], cpu, b["ours"] - a["ours"], n0, n1, v0, v1)
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else "h1"
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    try:
+        if mode == "h1":
+            census_h1(rounds)
+        elif mode == "ws":
+            census_ws(rounds)
+        else:
+            B.die(f"unknown mode {mode!r}: h1 or ws")
+    finally:
+        B.stop_all()
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()
