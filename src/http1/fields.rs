@@ -190,6 +190,13 @@ static HOST_BYTES: [bool; 256] = {
     table
 };
 
+/// A field value with a space or tab at either end: an HTTP/1.1 hop trims
+/// it (RFC 9110 §5.5), an HTTP/2 or HTTP/3 hop keeps it, so the two would
+/// read different values (RFC 9113 §8.2.1 calls it malformed).
+pub fn padded(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+}
+
 /// Whether a field may travel in a trailer section. RFC 9110 §6.5.1: what
 /// frames, routes, authenticates or modifies a message, controls its
 /// response or describes its content is settled by the header section, and

@@ -99,8 +99,7 @@ fn encode_trailers(trailers: &HeaderMap) -> BytesMut {
 /// RFC 9113 §8.2.1), and no whitespace at either end, which an HTTP/1.1
 /// hop would trim and an HTTP/2 one would keep.
 fn field_value(value: bytes::Bytes) -> Result<HeaderValue, &'static str> {
-    if value.first().is_some_and(|&b| b == b' ' || b == b'\t') || value.last().is_some_and(|&b| b == b' ' || b == b'\t')
-    {
+    if crate::http1::fields::padded(&value) {
         return Err("whitespace around a field value");
     }
     HeaderValue::from_maybe_shared(value).map_err(|_| "invalid field value")

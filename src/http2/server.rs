@@ -141,7 +141,7 @@ pub(super) fn on_headers(
         }
     };
     let expect_len = super::content_length(&head.headers);
-    if expect_len.is_err() || (end_stream && expect_len.is_ok_and(|n| n.is_some_and(|n| n > 0))) {
+    if expect_len.is_err() || (end_stream && matches!(expect_len, Ok(Some(n)) if n > 0)) {
         state.peer_faults += 1;
         frame::put_reset(&mut state.out, id, Reason::PROTOCOL_ERROR.into());
         return Ok(());

@@ -542,8 +542,7 @@ impl StreamTask {
             return Some(ProxyError::BadRequest("connection-specific header field in an HTTP/3 request"));
         }
         // As for HTTP/2 (RFC 9113 §8.2.1): an HTTP/1.1 hop would trim what this one keeps.
-        let padded = |v: &[u8]| matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'));
-        if req.headers().values().any(|v| padded(v.as_bytes())) {
+        if req.headers().values().any(|v| crate::http1::fields::padded(v.as_bytes())) {
             return Some(ProxyError::BadRequest("whitespace around a field value in an HTTP/3 request"));
         }
         // RFC 9114 §4.3.1: no user info in `:authority`; and no `Host` that
