@@ -36,27 +36,37 @@ def nstat():
     return counters
 
 
-def voluntary_switches(pids):
+def voluntary_switches(pids, field="voluntary_ctxt_switches"):
     total = 0
     for pid in pids:
         try:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/status") as status:
                     for line in status:
-                        if line.startswith("voluntary_ctxt_switches"):
+                        if line.startswith(field):
                             total += int(line.split()[1])
         except OSError:
             pass
     return total
 
 
-def line(name, units, cpu_ticks, load_ticks, n0, n1, v0, v1):
+def machine_switches():
+    """Context switches on the whole machine (/proc/stat `ctxt`): with the proxy's own taken
+    out, what the load side (origin and load client) pays for the way requests reach it."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith("ctxt"):
+                return int(line.split()[1])
+    return 0
+
+
+def line(name, units, cpu_ticks, load_ticks, n0, n1, v0, v1, extra=""):
     per = lambda key: (n1.get(key, 0) - n0.get(key, 0)) / units  # noqa: E731
     us = lambda ticks: ticks * 1e6 / B.CLK_TCK / units  # noqa: E731
     print(f"{name:9s} units {units:8d}  proxy cpu {us(cpu_ticks):5.1f} us  load cpu {us(load_ticks):5.1f} us  "
           f"segments {per('TcpOutSegs'):.2f}  bytes {per('IpExtInOctets'):.0f}  "
           f"pure acks {per('TcpExtTCPPureAcks'):.3f}  delayed acks {per('TcpExtDelayedACKs'):.3f}  "
-          f"proxy switches {(v1 - v0) / units:.3f}", flush=True)
+          f"proxy switches {(v1 - v0) / units:.3f}{extra}", flush=True)
 
 
 def census_h1(rounds):
@@ -72,13 +82,23 @@ def census_h1(rounds):
             pids = proxy.pids()
             u0, s0 = B.user_sys_ticks(pids)
             o0, g0 = B.cpu_ticks([origin.proc.pid]), B.children_ticks()
+            opid = [origin.proc.pid]
             n0, v0 = nstat(), voluntary_switches(pids)
+            p0 = v0 + voluntary_switches(pids, "nonvoluntary_ctxt_switches")
+            ov0, oi0 = voluntary_switches(opid), voluntary_switches(opid, "nonvoluntary_ctxt_switches")
+            m0 = machine_switches()
             res = B.run_wrk(url, SECONDS)
+            m1 = machine_switches()
             n1, v1 = nstat(), voluntary_switches(pids)
+            p1 = v1 + voluntary_switches(pids, "nonvoluntary_ctxt_switches")
+            ov1, oi1 = voluntary_switches(opid), voluntary_switches(opid, "nonvoluntary_ctxt_switches")
             u1, s1 = B.user_sys_ticks(pids)
             o1, g1 = B.cpu_ticks([origin.proc.pid]), B.children_ticks()
             proxy.stop()
-            line(name, res["completed"], u1 + s1 - u0 - s0, (o1 - o0) + (g1 - g0), n0, n1, v0, v1)
+            units = res["completed"]
+            extra = (f"  origin switches {(ov1 - ov0) / units:.3f} vol {(oi1 - oi0) / units:.3f} invol"
+                     f"  load-side switches {((m1 - m0) - (p1 - p0)) / units:.3f}")
+            line(name, units, u1 + s1 - u0 - s0, (o1 - o0) + (g1 - g0), n0, n1, v0, v1, extra)
 
 
 def census_ws(rounds):
