@@ -44,6 +44,9 @@ fn malformed_request_lines_and_headers_get_400_and_never_reach_the_backend() {
         // RFC 9112 §3.2: asterisk-form is for OPTIONS, authority-form for CONNECT.
         b"GET * HTTP/1.1\r\nHost: t\r\n\r\n",
         b"GET t:443 HTTP/1.1\r\nHost: t\r\n\r\n",
+        // RFC 9110 §4.2.1: an http URI with an empty host is invalid.
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n",
     ];
     for case in cases {
         let response = raw_exchange(tollgate.addr, case);

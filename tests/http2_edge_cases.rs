@@ -678,6 +678,34 @@ fn field_values_with_line_breaks_or_edge_whitespace_are_refused_before_any_backe
 }
 
 #[test]
+fn a_host_field_naming_another_server_than_the_authority_is_refused() {
+    // RFC 9113 §8.3.1: a `host` beside an `:authority` that names another
+    // server makes the request malformed; the same server in other letters,
+    // or with its scheme's default port spelled out, does not.
+    let backend = reporting_backend();
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let authority = tollgate.addr.to_string();
+    let with_host = |host: &str| json!({"path": "/echo-id", "headers": [["x-id", host], ["host", host]]});
+    let refused =
+        ["other.example".to_string(), "127.0.0.1".to_string(), format!("127.0.0.1:{}", tollgate.addr.port() + 1)];
+    let mut requests: Vec<Value> = refused.iter().map(|h| with_host(h)).collect();
+    requests.push(with_host(&authority));
+    requests.push(json!({"path": "/echo-id", "authority": "app.example", "headers": [["x-id", "ok"], ["host", "APP.example:80"]]}));
+    requests.push(json!({"path": "/echo-id", "headers": [["x-id", "empty"], ["host", ""]]}));
+    let report = h2_client(&tollgate, json!({"unchecked_headers": true, "requests": requests}));
+    let results = report["results"].as_array().unwrap();
+    for (result, host) in results.iter().zip(&refused) {
+        assert_eq!(result["reset"], 1, "PROTOCOL_ERROR for host {host:?}: {report}");
+    }
+    assert_eq!(results[3]["status"], 200, "{report}");
+    assert_eq!(results[4]["status"], 200, "{report}");
+    assert_eq!(results[5]["reset"], 1, "an empty host names no server: {report}");
+    let seen: Vec<String> =
+        backend.requests().iter().map(|r| r.headers["x-id"].to_str().unwrap().to_string()).collect();
+    assert_eq!(seen, [authority.as_str(), "ok"], "only the consistent requests reached the backend");
+}
+
+#[test]
 fn a_flood_of_empty_data_frames_ends_the_connection_and_a_few_are_harmless() {
     // CVE-2019-9518: frames that carry nothing cost the server work and move nothing.
     let backend = reporting_backend();

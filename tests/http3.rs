@@ -261,6 +261,11 @@ fn oversized_header_blocks_get_431_and_malformed_ones_400_over_http3() {
     let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["host", "localhost/evil"]] }));
     // Beside an :authority it contradicts, the h3 layer already resets the stream as malformed.
     assert!(r["status"] == 400 || r["reset"] == 0x10e, "H3_MESSAGE_ERROR or 400: {r}");
+    // A valid `host` naming another server than the :authority (RFC 9114 §4.3.1), or none at all.
+    for host in ["other.example", ""] {
+        let r = h3_request(rig.addr, json!({ "path": "/", "headers": [["host", host]] }));
+        assert!(r["status"] == 400 || r["reset"] == 0x10e, "host {host:?}: H3_MESSAGE_ERROR or 400: {r}");
+    }
     assert!(backend.requests().is_empty(), "refused requests reached the backend");
     // The connection-level state is unharmed: a normal request still works.
     assert_eq!(h3_request(rig.addr, json!({ "path": "/" }))["status"], 200);

@@ -234,6 +234,42 @@ fn request_id_is_kept_from_the_client_or_generated_and_echoed() {
 }
 
 #[test]
+fn max_forwards_counts_down_on_options_and_trace_and_at_zero_the_gateway_answers() {
+    // RFC 9110 §7.6.2: each hop lowers the count; the hop that gets 0 answers
+    // as the final recipient and the request goes no further.
+    let backend = Backend::fixed("from the backend");
+    let tollgate = start_proxy(backend.addr, "", "", "");
+    let url = tollgate.url("/probe?q=1");
+    for proto in Proto::ALL {
+        let (code, headers, body) = curl_proto(proto, &["-X", "OPTIONS", "-H", "Max-Forwards: 0", &url]);
+        assert_eq!((code, body.as_slice()), (200, &b""[..]), "{proto:?}: {headers}");
+        let trace = ["-X", "TRACE", "-H", "Max-Forwards: 0", "-H", "Cookie: session=secret", "-H", "X-Probe: 7", &url];
+        let (code, headers, body) = curl_proto(proto, &trace);
+        assert_eq!(code, 200, "{proto:?}");
+        assert_eq!(header_value(&headers, "content-type").as_deref(), Some("message/http"), "{proto:?}");
+        let reflected = String::from_utf8(body).unwrap();
+        assert!(reflected.starts_with("TRACE /probe?q=1 HTTP/"), "{proto:?}: {reflected}");
+        assert!(reflected.contains("x-probe: 7\r\n"), "{proto:?}: {reflected}");
+        assert!(reflected.contains("host: 127.0.0.1:"), "{proto:?}: {reflected}");
+        assert!(!reflected.contains("secret"), "credentials are not reflected: {reflected}");
+        assert!(backend.requests().is_empty(), "{proto:?}: a request at 0 went on to the backend");
+
+        let (code, _, body) = curl_proto(proto, &["-X", "TRACE", "-H", "Max-Forwards: 5", &url]);
+        assert_eq!((code, body.as_slice()), (200, &b"from the backend"[..]), "{proto:?}");
+        let seen = only_request(&backend);
+        assert_eq!(seen_header(&seen, "max-forwards").as_deref(), Some("4"), "{proto:?}");
+        // Other methods carry the field on untouched.
+        let (code, _, _) = curl_proto(proto, &["-H", "Max-Forwards: 0", &url]);
+        assert_eq!(code, 200, "{proto:?}");
+        let seen = backend.requests().pop().unwrap();
+        assert_eq!((seen.method.as_str(), seen_header(&seen, "max-forwards").as_deref()), ("GET", Some("0")));
+        let (code, _, _) = curl_proto(proto, &["-X", "OPTIONS", "-H", "Max-Forwards: many", &url]);
+        assert_eq!(code, 400, "{proto:?}: a count that is not a number");
+        backend.clear();
+    }
+}
+
+#[test]
 fn host_is_preserved_by_default() {
     let backend = Backend::fixed("ok");
     let tollgate = start_proxy(backend.addr, "", "", "");

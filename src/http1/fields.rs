@@ -120,11 +120,14 @@ impl TransferCodings {
 
 /// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC
 /// 3986 §3.2.2): no user info, path or spaces that routing and the backend
-/// could each read differently. Empty is allowed (a target with no authority).
+/// could each read differently. Not empty: an `http` or `https` URI with an
+/// empty host is invalid and must be rejected (RFC 9110 §4.2.1), as nginx does.
 /// Checked on every request, so one pass over a table for names and addresses.
 pub fn valid_host(value: &[u8]) -> bool {
-    if value.first() == Some(&b'[') {
-        return valid_ip_literal(&value[1..]);
+    match value.first() {
+        None | Some(b':') => return false,
+        Some(b'[') => return valid_ip_literal(&value[1..]),
+        Some(_) => {}
     }
     let mut colon = None;
     for (i, &b) in value.iter().enumerate() {
@@ -140,6 +143,32 @@ pub fn valid_host(value: &[u8]) -> bool {
     colon.is_none_or(|at| value[at + 1..].iter().all(u8::is_ascii_digit))
 }
 
+/// Whether a `Host` field and an `:authority` name the same server: the same
+/// host, case aside, and the same port once the scheme's `default_port`
+/// stands in for a missing one. RFC 9113 §8.3.1 and RFC 9114 §4.3.1 let a
+/// server treat a request whose two differ as malformed; one that routed by
+/// one name while a later hop read the other would be split.
+pub fn same_authority(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
+    let (host_a, port_a) = split_port(a);
+    let (host_b, port_b) = split_port(b);
+    host_a.eq_ignore_ascii_case(host_b) && port_a.unwrap_or(default_port) == port_b.unwrap_or(default_port)
+}
+
+/// `host` and the port after it, if any (`x:` has none).
+fn split_port(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let after_literal = match value.first() {
+        Some(b'[') => value.iter().position(|&b| b == b']').map_or(value.len(), |close| close + 1),
+        _ => 0,
+    };
+    match value[after_literal..].iter().position(|&b| b == b':') {
+        Some(at) => {
+            let port = &value[after_literal + at + 1..];
+            (&value[..after_literal + at], (!port.is_empty()).then_some(port))
+        }
+        None => (value, None),
+    }
+}
+
 /// [`valid_host`] for one connection: nearly every request on it repeats
 /// the last host found valid, and comparing is cheaper than checking again.
 #[derive(Debug, Default)]
@@ -150,7 +179,7 @@ pub struct HostCheck {
 impl HostCheck {
     /// Whether `value` is a valid host, remembering it when it is.
     pub fn valid(&mut self, value: &[u8]) -> bool {
-        if value == self.last_valid.as_slice() {
+        if !value.is_empty() && value == self.last_valid.as_slice() {
             return true;
         }
         let ok = valid_host(value);
@@ -291,10 +320,12 @@ mod tests {
 
     #[test]
     fn hosts_are_a_name_or_address_and_a_port_only() {
-        for good in ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:443", "[::1]", "a-b_c~d", "", "x:"] {
+        for good in ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:443", "[::1]", "a-b_c~d", "x:"] {
             assert!(valid_host(good.as_bytes()), "{good:?}");
         }
-        for bad in ["t/evil", "user@t", "t:80:80", "t:8a", "a b", "[::1", "[]", "t\\x", "t?q", "t#f", "[::1]x"] {
+        for bad in
+            ["t/evil", "user@t", "t:80:80", "t:8a", "a b", "[::1", "[]", "t\\x", "t?q", "t#f", "[::1]x", "", ":80"]
+        {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
     }
@@ -310,8 +341,20 @@ mod tests {
     }
 
     #[test]
+    fn host_and_authority_match_by_name_and_effective_port() {
+        for (a, b) in [("a.test", "A.TEST"), ("a.test", "a.test:443"), ("a.test:", "a.test"), ("[::1]:443", "[::1]")] {
+            assert!(same_authority(a.as_bytes(), b.as_bytes(), b"443"), "{a} {b}");
+        }
+        for (a, b) in [("a.test", "b.test"), ("a.test", "a.test:80"), ("a.test:8443", "a.test:443"), ("[::1]", "[::2]")]
+        {
+            assert!(!same_authority(a.as_bytes(), b.as_bytes(), b"443"), "{a} {b}");
+        }
+    }
+
+    #[test]
     fn a_host_check_remembers_only_valid_hosts() {
         let mut hosts = HostCheck::default();
+        assert!(!hosts.valid(b""), "nothing remembered yet is not a match for an empty host");
         assert!(hosts.valid(b"example.com:8080"));
         assert!(hosts.valid(b"example.com:8080"), "the remembered one");
         assert!(!hosts.valid(b"user@example.com"));

@@ -279,6 +279,12 @@ fn parse_request(
         None => {}
     }
     head.uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
+    if let (Some(authority), Some(host)) = (head.uri.authority(), headers.get(header::HOST)) {
+        let default_port: &[u8] = if head.uri.scheme() == Some(&Scheme::HTTPS) { b"443" } else { b"80" };
+        if !crate::http1::fields::same_authority(authority.as_str().as_bytes(), host.as_bytes(), default_port) {
+            return Err("host differs from :authority");
+        }
+    }
     head.method = method;
     head.version = Version::HTTP_2;
     head.headers = headers;

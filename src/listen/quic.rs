@@ -552,6 +552,11 @@ impl StreamTask {
         if authority.into_iter().chain(host).any(|h| !crate::http1::fields::valid_host(h)) {
             return Some(ProxyError::BadRequest("invalid :authority or host in an HTTP/3 request"));
         }
+        if let (Some(authority), Some(host)) = (authority, host)
+            && !crate::http1::fields::same_authority(authority, host, b"443")
+        {
+            return Some(ProxyError::BadRequest("host differs from :authority in an HTTP/3 request"));
+        }
         if self.early && !is_safe(req.method()) {
             return refuse(
                 StatusCode::from_u16(425).expect("425 is a status"),

@@ -1,7 +1,8 @@
 //! The one data path every request takes, whatever protocol it came on:
 //!
 //! ```text
-//! request id → route → body limit → (static files | forward to upstream) → response headers → access log
+//! request id → route → policies → Max-Forwards → body limit → (static files | forward to upstream)
+//!     → response headers → access log
 //! ```
 //!
 //! Listeners call [`Gateway::handle`]; nothing here branches on the
@@ -12,6 +13,7 @@ mod deadline;
 pub mod forwarded;
 pub mod grpc;
 mod grpc_json;
+pub mod max_forwards;
 pub mod normalize;
 pub mod request_id;
 
@@ -339,6 +341,13 @@ impl Gateway {
             }
             if crate::websocket::is_extended_connect(&parts) {
                 return Err(ProxyError::BadRequest("extended CONNECT is only accepted on WebSocket routes"));
+            }
+            // OPTIONS and TRACE count their hops down; at zero the gateway answers
+            // (such requests carry no body worth draining: TRACE may not have one).
+            if matches!(route.action, Action::Proxy(_))
+                && let max_forwards::Hop::Answer(answer) = max_forwards::hop(&mut parts)?
+            {
+                return Ok(Outcome::Local(answer));
             }
 
             let limit = route.config.max_body_bytes.or(ctx.connection.listener.max_body_bytes);

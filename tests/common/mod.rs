@@ -223,6 +223,11 @@ impl Backend {
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Forgets the requests seen so far, for a test that checks in rounds.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
 }
 
 /// Runs curl with `args` (a real client we did not write); `-s` is implied.
