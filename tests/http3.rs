@@ -101,6 +101,31 @@ fn get_and_post_over_http3_reach_an_http1_backend_as_plain_http11() {
 }
 
 #[test]
+fn max_forwards_counts_down_over_http3_as_over_tcp() {
+    // The countdown lives in the shared pipeline: an HTTP/3 TRACE at 0 is
+    // answered by the gateway, at 2 it reaches the backend at 1.
+    let backend = echo_backend();
+    let rig = Rig::http1(backend.addr, "");
+    let report = h3_exchange(
+        rig.addr,
+        &json!([
+            { "method": "TRACE", "path": "/here", "headers": [["max-forwards", "0"], ["authorization", "Bearer x"]] },
+            { "method": "TRACE", "path": "/there", "headers": [["max-forwards", "2"]] },
+        ]),
+    );
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], 200, "{report}");
+    assert_eq!(header(&results[0], "content-type"), Some("message/http"), "{report}");
+    let reflected = results[0]["body_text"].as_str().unwrap();
+    assert!(reflected.starts_with("TRACE /here HTTP/3"), "{reflected}");
+    assert!(!reflected.contains("Bearer"), "credentials are not reflected: {reflected}");
+    assert_eq!(results[1]["status"], 200, "{report}");
+    let seen = backend.requests();
+    assert_eq!(seen.iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(), ["/there"]);
+    assert_eq!(seen[0].headers["max-forwards"], "1");
+}
+
+#[test]
 fn tcp_responses_on_the_same_listener_advertise_http3_with_alt_svc() {
     let backend = Backend::fixed("hi");
     let rig = Rig::http1(backend.addr, "");
