@@ -234,7 +234,7 @@ fn request_id_is_kept_from_the_client_or_generated_and_echoed() {
 }
 
 #[test]
-fn max_forwards_counts_down_on_options_and_trace_and_at_zero_the_gateway_answers() {
+fn max_forwards_counts_down_on_options_and_trace_and_the_gateway_answers_at_zero_and_for_options_star() {
     // RFC 9110 §7.6.2: each hop lowers the count; the hop that gets 0 answers
     // as the final recipient and the request goes no further.
     let backend = Backend::fixed("from the backend");
@@ -266,6 +266,10 @@ fn max_forwards_counts_down_on_options_and_trace_and_at_zero_the_gateway_answers
         let (code, _, _) = curl_proto(proto, &["-X", "OPTIONS", "-H", "Max-Forwards: many", &url]);
         assert_eq!(code, 400, "{proto:?}: a count that is not a number");
         backend.clear();
+        // `OPTIONS *` is about the server in general; no route leads from `*` to a backend.
+        let (code, _, body) = curl_proto(proto, &["-X", "OPTIONS", "--request-target", "*", &tollgate.url("/")]);
+        assert_eq!((code, body.as_slice()), (200, &b""[..]), "{proto:?}");
+        assert!(backend.requests().is_empty(), "{proto:?}");
     }
 }
 

@@ -3,7 +3,9 @@
 //! count down. At zero the gateway is the last stop and answers itself, so
 //! the backend never sees the request.
 //!
-//! Other methods carry the field through untouched, as the RFC says.
+//! Other methods carry the field through untouched, as the RFC says. The
+//! gateway also answers `OPTIONS *` itself, whatever the count: no route
+//! leads from `*` to a backend.
 
 use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Method, Response, StatusCode, header, request};
@@ -54,9 +56,15 @@ fn parse(value: &[u8]) -> Option<u32> {
     Some(value.iter().try_fold(0u32, |n, &d| n.checked_mul(10)?.checked_add(u32::from(d - b'0'))).unwrap_or(u32::MAX))
 }
 
+/// Whether this is `OPTIONS *`: a question about the server in general,
+/// not about any resource a route leads to.
+pub fn is_server_wide_options(parts: &request::Parts) -> bool {
+    parts.method == Method::OPTIONS && parts.uri.path() == "*"
+}
+
 /// OPTIONS answered by the gateway: success, and nothing to add about a
 /// resource it does not own.
-fn options() -> Response<Body> {
+pub fn options() -> Response<Body> {
     let mut response = Response::new(body::empty());
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0u32));
     response

@@ -323,6 +323,11 @@ impl Gateway {
             }
             let Some(route) = route else {
                 Box::pin(discard_small_body(incoming, &parts.headers)).await;
+                // `OPTIONS *` asks about the server in general (RFC 9110 §9.3.7),
+                // and no backend is that: the gateway answers it.
+                if max_forwards::is_server_wide_options(&parts) {
+                    return Ok(Outcome::Local(max_forwards::options()));
+                }
                 return Err(ProxyError::NoRoute);
             };
             // WebSocket routes answer the upgrade themselves, after the policies above ran on it.
