@@ -8,7 +8,7 @@
 //! leads from `*` to a backend.
 
 use bytes::{BufMut, BytesMut};
-use http::{HeaderValue, Method, Response, StatusCode, header, request};
+use http::{HeaderValue, Method, Response, header, request};
 
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -92,7 +92,6 @@ fn reflect(parts: &request::Parts) -> Response<Body> {
     message.put_slice(b"\r\n");
     let length = message.len();
     let mut response = Response::new(body::full(message.freeze()));
-    *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("message/http"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -135,7 +134,7 @@ mod tests {
     #[test]
     fn a_zero_count_is_answered_here() {
         let Ok(Hop::Answer(options)) = hop(&mut parts(Method::OPTIONS, &["0"])) else { panic!("not answered") };
-        assert_eq!(options.status(), StatusCode::OK);
+        assert_eq!(options.status(), http::StatusCode::OK);
         let Ok(Hop::Answer(trace)) = hop(&mut parts(Method::TRACE, &["0"])) else { panic!("not answered") };
         assert_eq!(trace.headers()[header::CONTENT_TYPE], "message/http");
     }
