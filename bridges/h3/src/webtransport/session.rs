@@ -56,6 +56,14 @@ const CLOSE_GRACE: Duration = Duration::from_millis(300);
 /// this, what is left is dropped (streams reset) and the capsule goes anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
+/// How long our close waits after the last message stream went out, on top
+/// of its acknowledgement: acknowledged is not read. A client drops a closed
+/// session's streams, Chromium even those it has received but its page has
+/// not read yet, so a close right behind the last reply can cost the page
+/// the replies. Bounded by [`CLOSE_LINGER`], and no wait at all when the
+/// last message went out longer ago than this.
+const READ_GRACE: Duration = Duration::from_millis(250);
+
 /// How long the capsule itself may take to be handed to QUIC (it is a few
 /// bytes; only a client that gives the CONNECT stream no credit delays it).
 const CAPSULE_WAIT: Duration = Duration::from_secs(1);
@@ -306,7 +314,8 @@ pub(super) struct CloseRequest {
 
 /// The writer: each message for the client on a new stream, in order; then,
 /// if asked, our close: the messages queued before it, their acknowledgements,
-/// the capsule and FIN, within [`CLOSE_LINGER`].
+/// [`READ_GRACE`] for the client to read them, the capsule and FIN, within
+/// [`CLOSE_LINGER`].
 async fn write_client(
     quic: quinn::Connection,
     header: Bytes,
@@ -318,6 +327,8 @@ async fn write_client(
     let mut acks = JoinSet::new();
     // The close, once asked for, and when it must go out at the latest.
     let mut close: Option<(CloseRequest, Instant)> = None;
+    // When the last message stream was finished.
+    let mut last_written: Option<Instant> = None;
     loop {
         let message = if close.is_some() {
             match outgoing.try_recv() {
@@ -365,6 +376,7 @@ async fn write_client(
         };
         match written {
             Ok(acknowledged) => {
+                last_written = Some(Instant::now());
                 acks.spawn(acknowledged);
                 while acks.try_join_next().is_some() {}
             }
@@ -377,6 +389,9 @@ async fn write_client(
     // A client drops a closed session's streams (draft-02 §5), so the close
     // waits until it has them all.
     let _ = tokio::time::timeout_at(deadline, async { while acks.join_next().await.is_some() {} }).await;
+    if let Some(written) = last_written {
+        tokio::time::sleep_until((written + READ_GRACE).min(deadline)).await;
+    }
     let _ = tokio::time::timeout(CAPSULE_WAIT, send_close(&connect, &request.close)).await;
     // `request` drops here, with the end signal.
 }
