@@ -55,11 +55,8 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: keep through the closing bracket.
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    // The host part ends before an ASCII `:` (or at the end): a char boundary.
+    &host[..crate::http1::fields::split_port(host.as_bytes()).0.len()]
 }
 
 /// True when the request satisfies every condition of `m`.
@@ -180,6 +177,14 @@ mod tests {
         assert_eq!(first_match(&routes, &req("other", "/x")), Some("any"));
         assert_eq!(first_match(&routes, &req("API.example.com:8080", "/api/x")), Some("exact-host"));
         assert_eq!(first_match(&routes, &req("www.example.com", "/api/x")), Some("wildcard-host"));
+    }
+
+    #[test]
+    fn the_port_is_stripped_from_names_and_address_literals() {
+        for (raw, host) in [("a.test:8080", "a.test"), ("a.test", "a.test"), ("[::1]:443", "[::1]"), ("[::1]", "[::1]")]
+        {
+            assert_eq!(strip_port(raw), host);
+        }
     }
 
     #[test]

@@ -154,8 +154,9 @@ pub fn same_authority(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
     host_a.eq_ignore_ascii_case(host_b) && port_a.unwrap_or(default_port) == port_b.unwrap_or(default_port)
 }
 
-/// `host` and the port after it, if any (`x:` has none).
-fn split_port(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+/// A `host[:port]` value's host (an IPv6 literal kept whole, brackets and
+/// all) and its port, if any (`x:` has none).
+pub fn split_port(value: &[u8]) -> (&[u8], Option<&[u8]>) {
     let after_literal = match value.first() {
         Some(b'[') => value.iter().position(|&b| b == b']').map_or(value.len(), |close| close + 1),
         _ => 0,
