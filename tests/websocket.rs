@@ -143,8 +143,8 @@ async fn rfc8441_clients_over_h2c_and_h2_tls_reach_the_http1_backend() {
     assert_eq!(header_in(&seen.heads[1], "upgrade").as_deref(), Some("websocket"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_websockets_client_and_server_negotiate_permessage_deflate_through_the_tunnel() {
+/// The Python `websockets` echo backend (`tests/websocket_peers/echo_server.py`) and its address.
+fn python_echo_server() -> (std::process::Child, SocketAddr) {
     let mut server = Command::new(".venv/bin/python")
         .arg("tests/websocket_peers/echo_server.py")
         .stdout(Stdio::piped())
@@ -152,7 +152,88 @@ async fn python_websockets_client_and_server_negotiate_permessage_deflate_throug
         .expect("python venv with websockets (scripts/test.sh installs it)");
     let mut port = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut port).unwrap();
-    let backend: SocketAddr = format!("127.0.0.1:{}", port.trim()).parse().unwrap();
+    (server, format!("127.0.0.1:{}", port.trim()).parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stalls_the_whole_tunnel_and_then_gets_every_byte_in_order() {
+    // 24 MiB echoed through a Python `websockets` backend while the client
+    // reads nothing for a while: the tunnel's writes to the client back up,
+    // it stops reading the backend, whose echo stalls, and so on back to the
+    // client's own writes. Every socket of the tunnel hits a full buffer and
+    // must resume when it drains (on the tunnel threads: would-block, then
+    // the writable event). Memory stays flat meanwhile, and nothing is lost.
+    let (mut server, backend) = python_echo_server();
+    let rig = Rig::start(
+        backend,
+        "websocket = \"tunnel\"\nwebsocket_max_message_bytes = 131072\nwebsocket_max_frame_bytes = 131072\n",
+        "",
+    );
+    let before = rig.tollgate.rss_kib();
+    let (_, ws) = connect_h1(rig.addr(), "/flood", &[("Sec-WebSocket-Protocol", "chat")]).await;
+    // The tunnel starts just after the 101 went out.
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", rig.tollgate.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !threads().iter().any(|name| name.starts_with("tollgate-ws-")) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        threads().iter().any(|name| name.starts_with("tollgate-ws-")),
+        "a plain-TCP tunnel runs on the tunnel threads: {:?}",
+        threads()
+    );
+    const MESSAGES: usize = 384;
+    let payload = |i: usize| Message::binary((0..64 * 1024).map(|j| (i * 7 + j) as u8).collect::<Vec<u8>>());
+    let (mut tx, mut rx) = ws.split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            for i in 0..MESSAGES {
+                tx.send(payload(i)).await.unwrap();
+                sent.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tx
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let stalled_rss = rig.tollgate.rss_kib();
+    assert!(stalled_at < MESSAGES, "the client's writes stall while it reads nothing ({stalled_at} sent)");
+    assert!(
+        stalled_rss < before + 16 * 1024,
+        "no queue grows while stalled: {before} KiB before, {stalled_rss} KiB with {stalled_at} messages sent"
+    );
+    for i in 0..MESSAGES {
+        let message = tokio::time::timeout(Duration::from_secs(20), rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} in time"))
+            .expect("stream open")
+            .expect("valid message");
+        assert!(message == payload(i), "message {i} arrives whole and in order");
+    }
+    let mut ws = writer.await.unwrap().reunite(rx).unwrap();
+    ws.send(Message::Close(Some(close::frame(1000u16, "done")))).await.unwrap();
+    assert_eq!(next_close(&mut ws).await.map(|f| u16::from(f.code)), Some(1000));
+    assert!(rig.tollgate.wait_for_log("websocket_close", Duration::from_secs(5)), "{}", rig.tollgate.log());
+    let log = rig.tollgate.log();
+    let closed = log.lines().find(|l| l.contains("websocket_close")).unwrap();
+    let bytes = MESSAGES * 64 * 1024;
+    for field in [format!("messages_in={MESSAGES}"), format!("bytes_in={bytes}"), format!("messages_out={MESSAGES}")] {
+        assert!(closed.contains(&field), "{field} in {closed}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_client_and_server_negotiate_permessage_deflate_through_the_tunnel() {
+    let (mut server, backend) = python_echo_server();
     let rig = Rig::start(backend, TUNNEL, "");
     let output = transport::run_with_timeout(
         Command::new(".venv/bin/python").args([

@@ -8,6 +8,7 @@
 //! - [`session`]: the access-log lines for connection open and close.
 //! - [`shutdown`]: close 1001 to every session when the process stops.
 //! - [`stream`]: upgraded connections, unwrapped to the socket where possible.
+//! - [`reactor`]: threads of our own that run tunnels between two plain TCP sockets.
 //!
 //! Both shapes of client handshake arrive here: HTTP/1.1 `Upgrade`
 //! (RFC 6455 §4) and HTTP/2 extended CONNECT (RFC 8441, enabled on every
@@ -17,6 +18,7 @@
 
 pub mod client;
 mod message;
+pub mod reactor;
 mod session;
 pub mod shutdown;
 pub mod stream;

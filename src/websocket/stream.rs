@@ -85,6 +85,12 @@ impl Socket {
         let prefix = if prefix.is_empty() { Bytes::new() } else { prefix };
         Self { prefix, tcp, read_waker: None, armed: false }
     }
+
+    /// The bytes read past the handshake and the socket, for a driver of
+    /// its own ([`super::reactor`]).
+    pub(super) fn into_parts(self) -> (Bytes, TcpStream) {
+        (self.prefix, self.tcp)
+    }
 }
 
 impl AsyncRead for Socket {

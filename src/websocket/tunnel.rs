@@ -14,6 +14,7 @@ use tollgate_websocket::relay::{self, RelaySettings};
 use tollgate_websocket::tunnel::{self as frames, TunnelOptions};
 
 use super::client::{ClientSide, Switched};
+use super::reactor::Reactors;
 use super::session::Session;
 use super::stream::UpgradedStream;
 use super::{Accepted, limits, switched};
@@ -78,18 +79,28 @@ pub(super) async fn open(
         let stopping = super::shutdown::stopping();
         match client {
             Switched::WebSocket(io) => {
-                // Boxed: the tunnel pins its own copy of this future, so a
-                // box (16 bytes) is moved instead of the whole wait.
-                let tunnel = frames::tunnel(io, backend_io, options, settings, Box::pin(stopping));
-                // A task of its own that holds only the tunnel: this one also
-                // holds the handshake's state, and an idle tunnel should cost
-                // as little memory as possible.
-                tokio::spawn(async move {
-                    let report = tunnel.await;
+                // Run apart from this task, which also holds the handshake's
+                // state: an idle tunnel should cost as little memory as possible.
+                let finish = move |report: relay::Report| {
                     session.closed(&report);
                     // The target's slot (least_request, max_connections_per_target) is held until now.
                     drop(guard);
-                });
+                };
+                // Boxed: the tunnel pins its own copy of this future, so a
+                // box (16 bytes) is moved instead of the whole wait.
+                let stopping = Box::pin(stopping);
+                match (io, backend_io, Reactors::get()) {
+                    // Two plain sockets: on a reactor thread, off tokio's wakes.
+                    (UpgradedStream::Tcp(client), UpgradedStream::Tcp(backend), Some(reactors)) => {
+                        reactors.spawn(client, backend, move |client, backend| async move {
+                            finish(frames::tunnel(client, backend, options, settings, stopping).await);
+                        });
+                    }
+                    (io, backend_io, _) => {
+                        let tunnel = frames::tunnel(io, backend_io, options, settings, stopping);
+                        tokio::spawn(async move { finish(tunnel.await) });
+                    }
+                }
             }
             Switched::WebTransport(channel) => {
                 Box::pin(async move {

@@ -1,0 +1,409 @@
+//! Threads of our own that drive WebSocket tunnels whose two ends are both
+//! plain TCP sockets (an HTTP/1.1 client, an `ws://` backend).
+//!
+//! Why: a tunnel does little work per frame (a header check, a re-mask, one
+//! read and one write), and under tokio each frame also paid for a task wake,
+//! a trip through the scheduler's queue, the coop budget and a waker
+//! registered again in the I/O driver each time a socket ran dry: about a
+//! third of the tunnel's instructions (`bench/PROFILE.md`). Here one
+//! edge-triggered epoll (through mio) per thread watches both sockets of
+//! every tunnel on it. An event flags its socket ready and polls that
+//! tunnel's future at once, on this thread; both directions move in that
+//! poll. Sockets read and write with plain system calls, and a socket is
+//! read only while flagged readable (cleared when a read comes back short
+//! or would block), so a poll never costs a wasted `read`.
+//!
+//! The tunnel future is the same one tokio runs for every other client
+//! ([`tollgate_websocket::tunnel::tunnel`]); only its sockets differ. Its
+//! timers (pings, idle, close deadlines) and the shutdown switch stay
+//! tokio's: the runtime is entered on these threads, and their wakers land
+//! in the thread's inbox, which wakes its epoll.
+//!
+//! There are as many threads as the runtime has workers, started with the
+//! first tunnel; tunnels are dealt to them in turn.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::mem;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::{Buf, Bytes};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::stream::Socket;
+
+/// A tunnel's future, boxed: the threads hold tunnels of any shape.
+type TunnelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The token of each thread's inbox waker (socket tokens are `slot * 2 + side`).
+const INBOX: Token = Token(usize::MAX);
+
+/// Readiness bits of one socket, set by the thread on events and cleared by
+/// the socket when a read or write shows the readiness used up.
+#[derive(Default)]
+struct Readiness(AtomicU8);
+
+const READABLE: u8 = 1;
+const WRITABLE: u8 = 2;
+
+impl Readiness {
+    fn is(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bit != 0
+    }
+
+    fn set(&self, bits: u8) {
+        self.0.fetch_or(bits, Ordering::Relaxed);
+    }
+
+    fn clear(&self, bit: u8) {
+        self.0.fetch_and(!bit, Ordering::Relaxed);
+    }
+}
+
+/// One end of a tunnel on a reactor thread: the bytes read past the
+/// handshake, then the socket.
+pub struct ReactorSocket {
+    prefix: Bytes,
+    tcp: std::net::TcpStream,
+    ready: Arc<Readiness>,
+}
+
+impl ReactorSocket {
+    /// Reads once into `buf`'s unfilled part; `None` when the socket is dry.
+    fn read_into(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
+        // SAFETY: `read(2)` only writes to the unfilled part, which it is
+        // given as a pointer and its length; nothing is read from it here.
+        let unfilled = unsafe { buf.unfilled_mut() };
+        let wanted = unfilled.len();
+        loop {
+            // SAFETY: the fd is ours and open for as long as `self.tcp` is;
+            // the pointer and length describe writable memory.
+            let n = unsafe { libc::read(self.tcp.as_raw_fd(), unfilled.as_mut_ptr().cast(), wanted) };
+            if let Ok(n) = usize::try_from(n) {
+                // SAFETY: `read(2)` initialized the first `n` bytes.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                // A short read emptied the socket (edge-triggered: a later
+                // arrival raises a new event).
+                if n > 0 && n < wanted {
+                    self.ready.clear(READABLE);
+                }
+                return Some(Ok(()));
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    self.ready.clear(READABLE);
+                    return None;
+                }
+                _ => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ReactorSocket {
+    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                this.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        // No waker to register: the socket's next event polls the tunnel.
+        if !this.ready.is(READABLE) {
+            return Poll::Pending;
+        }
+        match this.read_into(buf) {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for ReactorSocket {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if !self.ready.is(WRITABLE) {
+            return Poll::Pending;
+        }
+        loop {
+            match (&self.tcp).write(data) {
+                Ok(n) => {
+                    // A short write filled the send buffer.
+                    if n < data.len() {
+                        self.ready.clear(WRITABLE);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.clear(WRITABLE);
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tcp.shutdown(Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What other threads hand a reactor thread.
+#[derive(Default)]
+struct Inbox {
+    tunnels: Vec<Submitted>,
+    /// Slots whose wakers were called (timers, shutdown).
+    woken: Vec<usize>,
+    /// The thread was already told to look (one `eventfd` write per look).
+    notified: bool,
+}
+
+/// A new tunnel: its future and its sockets' descriptors and readiness.
+struct Submitted {
+    future: TunnelFuture,
+    sockets: [(RawFd, Arc<Readiness>); 2],
+}
+
+/// The part of a reactor thread other threads reach.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    waker: mio::Waker,
+}
+
+impl Shared {
+    fn deliver(&self, put: impl FnOnce(&mut Inbox)) {
+        let tell = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            put(&mut inbox);
+            !mem::replace(&mut inbox.notified, true)
+        };
+        if tell && let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "cannot wake a websocket reactor thread");
+        }
+    }
+}
+
+/// A tunnel's waker: queues its slot in the inbox.
+struct SlotWaker {
+    slot: usize,
+    shared: Arc<Shared>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let slot = self.slot;
+        self.shared.deliver(|inbox| inbox.woken.push(slot));
+    }
+}
+
+/// A running tunnel.
+struct Slot {
+    future: TunnelFuture,
+    ready: [Arc<Readiness>; 2],
+    waker: Waker,
+    /// Already on this round's list to poll.
+    queued: bool,
+}
+
+/// The reactor threads, started with the first tunnel.
+pub struct Reactors {
+    threads: Vec<Arc<Shared>>,
+    next: AtomicUsize,
+}
+
+static REACTORS: OnceLock<Option<Reactors>> = OnceLock::new();
+
+impl Reactors {
+    /// The reactor threads, started on first use from within the runtime
+    /// (one per worker); `None` if they could not be started, and tunnels
+    /// stay on tokio's tasks.
+    pub fn get() -> Option<&'static Reactors> {
+        REACTORS
+            .get_or_init(|| {
+                let runtime = tokio::runtime::Handle::current();
+                let count = runtime.metrics().num_workers().max(1);
+                match (0..count).map(|i| start(i, runtime.clone())).collect::<io::Result<Vec<_>>>() {
+                    Ok(threads) => Some(Reactors { threads, next: AtomicUsize::new(0) }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "websocket reactor threads failed to start; tunnels run as tasks");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Moves both sockets off tokio's driver and runs `tunnel(client,
+    /// backend)` on one of the threads until it completes.
+    pub fn spawn<F, T>(&self, client: Socket, backend: Socket, tunnel: F)
+    where
+        F: FnOnce(ReactorSocket, ReactorSocket) -> T,
+        T: Future<Output = ()> + Send + 'static,
+    {
+        let (Some(client), Some(backend)) = (take_over(client), take_over(backend)) else { return };
+        let sockets = [
+            (client.tcp.as_raw_fd(), Arc::clone(&client.ready)),
+            (backend.tcp.as_raw_fd(), Arc::clone(&backend.ready)),
+        ];
+        let future = Box::pin(tunnel(client, backend));
+        let thread = &self.threads[self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()];
+        thread.deliver(|inbox| inbox.tunnels.push(Submitted { future, sockets }));
+    }
+}
+
+/// Takes a socket off tokio's driver (a failure there drops the connection).
+fn take_over(socket: Socket) -> Option<ReactorSocket> {
+    let (prefix, tcp) = socket.into_parts();
+    match tcp.into_std() {
+        // Ready until shown otherwise: registering does not report what
+        // arrived before it.
+        Ok(tcp) => Some(ReactorSocket { prefix, tcp, ready: Arc::new(Readiness(AtomicU8::new(READABLE | WRITABLE))) }),
+        Err(e) => {
+            tracing::warn!(error = %e, "websocket tunnel socket could not leave the runtime; connection dropped");
+            None
+        }
+    }
+}
+
+/// Starts reactor thread `index`.
+fn start(index: usize, runtime: tokio::runtime::Handle) -> io::Result<Arc<Shared>> {
+    let poll = mio::Poll::new()?;
+    let waker = mio::Waker::new(poll.registry(), INBOX)?;
+    let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), waker });
+    let thread = Reactor { poll, shared: Arc::clone(&shared), slots: Vec::new(), free: Vec::new() };
+    std::thread::Builder::new().name(format!("tollgate-ws-{index}")).spawn(move || {
+        let _runtime = runtime.enter();
+        thread.run();
+    })?;
+    Ok(shared)
+}
+
+/// One reactor thread's state.
+struct Reactor {
+    poll: mio::Poll,
+    shared: Arc<Shared>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut due = Vec::new();
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "websocket reactor thread stopped");
+                return;
+            }
+            for event in &events {
+                if event.token() == INBOX {
+                    continue;
+                }
+                let (slot, side) = (event.token().0 / 2, event.token().0 % 2);
+                let Some(Some(tunnel)) = self.slots.get_mut(slot) else { continue };
+                let mut bits = 0;
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    bits |= READABLE;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    bits |= WRITABLE;
+                }
+                tunnel.ready[side].set(bits);
+                if !mem::replace(&mut tunnel.queued, true) {
+                    due.push(slot);
+                }
+            }
+            let (submitted, woken) = {
+                let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+                inbox.notified = false;
+                (mem::take(&mut inbox.tunnels), mem::take(&mut inbox.woken))
+            };
+            for slot in woken {
+                if let Some(Some(tunnel)) = self.slots.get_mut(slot)
+                    && !mem::replace(&mut tunnel.queued, true)
+                {
+                    due.push(slot);
+                }
+            }
+            for tunnel in submitted {
+                if let Some(slot) = self.admit(tunnel) {
+                    due.push(slot);
+                }
+            }
+            for slot in due.drain(..) {
+                self.poll_slot(slot);
+            }
+        }
+    }
+
+    /// Registers a new tunnel's sockets and gives it a slot (queued to poll).
+    fn admit(&mut self, tunnel: Submitted) -> Option<usize> {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        for (side, (fd, _)) in tunnel.sockets.iter().enumerate() {
+            let token = Token(slot * 2 + side);
+            if let Err(e) =
+                self.poll.registry().register(&mut SourceFd(fd), token, Interest::READABLE | Interest::WRITABLE)
+            {
+                tracing::warn!(error = %e, "websocket tunnel sockets could not be watched; connection dropped");
+                self.free.push(slot);
+                return None;
+            }
+        }
+        let waker = Waker::from(Arc::new(SlotWaker { slot, shared: Arc::clone(&self.shared) }));
+        let [(_, client), (_, backend)] = tunnel.sockets;
+        self.slots[slot] = Some(Slot { future: tunnel.future, ready: [client, backend], waker, queued: true });
+        Some(slot)
+    }
+
+    /// Polls one tunnel; a finished (or panicked) one frees its slot, and
+    /// its sockets, closed, leave the epoll set.
+    fn poll_slot(&mut self, slot: usize) {
+        let Some(Some(tunnel)) = self.slots.get_mut(slot) else { return };
+        tunnel.queued = false;
+        let Slot { future, waker, .. } = tunnel;
+        let mut cx = Context::from_waker(waker);
+        let done = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+            Ok(poll) => poll.is_ready(),
+            Err(_) => {
+                tracing::error!("websocket tunnel panicked; connection dropped");
+                true
+            }
+        };
+        if done {
+            self.slots[slot] = None;
+            self.free.push(slot);
+        }
+    }
+}
