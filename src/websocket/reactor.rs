@@ -22,6 +22,7 @@
 //! There are as many threads as the runtime has workers, started with the
 //! first tunnel; tunnels are dealt to them in turn.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Write};
 use std::mem;
@@ -32,6 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use mio::unix::SourceFd;
@@ -45,6 +47,16 @@ type TunnelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The token of each thread's inbox waker (socket tokens are `slot * 2 + side`).
 const INBOX: Token = Token(usize::MAX);
+
+/// Reads one poll of a tunnel may make before it yields to the others on
+/// its thread (tokio's coop budget does this for tasks): a tunnel whose
+/// peers never run dry would otherwise keep the thread.
+const READS_PER_POLL: u32 = 32;
+
+thread_local! {
+    /// Reads left to the tunnel being polled on this thread.
+    static BUDGET: Cell<u32> = const { Cell::new(u32::MAX) };
+}
 
 /// Readiness bits of one socket, set by the thread on events and cleared by
 /// the socket when a read or write shows the readiness used up.
@@ -127,6 +139,12 @@ impl AsyncRead for ReactorSocket {
         if !this.ready.is(READABLE) {
             return Poll::Pending;
         }
+        // Out of budget: the thread polls this tunnel again after the others.
+        let budget = BUDGET.get();
+        if budget == 0 {
+            return Poll::Pending;
+        }
+        BUDGET.set(budget - 1);
         match this.read_into(buf) {
             Some(result) => Poll::Ready(result),
             None => Poll::Pending,
@@ -180,10 +198,14 @@ struct Inbox {
     notified: bool,
 }
 
-/// A new tunnel: its future and its sockets' descriptors and readiness.
+/// Builds a tunnel's future from its two sockets.
+type StartTunnel = Box<dyn FnOnce(ReactorSocket, ReactorSocket) -> TunnelFuture + Send>;
+
+/// A new tunnel: its sockets, and what to run on them once they are watched.
 struct Submitted {
-    future: TunnelFuture,
-    sockets: [(RawFd, Arc<Readiness>); 2],
+    client: ReactorSocket,
+    backend: ReactorSocket,
+    start: StartTunnel,
 }
 
 /// The part of a reactor thread other threads reach.
@@ -263,17 +285,15 @@ impl Reactors {
     /// backend)` on one of the threads until it completes.
     pub fn spawn<F, T>(&self, client: Socket, backend: Socket, tunnel: F)
     where
-        F: FnOnce(ReactorSocket, ReactorSocket) -> T,
+        F: FnOnce(ReactorSocket, ReactorSocket) -> T + Send + 'static,
         T: Future<Output = ()> + Send + 'static,
     {
         let (Some(client), Some(backend)) = (take_over(client), take_over(backend)) else { return };
-        let sockets = [
-            (client.tcp.as_raw_fd(), Arc::clone(&client.ready)),
-            (backend.tcp.as_raw_fd(), Arc::clone(&backend.ready)),
-        ];
-        let future = Box::pin(tunnel(client, backend));
+        // The future is built on the thread, once both sockets are watched:
+        // no descriptor can be registered after its socket was dropped.
+        let start: StartTunnel = Box::new(move |client, backend| Box::pin(tunnel(client, backend)));
         let thread = &self.threads[self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()];
-        thread.deliver(|inbox| inbox.tunnels.push(Submitted { future, sockets }));
+        thread.deliver(|inbox| inbox.tunnels.push(Submitted { client, backend, start }));
     }
 }
 
@@ -296,7 +316,7 @@ fn start(index: usize, runtime: tokio::runtime::Handle) -> io::Result<Arc<Shared
     let poll = mio::Poll::new()?;
     let waker = mio::Waker::new(poll.registry(), INBOX)?;
     let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), waker });
-    let thread = Reactor { poll, shared: Arc::clone(&shared), slots: Vec::new(), free: Vec::new() };
+    let thread = Reactor { poll, shared: Arc::clone(&shared), slots: Vec::new(), free: Vec::new(), again: Vec::new() };
     std::thread::Builder::new().name(format!("tollgate-ws-{index}")).spawn(move || {
         let _runtime = runtime.enter();
         thread.run();
@@ -310,6 +330,8 @@ struct Reactor {
     shared: Arc<Shared>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
+    /// Tunnels that ran out of budget, to poll again next round.
+    again: Vec<usize>,
 }
 
 impl Reactor {
@@ -317,7 +339,10 @@ impl Reactor {
         let mut events = Events::with_capacity(256);
         let mut due = Vec::new();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // Tunnels that used up their budget go again at once, after a
+            // look at what else is ready.
+            let timeout = (!self.again.is_empty()).then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -347,7 +372,7 @@ impl Reactor {
                 inbox.notified = false;
                 (mem::take(&mut inbox.tunnels), mem::take(&mut inbox.woken))
             };
-            for slot in woken {
+            for slot in woken.into_iter().chain(self.again.drain(..)) {
                 if let Some(Some(tunnel)) = self.slots.get_mut(slot)
                     && !mem::replace(&mut tunnel.queued, true)
                 {
@@ -371,19 +396,21 @@ impl Reactor {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        for (side, (fd, _)) in tunnel.sockets.iter().enumerate() {
+        let Submitted { client, backend, start } = tunnel;
+        for (side, socket) in [&client, &backend].into_iter().enumerate() {
             let token = Token(slot * 2 + side);
-            if let Err(e) =
-                self.poll.registry().register(&mut SourceFd(fd), token, Interest::READABLE | Interest::WRITABLE)
-            {
+            let fd: RawFd = socket.tcp.as_raw_fd();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), token, interest) {
+                // Both sockets close here, which also unregisters the first.
                 tracing::warn!(error = %e, "websocket tunnel sockets could not be watched; connection dropped");
                 self.free.push(slot);
                 return None;
             }
         }
+        let ready = [Arc::clone(&client.ready), Arc::clone(&backend.ready)];
         let waker = Waker::from(Arc::new(SlotWaker { slot, shared: Arc::clone(&self.shared) }));
-        let [(_, client), (_, backend)] = tunnel.sockets;
-        self.slots[slot] = Some(Slot { future: tunnel.future, ready: [client, backend], waker, queued: true });
+        self.slots[slot] = Some(Slot { future: start(client, backend), ready, waker, queued: true });
         Some(slot)
     }
 
@@ -394,6 +421,7 @@ impl Reactor {
         tunnel.queued = false;
         let Slot { future, waker, .. } = tunnel;
         let mut cx = Context::from_waker(waker);
+        BUDGET.set(READS_PER_POLL);
         let done = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
             Ok(poll) => poll.is_ready(),
             Err(_) => {
@@ -401,9 +429,85 @@ impl Reactor {
                 true
             }
         };
+        let exhausted = BUDGET.replace(u32::MAX) == 0;
         if done {
             self.slots[slot] = None;
             self.free.push(slot);
+        } else if exhausted {
+            self.again.push(slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A connected pair of loopback sockets: (far end, near end for the reactor).
+    async fn pair() -> (TcpStream, Socket) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (far, Socket::new(Bytes::new(), near))
+    }
+
+    /// Reads from `socket` until `want` bytes came, `chunk` at a time.
+    async fn read_all(socket: &mut ReactorSocket, want: usize, chunk: usize) -> usize {
+        let mut buf = vec![0u8; chunk];
+        let mut total = 0;
+        while total < want {
+            let mut read = ReadBuf::new(&mut buf);
+            poll_fn(|cx| Pin::new(&mut *socket).poll_read(cx, &mut read)).await.unwrap();
+            if read.filled().is_empty() {
+                break;
+            }
+            total += read.filled().len();
+        }
+        total
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tunnel_that_uses_up_its_read_budget_is_polled_again_without_a_new_event() {
+        let (mut client_far, client) = pair().await;
+        let (_backend_far, backend) = pair().await;
+        // All of it waiting before the tunnel starts: after the first event
+        // none follows, and 128 full reads take four budgets.
+        const SENT: usize = 64 * 1024;
+        client_far.write_all(&[7u8; SENT]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (done, got) = oneshot::channel();
+        Reactors::get().unwrap().spawn(client, backend, move |mut client, _backend| async move {
+            let _ = done.send(read_all(&mut client, SENT, 512).await);
+        });
+        let read = tokio::time::timeout(Duration::from_secs(5), got).await.expect("polled again").unwrap();
+        assert_eq!(read, SENT);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tunnel_that_panics_loses_its_connection_and_the_thread_serves_the_next() {
+        let (mut broken_far, broken) = pair().await;
+        let (_other_far, other) = pair().await;
+        Reactors::get().unwrap().spawn(broken, other, |_client, _backend| async { panic!("a bug in a tunnel") });
+        // The panicked tunnel's sockets were dropped: its client sees the end.
+        let mut byte = [0u8; 1];
+        let end =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut broken_far, &mut byte));
+        assert!(matches!(end.await, Ok(Ok(0)) | Ok(Err(_))), "the connection is closed, not left hanging");
+
+        let (mut client_far, client) = pair().await;
+        let (_backend_far, backend) = pair().await;
+        let (done, got) = oneshot::channel();
+        Reactors::get().unwrap().spawn(client, backend, move |mut client, _backend| async move {
+            let _ = done.send(read_all(&mut client, 5, 64).await);
+        });
+        client_far.write_all(b"hello").await.unwrap();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), got).await.expect("served").unwrap(), 5);
     }
 }

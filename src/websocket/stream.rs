@@ -80,7 +80,7 @@ pub struct Socket {
 }
 
 impl Socket {
-    fn new(prefix: Bytes, tcp: TcpStream) -> Self {
+    pub(super) fn new(prefix: Bytes, tcp: TcpStream) -> Self {
         // An empty `Bytes` may still hold the whole read buffer it was cut from.
         let prefix = if prefix.is_empty() { Bytes::new() } else { prefix };
         Self { prefix, tcp, read_waker: None, armed: false }

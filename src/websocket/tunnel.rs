@@ -92,8 +92,11 @@ pub(super) async fn open(
                 match (io, backend_io, Reactors::get()) {
                     // Two plain sockets: on a reactor thread, off tokio's wakes.
                     (UpgradedStream::Tcp(client), UpgradedStream::Tcp(backend), Some(reactors)) => {
-                        reactors.spawn(client, backend, move |client, backend| async move {
-                            finish(frames::tunnel(client, backend, options, settings, stopping).await);
+                        reactors.spawn(client, backend, move |client, backend| {
+                            // Built outside the `async` block, which would
+                            // otherwise keep a second copy of its arguments.
+                            let tunnel = frames::tunnel(client, backend, options, settings, stopping);
+                            async move { finish(tunnel.await) }
                         });
                     }
                     (io, backend_io, _) => {
