@@ -35,12 +35,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stream::Socket;
+use super::stream::{Socket, replay};
 
 /// A tunnel's future, boxed: the threads hold tunnels of any shape.
 type TunnelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -126,13 +126,7 @@ impl ReactorSocket {
 impl AsyncRead for ReactorSocket {
     fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                this.prefix = Bytes::new();
-            }
+        if replay(&mut this.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         // No waker to register: the socket's next event polls the tunnel.

@@ -93,16 +93,25 @@ impl Socket {
     }
 }
 
+/// Moves what was read past the handshake into `buf`, if any is left;
+/// true if it did. The buffer it was cut from is freed once it empties.
+pub(super) fn replay(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
+    if prefix.is_empty() {
+        *prefix = Bytes::new();
+    }
+    true
+}
+
 impl AsyncRead for Socket {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                this.prefix = Bytes::new();
-            }
+        if replay(&mut this.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         if this.armed && this.read_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
