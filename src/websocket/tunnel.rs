@@ -81,11 +81,6 @@ pub(super) async fn open(
             Switched::WebSocket(io) => {
                 // Run apart from this task, which also holds the handshake's
                 // state: an idle tunnel should cost as little memory as possible.
-                let finish = move |report: relay::Report| {
-                    session.closed(&report);
-                    // The target's slot (least_request, max_connections_per_target) is held until now.
-                    drop(guard);
-                };
                 // Boxed: the tunnel pins its own copy of this future, so a
                 // box (16 bytes) is moved instead of the whole wait.
                 let stopping = Box::pin(stopping);
@@ -96,12 +91,21 @@ pub(super) async fn open(
                             // Built outside the `async` block, which would
                             // otherwise keep a second copy of its arguments.
                             let tunnel = frames::tunnel(client, backend, options, settings, stopping);
-                            async move { finish(tunnel.await) }
+                            async move {
+                                let report = tunnel.await;
+                                session.closed(&report);
+                                // The target's slot (least_request, max_connections_per_target) is held until now.
+                                drop(guard);
+                            }
                         });
                     }
                     (io, backend_io, _) => {
                         let tunnel = frames::tunnel(io, backend_io, options, settings, stopping);
-                        tokio::spawn(async move { finish(tunnel.await) });
+                        tokio::spawn(async move {
+                            let report = tunnel.await;
+                            session.closed(&report);
+                            drop(guard);
+                        });
                     }
                 }
             }
