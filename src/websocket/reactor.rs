@@ -60,23 +60,31 @@ thread_local! {
 
 /// Readiness bits of one socket, set by the thread on events and cleared by
 /// the socket when a read or write shows the readiness used up.
-#[derive(Default)]
+///
+/// Only the socket's thread touches them once the tunnel is there: the atomic
+/// is for `Send`, so plain loads and stores do (no read-modify-write per frame).
 struct Readiness(AtomicU8);
 
 const READABLE: u8 = 1;
 const WRITABLE: u8 = 2;
 
 impl Readiness {
+    /// Ready both ways until shown otherwise: registering with epoll does
+    /// not report what arrived before it.
+    fn new() -> Self {
+        Self(AtomicU8::new(READABLE | WRITABLE))
+    }
+
     fn is(&self, bit: u8) -> bool {
         self.0.load(Ordering::Relaxed) & bit != 0
     }
 
     fn set(&self, bits: u8) {
-        self.0.fetch_or(bits, Ordering::Relaxed);
+        self.0.store(self.0.load(Ordering::Relaxed) | bits, Ordering::Relaxed);
     }
 
     fn clear(&self, bit: u8) {
-        self.0.fetch_and(!bit, Ordering::Relaxed);
+        self.0.store(self.0.load(Ordering::Relaxed) & !bit, Ordering::Relaxed);
     }
 }
 
@@ -295,9 +303,7 @@ impl Reactors {
 fn take_over(socket: Socket) -> Option<ReactorSocket> {
     let (prefix, tcp) = socket.into_parts();
     match tcp.into_std() {
-        // Ready until shown otherwise: registering does not report what
-        // arrived before it.
-        Ok(tcp) => Some(ReactorSocket { prefix, tcp, ready: Arc::new(Readiness(AtomicU8::new(READABLE | WRITABLE))) }),
+        Ok(tcp) => Some(ReactorSocket { prefix, tcp, ready: Arc::new(Readiness::new()) }),
         Err(e) => {
             tracing::warn!(error = %e, "websocket tunnel socket could not leave the runtime; connection dropped");
             None
