@@ -2,6 +2,7 @@
 """What each proxy puts on the wire, per request (h1) or per echo round-trip (ws).
 
     python3 bench/wire_census.py h1 [ROUNDS]   # wrk -c50 on /small: Tollgate, nginx, HAProxy in turn
+    python3 bench/wire_census.py h2c [ROUNDS]  # h2load -c50 -m10 on /small (prior knowledge), all three in turn
     python3 bench/wire_census.py ws [ROUNDS]   # 50 WebSocket echo connections: Tollgate and nginx in turn
 
 Same setup as bench/run.sh (proxy on core 0, origin and load on core 1; TOLLGATE_BIN and
@@ -69,16 +70,22 @@ def line(name, units, cpu_ticks, load_ticks, n0, n1, v0, v1, extra=""):
           f"proxy switches {(v1 - v0) / units:.3f}{extra}", flush=True)
 
 
-def census_h1(rounds):
+def census_h1(rounds, scenario_id="h1-small"):
+    """HTTP load through each proxy: `wrk` for HTTP/1.1, `h2load` (a fixed request count sized
+    to take about SECONDS) for h2c."""
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-census-"))
     origin, proxies, _ = B.setup(tmp)
-    scenario = B.SCENARIOS[0]
+    scenario = next(sc for sc in B.SCENARIOS if sc["id"] == scenario_id)
+    if scenario["tool"] == "wrk":
+        load = lambda url, seconds: B.run_wrk(url, seconds)  # noqa: E731
+    else:
+        load = lambda url, seconds: B.run_h2load(url, 60_000 * seconds)  # noqa: E731
     for _ in range(rounds):
         for name in B.SYSTEMS:
             proxy = proxies[name]
             proxy.start()
             url = proxy.url(scenario)
-            B.run_wrk(url, 1)
+            load(url, 1)
             pids = proxy.pids()
             u0, s0 = B.user_sys_ticks(pids)
             o0, g0 = B.cpu_ticks([origin.proc.pid]), B.children_ticks()
@@ -87,7 +94,7 @@ def census_h1(rounds):
             p0 = v0 + voluntary_switches(pids, "nonvoluntary_ctxt_switches")
             ov0, oi0 = voluntary_switches(opid), voluntary_switches(opid, "nonvoluntary_ctxt_switches")
             m0 = machine_switches()
-            res = B.run_wrk(url, SECONDS)
+            res = load(url, SECONDS)
             m1 = machine_switches()
             n1, v1 = nstat(), voluntary_switches(pids)
             p1 = v1 + voluntary_switches(pids, "nonvoluntary_ctxt_switches")
@@ -135,10 +142,12 @@ def main():
     try:
         if mode == "h1":
             census_h1(rounds)
+        elif mode == "h2c":
+            census_h1(rounds, "h2c-small")
         elif mode == "ws":
             census_ws(rounds)
         else:
-            B.die(f"unknown mode {mode!r}: h1 or ws")
+            B.die(f"unknown mode {mode!r}: h1, h2c or ws")
     finally:
         B.stop_all()
         time.sleep(0.2)
