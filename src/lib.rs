@@ -16,6 +16,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod gather;
 pub mod http1;
 pub mod http2;
 pub mod interim;

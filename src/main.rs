@@ -67,6 +67,7 @@ fn run(config: Config) -> ExitCode {
             multi
         }
     };
+    config.runtime.gather.install(&mut builder);
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

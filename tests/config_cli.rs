@@ -235,6 +235,28 @@ fn one_worker_thread_is_accepted_and_serves_while_zero_is_rejected() {
 }
 
 #[test]
+fn event_gathering_takes_a_bounded_pause_and_the_gateway_serves_with_it_on_or_off() {
+    let runtime = |extra: &str| VALID.replace("shutdown_grace = \"5s\"", &format!("shutdown_grace = \"5s\"\n{extra}"));
+    assert_check_fails_at(&runtime("gather_events = \"2ms\""), &[], 4, "runtime.gather_events", "at most 1ms");
+    assert_check_fails_at(&runtime("gather_events = \"20\""), &[], 4, "runtime.gather_events", "has no unit");
+    assert_check_fails_at(&runtime("gather_after_busy = \"15x\""), &[], 4, "runtime.gather_after_busy", "unit `x`");
+
+    // Off, and as eager as it gets (a 200 µs pause after every turn): both serve every protocol.
+    let backend = Backend::fixed("gathered");
+    for settings in ["gather_events = \"0us\"", "gather_events = \"200us\"\ngather_after_busy = \"0us\""] {
+        let tollgate = Tollgate::start_with(&format!(
+            "{}{}[runtime]\nworker_threads = 1\n{settings}\n",
+            upstream_toml("b", &[backend.addr], ""),
+            route_toml("all", "path_prefix = \"/\"", "b", "")
+        ));
+        for proto in Proto::ALL {
+            let (code, _, body) = curl_proto(proto, &[&tollgate.url("/")]);
+            assert_eq!((code, body.as_slice()), (200, &b"gathered"[..]), "{settings}: {proto:?}");
+        }
+    }
+}
+
+#[test]
 fn env_variables_are_expanded_in_strings() {
     let (out, _) = run_check(
         &VALID.replace("\"127.0.0.1:18080\"", "\"${TOLLGATE_TEST_BIND}\""),

@@ -58,6 +58,8 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// How long SIGTERM waits for in-flight requests before closing them.
     pub shutdown_grace: Duration,
+    /// How the event loop gathers events under load (see [`crate::gather`]).
+    pub gather: crate::gather::Gather,
 }
 
 /// Access and diagnostic log format.

@@ -33,6 +33,8 @@ pub struct RawConfig {
 pub struct RawRuntime {
     pub worker_threads: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub gather_events: Option<Spanned<String>>,
+    pub gather_after_busy: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

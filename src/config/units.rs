@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+/// Parses `"20us"`, `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -10,11 +10,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 =
         number.parse().map_err(|_| format!("`{text}` is not a duration; write e.g. \"250ms\", \"5s\", \"2m\""))?;
     let duration = match unit {
+        "us" => Duration::from_micros(value),
         "ms" => Duration::from_millis(value),
         "s" => Duration::from_secs(value),
         "m" => Duration::from_secs(value * 60),
         "h" => Duration::from_secs(value * 3600),
-        _ => return Err(format!("`{text}` has unit `{unit}`; use ms, s, m or h")),
+        "" => return Err(format!("`{text}` has no unit; write e.g. \"20us\", \"250ms\" or \"5s\"")),
+        _ => return Err(format!("`{text}` has unit `{unit}`; use us, ms, s, m or h")),
     };
     Ok(duration)
 }
@@ -88,6 +90,7 @@ mod tests {
 
     #[test]
     fn durations_accept_each_unit() {
+        assert_eq!(parse_duration("20us"), Ok(Duration::from_micros(20)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

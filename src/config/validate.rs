@@ -44,6 +44,21 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration no longer than `max`: a longer one is a typo or a misunderstanding.
+    fn duration_at_most(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration> {
+        let duration = self.duration(value, key, default)?;
+        match value {
+            Some(v) if duration > max => self.err(v.span(), key, format!("must be at most {max:?}, got {duration:?}")),
+            _ => Ok(duration),
+        }
+    }
+
     fn positive(&self, value: &Option<Spanned<i64>>, key: &str, default: u64, max: u64) -> Result<u64> {
         match value {
             None => Ok(default),
@@ -78,6 +93,19 @@ impl Validator<'_> {
                 "runtime.shutdown_grace",
                 Duration::from_secs(30),
             )?,
+            gather: crate::gather::Gather {
+                wait: self.duration_at_most(
+                    &raw.runtime.gather_events,
+                    "runtime.gather_events",
+                    crate::gather::Gather::DEFAULT.wait,
+                    crate::gather::Gather::MAX,
+                )?,
+                after_busy: self.duration(
+                    &raw.runtime.gather_after_busy,
+                    "runtime.gather_after_busy",
+                    crate::gather::Gather::DEFAULT.after_busy,
+                )?,
+            },
         };
         let log = self.log(&raw.log)?;
         let admin = match &raw.admin {
