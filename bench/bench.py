@@ -405,6 +405,7 @@ def tollgate_config(ports, origin_port, cert, key):
 [runtime]
 worker_threads = 1
 shutdown_grace = "1s"
+{os.environ.get("TOLLGATE_RUNTIME_EXTRA", "")}
 
 [log]
 level = "warn"

@@ -11,7 +11,9 @@
 #
 # Environment: QUICK=1, ROUNDS=N, PROXY_CPU=0, LOAD_CPU=1, TOLLGATE_BIN=path (skips
 # `cargo build --release`), LOADGEN_BIN=path (skips building bench/loadgen), KEEP=1 (keep the
-# temp dir with configs and logs). Everything else is in bench/bench.py, bench/ws.py, bench/grpc.py.
+# temp dir with configs and logs), TOLLGATE_RUNTIME_EXTRA="gather_events = \"0us\"" (lines added to
+# Tollgate's [runtime] table, for A/B runs of a setting). Everything else is in bench/bench.py, bench/ws.py,
+# bench/grpc.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

@@ -55,6 +55,7 @@ def tollgate_config(port, backend_port):
 [runtime]
 worker_threads = 1
 shutdown_grace = "1s"
+{os.environ.get("TOLLGATE_RUNTIME_EXTRA", "")}
 
 [log]
 level = "warn"

@@ -20,6 +20,7 @@
 //! the event loop: a bounded delay traded for fewer wakes under load.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// `[runtime] gather_events` and `gather_after_busy`.
@@ -42,17 +43,38 @@ impl Gather {
     /// latency a user notices and gather nothing more.
     pub const MAX: Duration = Duration::from_millis(1);
 
-    /// Installs the park and unpark hooks on the runtime's threads.
+    /// No gathering.
+    pub const OFF: Gather = Gather { wait: Duration::ZERO, after_busy: Duration::ZERO };
+
+    /// What the process was configured with ([`Gather::install`]), for
+    /// event loops of our own (the WebSocket tunnel threads); off before.
+    pub fn configured() -> Gather {
+        CONFIGURED.get().copied().unwrap_or(Gather::OFF)
+    }
+
+    /// Whether gathering is on at all.
+    pub fn is_on(&self) -> bool {
+        !self.wait.is_zero()
+    }
+
+    /// Installs the park and unpark hooks on the runtime's threads, and
+    /// records the settings for [`Gather::configured`].
     pub fn install(self, builder: &mut tokio::runtime::Builder) {
-        if self.wait.is_zero() {
+        let _ = CONFIGURED.set(self);
+        if !self.is_on() {
             return;
         }
-        builder.on_thread_unpark(|| TURN_BEGAN.with(|t| t.set(Some(Instant::now())))).on_thread_park(move || {
-            let began = TURN_BEGAN.with(Cell::take);
-            if let Some(pause) = self.pause_after(began, Instant::now()) {
-                precise_sleep(pause);
-            }
-        });
+        builder
+            .on_thread_unpark(|| TURN_BEGAN.with(|t| t.set(Some(Instant::now()))))
+            .on_thread_park(move || self.pause_if_busy(TURN_BEGAN.with(Cell::take)));
+    }
+
+    /// The pause itself, for an event loop about to wait for events after
+    /// a turn that began at `began`: taken only if that turn was busy.
+    pub fn pause_if_busy(&self, began: Option<Instant>) {
+        if let Some(pause) = self.pause_after(began, Instant::now()) {
+            precise_sleep(pause);
+        }
     }
 
     /// How long to pause before parking, for a turn that began at `began`
@@ -62,6 +84,9 @@ impl Gather {
         (busy >= self.after_busy).then_some(self.wait)
     }
 }
+
+/// The settings [`Gather::install`] was called with.
+static CONFIGURED: OnceLock<Gather> = OnceLock::new();
 
 thread_local! {
     /// When this runtime thread last woke from a park.

@@ -338,16 +338,24 @@ impl Reactor {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut due = Vec::new();
+        let gather = crate::gather::Gather::configured();
+        let mut turn_began = None;
         loop {
             // Tunnels that used up their budget go again at once, after a
             // look at what else is ready.
             let timeout = (!self.again.is_empty()).then_some(Duration::ZERO);
+            if timeout.is_none() && gather.is_on() {
+                gather.pause_if_busy(turn_began.take());
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 tracing::error!(error = %e, "websocket reactor thread stopped");
                 return;
+            }
+            if gather.is_on() && turn_began.is_none() {
+                turn_began = Some(std::time::Instant::now());
             }
             for event in &events {
                 if event.token() == INBOX {
