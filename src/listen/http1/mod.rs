@@ -647,8 +647,13 @@ where
             let io = self.io.as_mut().expect("the connection was handed over");
             let written = if io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); 8];
-                let n = self.out.chunks(&mut slices);
-                ready!(Pin::new(io).poll_write_vectored(cx, &slices[..n]))?
+                match self.out.chunks(&mut slices) {
+                    // One piece (a small response is head and body in one
+                    // buffer): `send`, which costs the kernel less than a
+                    // one-element `writev` (no iovec to import).
+                    1 => ready!(Pin::new(io).poll_write(cx, &slices[0]))?,
+                    n => ready!(Pin::new(io).poll_write_vectored(cx, &slices[..n]))?,
+                }
             } else {
                 ready!(Pin::new(io).poll_write(cx, self.out.first()))?
             };
