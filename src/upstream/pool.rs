@@ -56,7 +56,7 @@ impl Default for PoolSettings {
 }
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     /// When it was put back ([`coarse_millis`]).
     since_ms: u64,
 }
@@ -81,7 +81,7 @@ impl Pool {
     }
 
     /// The most recently used live connection, if any.
-    pub fn checkout(&self) -> Option<Connection> {
+    pub fn checkout(&self) -> Option<Box<Connection>> {
         let now = coarse_millis();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(candidate) = idle.pop() {
@@ -93,7 +93,7 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, conn: Connection) {
+    pub fn put(&self, conn: Box<Connection>) {
         if self.settings.max_idle == 0 {
             return;
         }
@@ -122,7 +122,7 @@ impl Pool {
     }
 
     /// Opens a new connection.
-    pub async fn connect(&self, authority: &Authority) -> Result<Connection, ConnectError> {
+    pub async fn connect(&self, authority: &Authority) -> Result<Box<Connection>, ConnectError> {
         let connecting = async {
             match self.socket_addr {
                 Some(addr) => tokio::net::TcpStream::connect(addr).await,
@@ -135,6 +135,6 @@ impl Pool {
             Err(_) => return Err(ConnectError::Timeout),
         };
         let _ = stream.set_nodelay(true);
-        Ok(Connection::new(stream))
+        Ok(Box::new(Connection::new(stream)))
     }
 }

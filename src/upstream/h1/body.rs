@@ -20,7 +20,7 @@ use crate::upstream::Target;
 /// A backend's response body, streaming from its connection.
 pub struct ResponseBody {
     /// `None` once the body ended (the connection went back or was closed).
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     state: State,
     /// The rest of a request body still being sent.
     pump: Option<Box<Pump>>,
@@ -48,7 +48,7 @@ enum State {
 
 impl ResponseBody {
     pub(super) fn new(
-        conn: Connection,
+        conn: Box<Connection>,
         framing: Framing,
         pump: Option<Box<Pump>>,
         reusable: bool,
