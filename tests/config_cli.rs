@@ -222,15 +222,21 @@ fn one_worker_thread_is_accepted_and_serves_while_zero_is_rejected() {
     assert_check_fails_at(&zero, &[], 2, "runtime.worker_threads", "between 1 and 1024");
 
     // And the gateway really runs on a single worker: both protocols still proxy.
-    let backend = Backend::fixed("single worker");
+    assert_one_worker_serves_every_protocol("");
+}
+
+/// Starts a gateway on one runtime worker, with `runtime_lines` added to its
+/// `[runtime]` table, and proxies a request through it over every protocol.
+fn assert_one_worker_serves_every_protocol(runtime_lines: &str) {
+    let backend = Backend::fixed("one worker");
     let tollgate = Tollgate::start_with(&format!(
-        "{}{}[runtime]\nworker_threads = 1\n",
+        "{}{}[runtime]\nworker_threads = 1\n{runtime_lines}\n",
         upstream_toml("b", &[backend.addr], ""),
         route_toml("all", "path_prefix = \"/\"", "b", "")
     ));
     for proto in Proto::ALL {
         let (code, _, body) = curl_proto(proto, &[&tollgate.url("/")]);
-        assert_eq!((code, body.as_slice()), (200, &b"single worker"[..]), "{proto:?}");
+        assert_eq!((code, body.as_slice()), (200, &b"one worker"[..]), "{runtime_lines:?}: {proto:?}");
     }
 }
 
@@ -242,18 +248,8 @@ fn event_gathering_takes_a_bounded_pause_and_the_gateway_serves_with_it_on_or_of
     assert_check_fails_at(&runtime("gather_after_busy = \"15x\""), &[], 4, "runtime.gather_after_busy", "unit `x`");
 
     // Off, and as eager as it gets (a 200 µs pause after every turn): both serve every protocol.
-    let backend = Backend::fixed("gathered");
-    for settings in ["gather_events = \"0us\"", "gather_events = \"200us\"\ngather_after_busy = \"0us\""] {
-        let tollgate = Tollgate::start_with(&format!(
-            "{}{}[runtime]\nworker_threads = 1\n{settings}\n",
-            upstream_toml("b", &[backend.addr], ""),
-            route_toml("all", "path_prefix = \"/\"", "b", "")
-        ));
-        for proto in Proto::ALL {
-            let (code, _, body) = curl_proto(proto, &[&tollgate.url("/")]);
-            assert_eq!((code, body.as_slice()), (200, &b"gathered"[..]), "{settings}: {proto:?}");
-        }
-    }
+    assert_one_worker_serves_every_protocol("gather_events = \"0us\"");
+    assert_one_worker_serves_every_protocol("gather_events = \"200us\"\ngather_after_busy = \"0us\"");
 }
 
 #[test]
