@@ -61,6 +61,12 @@ impl Gather {
     /// records the settings for [`Gather::configured`].
     pub fn install(self, builder: &mut tokio::runtime::Builder) {
         let _ = CONFIGURED.set(self);
+        self.hook(builder);
+    }
+
+    /// The park and unpark hooks alone (tests use this: [`Gather::install`]
+    /// also sets process-wide state the tunnel threads read).
+    fn hook(self, builder: &mut tokio::runtime::Builder) {
         if !self.is_on() {
             return;
         }
@@ -132,7 +138,7 @@ mod tests {
     #[test]
     fn a_runtime_with_gathering_runs_tasks_and_timers_as_before() {
         let mut builder = tokio::runtime::Builder::new_current_thread();
-        Gather { wait: Duration::from_micros(50), after_busy: Duration::ZERO }.install(&mut builder);
+        Gather { wait: Duration::from_micros(50), after_busy: Duration::ZERO }.hook(&mut builder);
         let runtime = builder.enable_all().build().unwrap();
         let sum = runtime.block_on(async {
             let mut total = 0;

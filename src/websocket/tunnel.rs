@@ -87,7 +87,10 @@ pub(super) async fn open(
                 // The end of the tunnel (log line, target slot) is written out in
                 // both arms: as one closure owning `session` and `guard`, it cost
                 // about 1 KiB more per idle connection (bench/PROFILE.md, stop 22).
-                match (io, backend_io, Reactors::get()) {
+                // The threads start with the first plain-socket tunnel, not with a TLS one.
+                let plain = matches!((&io, &backend_io), (UpgradedStream::Tcp(_), UpgradedStream::Tcp(_)));
+                let reactors = if plain { Reactors::get() } else { None };
+                match (io, backend_io, reactors) {
                     // Two plain sockets: on a reactor thread, off tokio's wakes.
                     (UpgradedStream::Tcp(client), UpgradedStream::Tcp(backend), Some(reactors)) => {
                         reactors.spawn(client, backend, move |client, backend| {
