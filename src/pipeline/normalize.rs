@@ -44,6 +44,15 @@ impl PathError {
 /// The request target with its path normalized; `Ok(None)` when it already
 /// was (or is not a path: `*`, or a CONNECT's authority).
 pub fn normalize_uri(uri: &Uri, merge_slashes: bool) -> Result<Option<Uri>, PathError> {
+    // An absolute-form target with an empty path and a query (`http://h?q`):
+    // its origin form needs the `/` (RFC 9112 §3.2.1), or the backend is sent
+    // a request line `GET ?q HTTP/1.1`, which it cannot parse.
+    if let Some(pq) = uri.path_and_query().filter(|pq| pq.as_str().starts_with('?')) {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query =
+            Some(PathAndQuery::try_from(format!("/{}", pq.as_str())).map_err(|_| PathError::BadEscape)?);
+        return Ok(Some(Uri::from_parts(parts).map_err(|_| PathError::BadEscape)?));
+    }
     let path = uri.path();
     if !path.starts_with('/') {
         return Ok(None);
@@ -254,5 +263,13 @@ mod tests {
         let absolute: Uri = "http://example.com/a/./b".parse().unwrap();
         assert_eq!(normalize_uri(&absolute, true).unwrap().unwrap(), "http://example.com/a/b");
         assert_eq!(normalize_uri(&"*".parse().unwrap(), true), Ok(None));
+    }
+
+    #[test]
+    fn an_absolute_target_with_a_query_and_no_path_gets_its_slash() {
+        let uri: Uri = "http://example.com?m/x".parse().unwrap();
+        let normal = normalize_uri(&uri, true).unwrap().unwrap();
+        assert_eq!(normal, "http://example.com/?m/x");
+        assert_eq!(normal.path_and_query().unwrap().as_str(), "/?m/x");
     }
 }

@@ -1,0 +1,758 @@
+//! Mutated input, many cases of it: well-formed requests and responses,
+//! damaged by a seeded random mutator (bit flips, odd bytes, cut, repeated
+//! and deleted ranges, injected framing tokens), thrown at the real binary.
+//!
+//! `bad_input.rs` checks each malformed case we thought of. This file checks
+//! the ones nobody thought of, against our own parsers on every side: the
+//! HTTP/1.1 request head and chunked bodies, the HTTP/2 frame layer and HPACK
+//! decoder (h2c with prior knowledge), the HTTP/1.1 upstream client's
+//! response parser, and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
+//! close within the configured timeouts: never a panic, never a hang, never
+//! a 500, and never garbage handed on to the backend (which is hyper: it
+//! answers what it cannot parse with a bare 400 that has no JSON body of ours).
+//!
+//! The seed is fixed, so a failure reproduces; each message prints the case.
+//! `MUTATION_CASES=N` and `MUTATION_SEED=S` explore further by hand (CI runs
+//! the defaults: a few hundred cases per test, about ten seconds in all).
+
+mod common;
+mod ws_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::core_kit::*;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// A small deterministic generator (xorshift64*): no new dependency, and
+/// the same cases on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The case count (`MUTATION_CASES`, else `default`) and the generator for
+/// test `which` (`MUTATION_SEED` moves every test's seed).
+fn cases_and_rng(default: usize, which: u64) -> (usize, Rng) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let cases = var("MUTATION_CASES").map_or(default, |n| n as usize);
+    (cases, Rng(0x7011_6a7e_0000_0000 ^ (var("MUTATION_SEED").unwrap_or(0) << 8) ^ which))
+}
+
+/// Bytes that sit on parsers' decision points.
+const ODD_BYTES: &[u8] = b"\0\r\n\t :;,\"\\/%?#*=\x7f\x80\xff0169AFaf-";
+
+/// Tokens that change framing or meaning when they land in the middle of a message.
+const TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 18446744073709551616\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+    b"Host: other\r\n",
+    b"ffffffffffffffff\r\n",
+    b"0\r\n\r\n",
+    b"; ext=\"v\"",
+    b" HTTP/1.1",
+    b"HTTP/1.0",
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00",
+    b"\x80\x00\x00\x00",
+    b"\x3f\xe1\x1f",
+];
+
+/// Applies one to four random mutations to `seed`. With `protect` the first
+/// `protect` bytes are mutated only one time in ten (the HTTP/2 preface: a
+/// broken one ends the connection before anything interesting).
+fn mutate(rng: &mut Rng, seed: &[u8], protect: usize) -> Vec<u8> {
+    let mut out = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        if out.is_empty() {
+            out.push(b'G');
+        }
+        let start = if protect > 0 && protect < out.len() && rng.below(10) != 0 { protect } else { 0 };
+        let at = start + rng.below(out.len() - start);
+        match rng.below(7) {
+            0 => out[at] ^= 1 << rng.below(8),
+            1 => out[at] = ODD_BYTES[rng.below(ODD_BYTES.len())],
+            2 => {
+                let end = (at + 1 + rng.below(16)).min(out.len());
+                out.drain(at..end);
+            }
+            3 => {
+                let end = (at + 1 + rng.below(32)).min(out.len());
+                let copy = out[at..end].to_vec();
+                let most = if rng.below(8) == 0 { 200 } else { 3 };
+                let times = 1 + rng.below(most);
+                for _ in 0..times {
+                    out.splice(at..at, copy.iter().copied());
+                }
+            }
+            4 => {
+                let token = TOKENS[rng.below(TOKENS.len())];
+                out.splice(at..at, token.iter().copied());
+            }
+            5 => out.truncate(at.max(1)),
+            _ => out[at] = rng.next() as u8,
+        }
+    }
+    out
+}
+
+/// What one case received: everything the gateway wrote, and whether it
+/// closed the connection (false: our deadline passed first, a hang).
+struct Received {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+/// Writes `input` and reads until the gateway closes or `deadline` passes.
+/// The write side stays open: a half-close would tell the gateway the client
+/// left, and every case must end by the gateway's own decision.
+async fn exchange(addr: SocketAddr, input: Vec<u8>, deadline: Duration) -> Received {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to tollgate");
+    let read = async {
+        let mut bytes = Vec::new();
+        // A write the gateway refused (it closed early) is part of the case, not a failure.
+        let _ = stream.write_all(&input).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return bytes,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(bytes) => Received { bytes, closed: true },
+        Err(_) => Received { bytes: Vec::new(), closed: false },
+    }
+}
+
+/// Runs every case at most `parallel` at a time and returns them with what they received.
+async fn run_cases(addr: SocketAddr, cases: Vec<Vec<u8>>, deadline: Duration) -> Vec<(Vec<u8>, Received)> {
+    let slots = Arc::new(Semaphore::new(48));
+    let mut tasks = Vec::new();
+    for input in cases {
+        let slots = Arc::clone(&slots);
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let received = exchange(addr, input.clone(), deadline).await;
+            (input, received)
+        }));
+    }
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.expect("case task"));
+    }
+    done
+}
+
+/// One HTTP/1.1 response read off the wire.
+struct H1Response {
+    status: u16,
+    body: Vec<u8>,
+    /// The framing was satisfied: all of a declared length, or a chunked
+    /// body's last chunk (a close-delimited body always is).
+    complete: bool,
+    /// The head declared a length.
+    declared: Option<usize>,
+}
+
+/// Splits the gateway's bytes into responses. Err says what is not
+/// HTTP/1.1 in them; a last response cut short by the close is returned
+/// as far as it got (the client sees the cut from the framing).
+fn h1_responses(mut wire: &[u8]) -> Result<Vec<H1Response>, String> {
+    let mut responses = Vec::new();
+    while !wire.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 512];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let head_len = match parsed.parse(wire) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Err("a response head cut short".into()),
+            Err(e) => return Err(format!("not an HTTP/1.1 response head ({e})")),
+        };
+        if parsed.version != Some(1) {
+            return Err("a response that is not HTTP/1.1".into());
+        }
+        let status = parsed.code.unwrap_or(0);
+        let header = |name: &str| {
+            parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        // RFC 9112 §6.3: a transfer coding overrides any length; the body is
+        // chunked if chunked is the last coding, else delimited by the close.
+        let coding = header("transfer-encoding");
+        let chunked = coding
+            .as_deref()
+            .is_some_and(|v| v.rsplit(',').next().unwrap_or("").trim().eq_ignore_ascii_case("chunked"));
+        let length = if coding.is_some() { None } else { header("content-length") };
+        wire = &wire[head_len..];
+        let declared = match &length {
+            Some(length) => Some(length.trim().parse::<usize>().map_err(|_| format!("content-length {length:?}"))?),
+            None => None,
+        };
+        let (body, complete) = if (100..200).contains(&status) || status == 204 || status == 304 {
+            (Vec::new(), true)
+        } else if chunked {
+            let (body, used, complete) = dechunk(wire)?;
+            wire = &wire[used..];
+            (body, complete)
+        } else if let Some(length) = declared {
+            let take = length.min(wire.len());
+            let body = wire[..take].to_vec();
+            wire = &wire[take..];
+            (body, take == length)
+        } else {
+            // Close-delimited.
+            let body = wire.to_vec();
+            wire = &[];
+            (body, true)
+        };
+        responses.push(H1Response { status, body, complete, declared });
+    }
+    Ok(responses)
+}
+
+/// Decodes a chunked body at the start of `wire`: the body, the bytes used,
+/// and whether the last chunk came.
+fn dechunk(wire: &[u8]) -> Result<(Vec<u8>, usize, bool), String> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(line_end) = wire[at..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok((body, wire.len(), false));
+        };
+        let size_text = String::from_utf8_lossy(&wire[at..at + line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("chunk size line {size_text:?}"))?;
+        at += line_end + 2;
+        if size == 0 {
+            // Trailers end with an empty line.
+            let end = wire[at..].windows(4).position(|w| w == b"\r\n\r\n");
+            return Ok(match (wire[at..].starts_with(b"\r\n"), end) {
+                (true, _) => (body, at + 2, true),
+                (false, Some(end)) => (body, at + end + 4, true),
+                (false, None) => (body, wire.len(), false),
+            });
+        }
+        let take = size.min(wire.len() - at);
+        body.extend_from_slice(&wire[at..at + take]);
+        at += take;
+        if take < size {
+            return Ok((body, wire.len(), false));
+        }
+        at = (at + 2).min(wire.len());
+    }
+}
+
+/// Tollgate with short timeouts, so every case ends by the gateway's own
+/// decision within seconds: an idle or half-sent connection is closed after
+/// `header_read_timeout`, a request waiting for a body the client never
+/// sends gets its 504 at `request_timeout`, an idle h2c connection its GOAWAY.
+fn gateway_for(backend: SocketAddr, upstream_keys: &str) -> Tollgate {
+    start_proxy(
+        backend,
+        "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nidle_timeout = \"1s\"\n\
+         max_header_bytes = 16384\nmax_body_bytes = 100000",
+        &format!("first_byte_timeout = \"2s\"\n{upstream_keys}"),
+        "",
+    )
+}
+
+/// How long a case may take before it counts as a hang: the longest
+/// timeout above plus its grace, with room for a busy machine.
+const CASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// After all cases: the process is alive, never panicked, and still serves
+/// HTTP/1.1 and h2c.
+fn assert_unharmed(tollgate: &mut Tollgate) {
+    assert_alive_and_serving(tollgate, "/after-mutations");
+    let (code, headers, _) = curl_full(&["--http2-prior-knowledge", &tollgate.url("/after-mutations-h2")]);
+    assert_eq!(code, 200, "h2c after the mutations: {headers}");
+    let log = tollgate.log();
+    assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+}
+
+/// Counts statuses for the failure message and the coverage check.
+fn tally(statuses: &mut BTreeMap<u16, usize>, status: u16) {
+    *statuses.entry(status).or_default() += 1;
+}
+
+fn h1_seeds() -> Vec<Vec<u8>> {
+    [
+        &b"GET /m/get?q=1&r=%20 HTTP/1.1\r\nHost: t\r\nUser-Agent: mutator\r\nAccept: */*\r\n\r\n"[..],
+        b"POST /m/post HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world",
+        b"POST /m/chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n",
+        b"PUT /m/expect HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET /m/one HTTP/1.1\r\nHost: t\r\n\r\nGET /m/two HTTP/1.1\r\nHost: t\r\nCookie: a=b; c=d\r\n\r\n",
+        b"OPTIONS http://t/m/absolute HTTP/1.1\r\nHost: t\r\nMax-Forwards: 3\r\n\r\n",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_http1_requests_get_a_well_formed_answer_or_a_clean_close_and_no_garbage_reaches_the_backend() {
+    let backend = echo_backend();
+    let mut tollgate = gateway_for(backend.addr, "");
+    let (count, mut rng) = cases_and_rng(600, 1);
+    let seeds = h1_seeds();
+    let cases: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+
+    let mut statuses = BTreeMap::new();
+    for (input, received) in &results {
+        let case = String::from_utf8_lossy(input);
+        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
+        let responses = h1_responses(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        for response in responses {
+            tally(&mut statuses, response.status);
+            let body = String::from_utf8_lossy(&response.body);
+            assert!(!matches!(response.status, 500 | 502), "{} for {case:?}: {body}", response.status);
+            // Our own refusals carry a JSON error; a bare 400 is the backend refusing what we sent it.
+            if response.status == 400 {
+                assert!(body.contains("\"error\":"), "the backend got a request it could not parse from {case:?}");
+            }
+        }
+    }
+    eprintln!("statuses {statuses:?}");
+    // The mutations reached both sides of the decision: some were still requests the
+    // backend answered, others were refused by the gateway.
+    assert!(statuses.get(&200).copied().unwrap_or(0) >= 50, "{statuses:?}");
+    assert!(statuses.get(&400).copied().unwrap_or(0) >= 50, "{statuses:?}");
+    assert_unharmed(&mut tollgate);
+}
+
+/// An HTTP/2 frame: 9-byte head and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const PRIORITY: u8 = 2;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// An HPACK literal with an indexed name (with incremental indexing).
+fn literal(name_index: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x40 | name_index, value.len() as u8];
+    out.extend_from_slice(value);
+    out
+}
+
+fn h2_seeds() -> Vec<Vec<u8>> {
+    let settings = frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0, 0, 3, 0, 0, 0, 100]);
+    // GET: :method GET, :scheme http (static 2, 6), :path and :authority literals.
+    let mut get = vec![0x82, 0x86];
+    get.extend(literal(4, b"/m/h2-get"));
+    get.extend(literal(1, b"t"));
+    // A Huffman-coded :authority (www.example.com, RFC 7541 C.4.1) and a new name.
+    let mut huffman = vec![0x20, 0x82, 0x86, 0x41, 0x8c];
+    huffman.extend_from_slice(&[0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff]);
+    huffman.extend(literal(4, b"/m/h2-huffman"));
+    huffman.extend_from_slice(b"\x40\x0acustom-key\x0dcustom-header");
+    // POST with a body in two DATA frames, the second padded.
+    let mut post = vec![0x83, 0x86];
+    post.extend(literal(4, b"/m/h2-post"));
+    post.extend(literal(1, b"t"));
+    post.extend(literal(28, b"11"));
+    let mut padded = vec![3];
+    padded.extend_from_slice(b"world\0\0\0");
+
+    let mut seeds = Vec::new();
+    let mut one = PREFACE.to_vec();
+    one.extend(&settings);
+    one.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    seeds.push(one);
+
+    let mut two = PREFACE.to_vec();
+    two.extend(&settings);
+    two.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &huffman));
+    two.extend(frame(PING, 0, 0, b"12345678"));
+    seeds.push(two);
+
+    let mut three = PREFACE.to_vec();
+    three.extend(&settings);
+    three.extend(frame(WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes()));
+    three.extend(frame(HEADERS, END_HEADERS, 1, &post));
+    three.extend(frame(DATA, 0, 1, b"hello "));
+    three.extend(frame(DATA, END_STREAM | 0x8, 1, &padded));
+    seeds.push(three);
+
+    // Two streams, the first header block continued, a priority and a reset.
+    let mut four = PREFACE.to_vec();
+    four.extend(&settings);
+    four.extend(frame(HEADERS, END_STREAM, 1, &get[..4]));
+    four.extend(frame(CONTINUATION, END_HEADERS, 1, &get[4..]));
+    four.extend(frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16]));
+    four.extend(frame(HEADERS, END_HEADERS, 3, &post));
+    four.extend(frame(RST_STREAM, 0, 3, &8u32.to_be_bytes()));
+    four.extend(frame(SETTINGS, 1, 0, &[]));
+    seeds.push(four);
+    seeds
+}
+
+/// What the gateway's bytes say, frame by frame. Err: not a sequence of
+/// whole frames, or a frame that says the gateway itself failed.
+#[derive(Default, Debug)]
+struct H2Answer {
+    goaway_codes: Vec<u32>,
+    headers_frames: usize,
+}
+
+fn h2_frames(mut wire: &[u8]) -> Result<H2Answer, String> {
+    let mut answer = H2Answer::default();
+    let mut first = true;
+    while !wire.is_empty() {
+        if wire.len() < 9 {
+            return Err(format!("{} bytes left over, not a frame", wire.len()));
+        }
+        let len = (wire[0] as usize) << 16 | (wire[1] as usize) << 8 | wire[2] as usize;
+        let (kind, payload) = (wire[3], &wire[9..]);
+        if payload.len() < len {
+            return Err(format!("a frame of type {kind} cut short ({} of {len} bytes)", payload.len()));
+        }
+        if first && kind != SETTINGS {
+            return Err(format!("the server's first frame is type {kind}, not SETTINGS"));
+        }
+        first = false;
+        let payload = &payload[..len];
+        match kind {
+            GOAWAY if len >= 8 => {
+                answer.goaway_codes.push(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            }
+            RST_STREAM if len == 4 => {
+                let code = u32::from_be_bytes(payload.try_into().unwrap());
+                if code == 2 {
+                    return Err("RST_STREAM(INTERNAL_ERROR)".into());
+                }
+            }
+            HEADERS => answer.headers_frames += 1,
+            _ => {}
+        }
+        wire = &wire[9 + len..];
+    }
+    if answer.goaway_codes.contains(&2) {
+        return Err("GOAWAY(INTERNAL_ERROR)".into());
+    }
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_http2_frames_and_header_blocks_end_in_well_formed_frames_or_a_clean_close() {
+    let backend = echo_backend();
+    let mut tollgate = gateway_for(backend.addr, "");
+    let (count, mut rng) = cases_and_rng(600, 2);
+    let seeds = h2_seeds();
+    let cases: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], PREFACE.len())).collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+
+    let (mut answered, mut refused, mut as_http1) = (0, 0, 0);
+    for (input, received) in &results {
+        assert!(received.closed, "no close within {CASE_DEADLINE:?} for {input:02x?}");
+        if !input.starts_with(PREFACE) {
+            // A broken preface: the port takes it for HTTP/1.1, or for a cut HTTP/2 preface.
+            let as_h1 = h1_responses(&received.bytes);
+            assert!(
+                as_h1.is_ok() || h2_frames(&received.bytes).is_ok(),
+                "{:?} for {input:02x?}; got {:02x?}",
+                as_h1.err(),
+                received.bytes
+            );
+            as_http1 += 1;
+            continue;
+        }
+        let answer =
+            h2_frames(&received.bytes).unwrap_or_else(|e| panic!("{e} for {input:02x?}; got {:02x?}", received.bytes));
+        answered += usize::from(answer.headers_frames > 0);
+        refused += usize::from(answer.goaway_codes.iter().any(|&code| code != 0));
+    }
+    eprintln!("answered {answered}, refused {refused}, as HTTP/1.1 {as_http1}");
+    assert!(answered >= 50 && refused >= 50, "answered {answered}, refused {refused}, as HTTP/1.1 {as_http1}");
+    assert_unharmed(&mut tollgate);
+}
+
+fn response_seeds() -> Vec<Vec<u8>> {
+    [
+        &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n5\r\nhello\r\n7;e=1\r\n world\n\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nLocation: /x\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\nServer: mutated\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: http://t/elsewhere\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect()
+}
+
+/// A raw TCP backend that answers request `/r/N` with response case N and
+/// closes: the mutated responses are what a broken or hostile backend sends.
+fn mutating_backend(responses: Arc<Vec<Vec<u8>>>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let responses = Arc::clone(&responses);
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let case = text.split_whitespace().nth(1).and_then(|p| p.strip_prefix("/r/"));
+                let Some(response) = case.and_then(|n| n.parse::<usize>().ok()).and_then(|n| responses.get(n)) else {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    return;
+                };
+                let _ = stream.write_all(response);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                // Let the gateway read to the close before the socket goes.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    addr
+}
+
+/// `response` cut at a random point of its final response's body (whole if it has none).
+fn cut_in_body(rng: &mut Rng, response: &[u8]) -> Vec<u8> {
+    let status_line = response.windows(7).rposition(|w| w == b"HTTP/1.").unwrap_or(0);
+    let head_end = response[status_line..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| status_line + p + 4);
+    let body = response.len() - head_end;
+    response[..head_end + rng.below(body)].to_vec()
+}
+
+/// What the backend's bytes promise, read as strictly as `h1_responses`
+/// reads ours: the final response's body, when its head declared a length
+/// the backend then did not send in full (it closed early).
+fn backend_cut_short(response: &[u8]) -> bool {
+    let Ok(responses) = h1_responses(response) else { return false };
+    responses.iter().find(|r| r.status >= 200).is_some_and(|r| !r.complete)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_backend_responses_become_a_relayed_response_or_a_502_and_a_cut_body_is_never_passed_off_as_whole() {
+    let (count, mut rng) = cases_and_rng(400, 3);
+    let seeds = response_seeds();
+    // One in four is whole but cut inside its body, the backend dying mid-response.
+    let responses: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let seed = &seeds[i % seeds.len()];
+            if i % 4 == 0 { cut_in_body(&mut rng, seed) } else { mutate(&mut rng, seed, 0) }
+        })
+        .collect();
+    let cut: Vec<bool> = responses.iter().map(|r| backend_cut_short(r)).collect();
+    let backend = mutating_backend(Arc::new(responses.clone()));
+    let mut tollgate = gateway_for(backend, "");
+    let requests: Vec<Vec<u8>> = (0..count)
+        .map(|n| format!("GET /r/{n} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes())
+        .collect();
+    let results = run_cases(tollgate.addr, requests, CASE_DEADLINE).await;
+
+    let mut statuses = BTreeMap::new();
+    let mut cuts_seen = 0;
+    for (n, (_, received)) in results.iter().enumerate() {
+        let case = String::from_utf8_lossy(&responses[n]);
+        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for backend response {case:?}");
+        let answer = String::from_utf8_lossy(&received.bytes);
+        let ours = h1_responses(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for backend response {case:?}; got {answer:?}"));
+        let finals: Vec<&H1Response> = ours.iter().filter(|r| r.status >= 200).collect();
+        assert_eq!(finals.len(), 1, "one final response for backend response {case:?}: {answer:?}");
+        let last = finals[0];
+        tally(&mut statuses, last.status);
+        // Any status may be the backend's own; one of ours names a gateway failure.
+        if String::from_utf8_lossy(&last.body).contains("\"request_id\":") {
+            assert!(matches!(last.status, 502 | 504), "{} of ours for backend response {case:?}", last.status);
+        }
+        if last.status == 502 {
+            assert!(String::from_utf8_lossy(&last.body).contains("\"error\":"), "for {case:?}: {answer:?}");
+        } else if cut[n] && last.status != 504 {
+            // The head was relayed before the body ran out: the client must see the cut
+            // in the framing (a length not reached, no last chunk), not a shorter "whole" body.
+            cuts_seen += 1;
+            assert!(!last.complete, "a cut body passed off as whole for backend response {case:?}: {answer:?}");
+            if let Some(declared) = last.declared {
+                assert!(last.body.len() < declared, "for {case:?}: {answer:?}");
+            }
+        }
+    }
+    eprintln!("final statuses {statuses:?}, relayed cut short {cuts_seen}");
+    assert!(statuses.get(&502).copied().unwrap_or(0) >= 30, "{statuses:?}");
+    let relayed: usize = statuses.iter().filter(|(s, _)| **s != 502 && **s != 504).map(|(_, n)| n).sum();
+    assert!(relayed >= 50, "{statuses:?}");
+    assert!(cuts_seen >= 10, "only {cuts_seen} relayed responses were cut short by the backend; {statuses:?}");
+    assert_unharmed(&mut tollgate);
+}
+
+fn websocket_seeds() -> Vec<Vec<u8>> {
+    use ws_support::frame as ws;
+    let mut seeds = Vec::new();
+    let mut one = ws(true, 0x1, b"hello", true);
+    one.extend(ws(true, 0x8, b"\x03\xe8bye", true));
+    seeds.push(one);
+    seeds.push(ws(true, 0x2, &(0..300).map(|i| i as u8).collect::<Vec<u8>>(), true));
+    let mut fragmented = ws(false, 0x1, b"hel", true);
+    fragmented.extend(ws(true, 0x9, b"p", true));
+    fragmented.extend(ws(true, 0x0, b"lo", true));
+    seeds.push(fragmented);
+    let mut unicode = ws(true, 0x1, "h\u{e9}llo \u{1f600}".as_bytes(), true);
+    unicode.extend(ws(true, 0xa, b"unasked", true));
+    seeds.push(unicode);
+    seeds
+}
+
+/// Close codes that may be on the wire (RFC 6455 §7.4, and 1012–1014 from
+/// IANA's registry): a tunnel relays its peers' codes, so any of these may
+/// come back, but never 1005, 1006 or 1015, which stand for "no code" only
+/// locally, nor an unassigned one.
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The frames the gateway sent a client, checked: unmasked, whole, a close
+/// with a sendable code and nothing after it. Ok(data frames, close code).
+fn server_frames(mut wire: &[u8]) -> Result<(usize, Option<u16>), String> {
+    let (mut data, mut close) = (0, None);
+    while !wire.is_empty() {
+        if close.is_some() {
+            return Err("frames after the close".into());
+        }
+        if wire.len() < 2 {
+            return Err("a frame head cut short".into());
+        }
+        if wire[1] & 0x80 != 0 {
+            return Err("a masked frame from the server".into());
+        }
+        let (len, head) = match wire[1] & 0x7f {
+            126 if wire.len() >= 4 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+            127 if wire.len() >= 10 => (u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return Err("a frame length cut short".into()),
+            n => (n as usize, 2),
+        };
+        if wire.len() < head + len {
+            return Err(format!("a frame cut short ({} of {len} bytes)", wire.len() - head));
+        }
+        let payload = &wire[head..head + len];
+        match wire[0] & 0x0f {
+            0x8 => {
+                let code = if len >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+                if len >= 2 && !sendable_close_code(code) {
+                    return Err(format!("close code {code}"));
+                }
+                close = Some(code);
+            }
+            0x0..=0x2 => data += 1,
+            0x9 | 0xa => {}
+            other => return Err(format!("opcode {other:#x}")),
+        }
+        wire = &wire[head + len..];
+    }
+    Ok((data, close))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and_a_close_the_gateway_sends() {
+    let backend = ws_support::EchoBackend::start().await;
+    let mut tollgate = start_proxy(
+        backend.addr,
+        "",
+        "",
+        "websocket = \"tunnel\"\nwebsocket_max_message_bytes = 4096\nwebsocket_max_frame_bytes = 4096\n\
+         websocket_idle_timeout = \"1s\"",
+    );
+    let (count, mut rng) = cases_and_rng(400, 4);
+    let seeds = websocket_seeds();
+    let addr = tollgate.addr;
+    let slots = Arc::new(Semaphore::new(48));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let input = mutate(&mut rng, &seeds[i % seeds.len()], 0);
+        let slots = Arc::clone(&slots);
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let (head, mut tcp) = ws_support::upgrade_raw(addr, "/m", &[]).await;
+            assert_eq!(ws_support::status_of(&head), 101, "{head}");
+            let _ = tcp.write_all(&input).await;
+            let mut bytes = Vec::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            let read = async {
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let closed = tokio::time::timeout(CASE_DEADLINE, read).await.is_ok();
+            (input, Received { bytes, closed })
+        }));
+    }
+    let mut by_code: BTreeMap<Option<u16>, usize> = BTreeMap::new();
+    let mut echoed = 0;
+    for task in tasks {
+        let (input, received) = task.await.expect("case task");
+        assert!(received.closed, "no close within {CASE_DEADLINE:?} for {input:02x?}");
+        let (data, close) = server_frames(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for {input:02x?}; got {:02x?}", received.bytes));
+        echoed += usize::from(data > 0);
+        *by_code.entry(close).or_default() += 1;
+    }
+    eprintln!("close codes {by_code:?}, cases with data echoed {echoed}");
+    // Both sides of the decision were reached: frames relayed and echoed,
+    // and frames refused with a protocol error (1002) or bad UTF-8 (1007).
+    assert!(echoed >= 50, "{echoed} echoed; {by_code:?}");
+    assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
+    assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited");
+    let log = tollgate.log();
+    assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+}
