@@ -6,7 +6,8 @@
 //! the ones nobody thought of, against our own parsers on every side: the
 //! HTTP/1.1 request head and chunked bodies, the HTTP/2 frame layer and HPACK
 //! decoder (h2c with prior knowledge), the HTTP/1.1 upstream client's
-//! response parser, and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
+//! response parser, our HTTP/2 client's frame layer and HPACK decoder (the
+//! answers of a gRPC backend), and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
 //! close within the configured timeouts: never a panic, never a hang, never
 //! a 500, and never garbage handed on to the backend (which is hyper: it
 //! answers what it cannot parse with a bare 400 that has no JSON body of ours).
@@ -753,6 +754,170 @@ async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and
     assert!(echoed >= 50, "{echoed} echoed; {by_code:?}");
     assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
     assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited");
+    let log = tollgate.log();
+    assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+}
+
+/// HPACK for the mutated gRPC answers: `:status: 200` (static 8) and
+/// `content-type: application/grpc` (a literal with static name 31), and
+/// trailers `grpc-status: 0`, `grpc-message: ok` (literals with new names).
+fn grpc_answer_seeds() -> Vec<Vec<u8>> {
+    let mut head = vec![0x88, 0x0f, 0x10, 16];
+    head.extend_from_slice(b"application/grpc");
+    let mut trailers = vec![0x00, 11];
+    trailers.extend_from_slice(b"grpc-status");
+    trailers.extend_from_slice(&[1, b'0', 0x00, 12]);
+    trailers.extend_from_slice(b"grpc-message");
+    trailers.extend_from_slice(&[2, b'o', b'k']);
+    let message = [0u8, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
+    let settings = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100, 0, 4, 0, 0, 0xff, 0xff]);
+    let ack = frame(SETTINGS, 1, 0, &[]);
+
+    let mut whole = settings.clone();
+    whole.extend(&ack);
+    whole.extend(frame(HEADERS, END_HEADERS, 1, &head));
+    whole.extend(frame(DATA, 0, 1, &message));
+    whole.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+
+    // The head continued in a CONTINUATION frame, the message split and padded.
+    let mut split = settings.clone();
+    split.extend(&ack);
+    split.extend(frame(WINDOW_UPDATE, 0, 0, &65535u32.to_be_bytes()));
+    split.extend(frame(HEADERS, 0, 1, &head[..3]));
+    split.extend(frame(CONTINUATION, END_HEADERS, 1, &head[3..]));
+    split.extend(frame(DATA, 0, 1, &message[..3]));
+    let mut padded = vec![2];
+    padded.extend_from_slice(&message[3..]);
+    padded.extend_from_slice(&[0, 0]);
+    split.extend(frame(DATA, 0x8, 1, &padded));
+    split.extend(frame(PING, 0, 0, b"pingpong"));
+    split.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+
+    // Trailers-only: the status in the one header block.
+    let mut only = settings;
+    only.extend(&ack);
+    let mut both = head.clone();
+    both.extend(&trailers);
+    only.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &both));
+    vec![whole, split, only]
+}
+
+/// A raw HTTP/2 backend: one request per connection, answered on stream 1
+/// with the next mutated answer (after a whole server preface), then closed. The gateway's pool opens a new
+/// connection for the next call (a call that lands on a closing one fails,
+/// which is as good a case as any).
+fn mutated_grpc_backend(answers: Vec<Vec<u8>>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut answers = answers.into_iter().cycle();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+            // Our client waits for the server's preface before it sends a call: that
+            // one SETTINGS goes out whole, the rest of the answer is the mutated part.
+            let _ = stream.write_all(&frame(SETTINGS, 0, 0, &[]));
+            // The client's preface, then frames until one ends a stream: the call is in.
+            let mut wire = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            let request_in = |wire: &[u8]| {
+                let mut at = PREFACE.len();
+                while wire.len() >= at + 9 {
+                    let len = (wire[at] as usize) << 16 | (wire[at + 1] as usize) << 8 | wire[at + 2] as usize;
+                    if matches!(wire[at + 3], DATA | HEADERS) && wire[at + 4] & END_STREAM != 0 {
+                        return true;
+                    }
+                    at += 9 + len;
+                }
+                false
+            };
+            while !request_in(&wire) {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => wire.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = answers.next().unwrap();
+            let _ = stream.write_all(&answer);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_http2_answers_of_a_grpc_backend_become_a_grpc_status_for_the_client_within_the_deadline() {
+    let (count, mut rng) = cases_and_rng(300, 5);
+    let seeds = grpc_answer_seeds();
+    let answers: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let backend = mutated_grpc_backend(answers);
+    let mut tollgate = Tollgate::start_with(&format!(
+        "request_timeout = \"3s\"\n\n[[upstream]]\nname = \"g\"\nprotocol = \"grpc\"\ntargets = [\"{backend}\"]\n\
+         connect_timeout = \"1s\"\nfirst_byte_timeout = \"2s\"\n\n\
+         [[route]]\nname = \"grpc\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"g\"\n"
+    ));
+    let mut client = h2c_client(tollgate.addr).await;
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for case in 0..count {
+        let request = http::Request::post("/test.Echo/Unary")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        // A broken answer ends the call one of two ways: before its head, as a
+        // trailers-only grpc-status from the gateway; after it was relayed, as
+        // trailers with a grpc-status or a reset stream (RST_STREAM, which gRPC
+        // clients read as INTERNAL or CANCELLED: PROTOCOL-HTTP2.md "Errors").
+        let call = async {
+            let (response, mut body) = client.send_request(request, false).expect("send the call");
+            body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0x0a, 0x01, b'y']), true).unwrap();
+            let response = response.await.map_err(|e| format!("the gateway reset the call before its head: {e}"))?;
+            let (head, mut body) = response.into_parts();
+            // Our own failures are 200 with a grpc-status; another status is the
+            // backend's own, relayed as it came (the client's library maps it).
+            let relayed_status =
+                (head.status != 200).then(|| format!("backend's HTTP {} relayed", head.status.as_u16()));
+            let reset = |e: h2::Error| e.reason().map(|r| format!("reset {r:?}")).ok_or(format!("{e}"));
+            while let Some(chunk) = body.data().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => return reset(e),
+                };
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            let trailers = match body.trailers().await {
+                Ok(trailers) => trailers,
+                Err(e) => return reset(e),
+            };
+            let status = trailers.as_ref().and_then(|t| t.get("grpc-status")).or(head.headers.get("grpc-status"));
+            // A backend whose trailers lost their grpc-status is relayed as it is: the
+            // client's library reports the missing status itself.
+            Ok(relayed_status.unwrap_or_else(|| {
+                status.map_or("relayed without grpc-status".into(), |s| {
+                    format!("grpc-status {}", s.to_str().unwrap_or("?"))
+                })
+            }))
+        };
+        let outcome = tokio::time::timeout(CASE_DEADLINE, call)
+            .await
+            .unwrap_or_else(|_| panic!("no answer within {CASE_DEADLINE:?} for case {case}"))
+            .unwrap_or_else(|e| panic!("{e} for case {case}"));
+        *codes.entry(outcome).or_default() += 1;
+        client = client.ready().await.expect("the client's connection to the gateway is still up");
+    }
+    eprintln!("outcomes {codes:?}");
+    assert!(codes.get("grpc-status 0").copied().unwrap_or(0) >= 10, "{codes:?}");
+    let failed: usize = codes.iter().filter(|(c, _)| *c != "grpc-status 0").map(|(_, n)| n).sum();
+    assert!(failed >= 50, "{codes:?}");
+    assert_unharmed_status(&mut tollgate);
+}
+
+/// Alive and never panicked (the gRPC route takes every path, so no plain request to make).
+fn assert_unharmed_status(tollgate: &mut Tollgate) {
+    assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited; log:\n{}", tollgate.log());
     let log = tollgate.log();
     assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
 }

@@ -64,14 +64,27 @@ pub struct Settings {
     pub keep_alive_timeout: std::time::Duration,
 }
 
-/// The HTTP/2 reason somewhere in `err`'s source chain (a peer's RST_STREAM).
-pub fn reason_in(err: &(dyn std::error::Error + 'static)) -> Option<Reason> {
+/// The reset code to carry over to the other side's stream when a relayed
+/// stream fails with `err`: only a peer's RST_STREAM that says something
+/// about the stream itself (it cancelled it, refused it, asked for calm, or
+/// wants a secure connection). A protocol, framing or compression error is a
+/// fault of the peer's connection: passed on, it would tell the other side
+/// that *it* broke the protocol. `None` then: the caller resets with its own
+/// code (INTERNAL_ERROR towards a client, CANCEL towards a backend).
+pub fn relayed_reason(err: &(dyn std::error::Error + 'static)) -> Option<Reason> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if let Some(reason) = e.downcast_ref::<Error>().and_then(Error::reason) {
-            return Some(reason);
+        match e.downcast_ref::<Error>() {
+            Some(Error::Reset(
+                reason @ (Reason::CANCEL
+                | Reason::REFUSED_STREAM
+                | Reason::ENHANCE_YOUR_CALM
+                | Reason::INADEQUATE_SECURITY),
+            )) => return Some(*reason),
+            Some(Error::Refused) => return Some(Reason::REFUSED_STREAM),
+            Some(_) => return None,
+            None => current = e.source(),
         }
-        current = e.source();
     }
     None
 }

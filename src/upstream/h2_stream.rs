@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::body::{Body, BoxError};
 use crate::http2::client::{Error, RecvHalf, SendHalf};
-use crate::http2::{BodySender, SendEnd, reason_in};
+use crate::http2::{BodySender, SendEnd, relayed_reason};
 
 /// What the request body had ready when the call was placed.
 pub enum Start {
@@ -133,7 +133,7 @@ impl Future for Pipe {
             SendEnd::BodyFailed(e) => {
                 // The client's body failed (reset, malformed): so does the call.
                 tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");
-                this.sender.reset(reason_in(&*e).unwrap_or(Reason::CANCEL));
+                this.sender.reset(relayed_reason(&*e).unwrap_or(Reason::CANCEL));
             }
         }
         Poll::Ready(())

@@ -82,3 +82,18 @@ fn put_string(block: &mut BytesMut, s: &[u8]) {
     }
     block.extend_from_slice(s);
 }
+
+#[test]
+fn only_a_peers_stream_level_reset_carries_over_to_the_other_side() {
+    use super::{Error, relayed_reason};
+    use h2::Reason;
+    let carried = |e: Error| relayed_reason(&e);
+    assert_eq!(carried(Error::Reset(Reason::CANCEL)), Some(Reason::CANCEL));
+    assert_eq!(carried(Error::Refused), Some(Reason::REFUSED_STREAM));
+    assert_eq!(carried(Error::Reset(Reason::ENHANCE_YOUR_CALM)), Some(Reason::ENHANCE_YOUR_CALM));
+    // The peer's own faults, or its complaints about ours, are not the other side's.
+    assert_eq!(carried(Error::Reset(Reason::PROTOCOL_ERROR)), None);
+    assert_eq!(carried(Error::Protocol { reason: Reason::COMPRESSION_ERROR, what: "bad HPACK" }), None);
+    assert_eq!(carried(Error::GoAway(Reason::FRAME_SIZE_ERROR)), None);
+    assert_eq!(carried(Error::Closed), None);
+}

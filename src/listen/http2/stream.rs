@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::upgrade::StreamIo;
 use crate::body::Body;
 use crate::http2::server::{encode_interim, encode_response};
-use crate::http2::{BodySender, RecvHalf, SendEnd, SendHalf, reason_in};
+use crate::http2::{BodySender, RecvHalf, SendEnd, SendHalf, relayed_reason};
 use crate::listen::date;
 use crate::pipeline::forwarded::remove_connection_specific;
 
@@ -79,7 +79,7 @@ where
                         SendEnd::BodyFailed(e) => {
                             // The client sees the stream reset, never a body cut short as if complete.
                             tracing::debug!(error = %e, "response body failed; resetting the stream");
-                            sender.reset(reason_in(&*e).unwrap_or(Reason::INTERNAL_ERROR));
+                            sender.reset(relayed_reason(&*e).unwrap_or(Reason::INTERNAL_ERROR));
                         }
                     }
                     *this = StreamTask::Done;
