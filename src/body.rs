@@ -148,14 +148,107 @@ where
 /// The limit of the [`BodyTooLarge`] that `err` is, or has in its source
 /// chain; `None` for any other failure.
 pub fn body_too_large_limit(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    find_in_chain::<BodyTooLarge>(err).map(|e| e.limit)
+}
+
+/// The wait of the [`BodyStalled`] that `err` is, or has in its source chain.
+pub fn body_stalled_after(err: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+    find_in_chain::<BodyStalled>(err).map(|e| e.after)
+}
+
+fn find_in_chain<'a, E: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
-            return Some(too_large.limit);
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         current = e.source();
     }
     None
+}
+
+/// The client sent nothing more of its request body for `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyStalled {
+    pub after: std::time::Duration,
+}
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no request body bytes for {:?}", self.after)
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+pin_project_lite::pin_project! {
+    /// Passes frames through and fails with [`BodyStalled`] when the next one
+    /// takes longer than `after` to come: a client that sends a head and then
+    /// trickles or stops its body would otherwise hold a connection to the
+    /// backend for as long as it likes (slowloris, body edition). The wait
+    /// restarts with every frame, so a slow but steady upload is not cut.
+    pub struct StallGuard<B> {
+        #[pin]
+        inner: B,
+        after: std::time::Duration,
+        // Armed on the first wait; moved forward after each frame that came.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        progressed: bool,
+    }
+}
+
+impl<B> StallGuard<B> {
+    pub fn new(inner: B, after: std::time::Duration) -> Self {
+        Self { inner, after, timer: None, progressed: false }
+    }
+}
+
+impl<B> http_body::Body for StallGuard<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.progressed = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let after = *this.after;
+                let timer = match this.timer {
+                    Some(timer) => {
+                        if std::mem::take(this.progressed) {
+                            timer.as_mut().reset(tokio::time::Instant::now() + after);
+                        }
+                        timer
+                    }
+                    None => {
+                        *this.progressed = false;
+                        this.timer.insert(Box::pin(tokio::time::sleep(after)))
+                    }
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled { after: *this.after })))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -190,5 +283,44 @@ mod tests {
         let body = Limited::new(chunks(&[b"hello", b" world"]), 10);
         let err = body.collect().await.unwrap_err();
         assert_eq!(body_too_large_limit(&*err), Some(10));
+    }
+
+    /// A body fed by a channel: the test decides when each piece comes.
+    fn fed() -> (tokio::sync::mpsc::Sender<Bytes>, impl http_body::Body<Data = Bytes, Error = BoxError>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_whose_next_piece_is_late_fails_with_body_stalled() {
+        let after = std::time::Duration::from_secs(1);
+        let (tx, body) = fed();
+        let mut body = std::pin::pin!(StallGuard::new(body, after));
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        // Nothing more: the wait runs out (the paused clock jumps to the timer).
+        let started = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(body_stalled_after(&*err), Some(after));
+        assert_eq!(started.elapsed(), after);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_body_is_not_cut() {
+        let after = std::time::Duration::from_secs(1);
+        let (tx, body) = fed();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(after * 3 / 4).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        let collected = StallGuard::new(body, after).collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"xxxxx", "3.75 s in all, no gap over 1 s");
+        feeder.await.unwrap();
     }
 }

@@ -32,6 +32,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The request body is larger than the route or listener allows.
     BodyTooLarge { limit: u64 },
+    /// The client stopped sending its request body for the listener's `body_timeout`.
+    BodyStalled { after: std::time::Duration },
     /// Connecting to every target tried failed (refused, reset, unreachable).
     UpstreamConnect { upstream: String, source: crate::upstream::ConnectError },
     /// Connecting or waiting for the response head took too long.
@@ -67,6 +69,8 @@ impl ProxyError {
             ProxyError::Transcode(TranscodeError::BadResponse(_)) => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // RFC 9110 §15.5.9: the client did not finish its request in time.
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamSaturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +98,7 @@ impl ProxyError {
             ProxyError::Transcode(TranscodeError::BadResponse(_)) => Code::Internal,
             ProxyError::BadRequest(_) => Code::Internal,
             ProxyError::BodyTooLarge { .. } => Code::ResourceExhausted,
+            ProxyError::BodyStalled { .. } => Code::DeadlineExceeded,
             ProxyError::UpstreamProtocol { source, .. } => reset_code(&**source),
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamSaturated { .. }
@@ -116,6 +121,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyStalled { .. } => "body_timeout",
             ProxyError::UpstreamConnect { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamSaturated { .. } => "upstream_saturated",
@@ -139,6 +145,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyStalled { .. }
             | ProxyError::GrpcWeb(_)
             | ProxyError::NoTranscodingRule
             | ProxyError::Transcode(TranscodeError::BadRequest(_))
@@ -156,6 +163,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes")
             }
+            ProxyError::BodyStalled { after } => format!("no request body bytes arrived for {after:?}"),
             ProxyError::UpstreamConnect { upstream, .. } => {
                 format!("upstream `{upstream}` is unreachable")
             }
@@ -274,6 +282,7 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), 404);
         assert_eq!(ProxyError::BadRequest("x").status(), 400);
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(ProxyError::BodyStalled { after: std::time::Duration::from_secs(1) }.status(), 408);
         assert_eq!(ProxyError::UpstreamTimeout { upstream: "u".into(), phase: "connect" }.status(), 504);
         assert_eq!(ProxyError::UpstreamSaturated { upstream: "u".into() }.status(), 503);
         let timeout = ProxyError::RequestTimeout { limit: std::time::Duration::from_secs(1) };
@@ -310,6 +319,7 @@ mod tests {
             ),
             (ProxyError::RequestTimeout { limit: std::time::Duration::from_secs(1) }, Code::DeadlineExceeded),
             (ProxyError::BodyTooLarge { limit: 1 }, Code::ResourceExhausted),
+            (ProxyError::BodyStalled { after: std::time::Duration::from_secs(1) }, Code::DeadlineExceeded),
             (rejected(StatusCode::UNAUTHORIZED), Code::Unauthenticated),
             (rejected(StatusCode::FORBIDDEN), Code::PermissionDenied),
             (rejected(StatusCode::TOO_MANY_REQUESTS), Code::ResourceExhausted),

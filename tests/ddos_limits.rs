@@ -1,8 +1,8 @@
 //! Connection and request limits (DDoS protection) attacked on loopback by
 //! real clients, each attack bounded in count and time, each showing that a
 //! well-behaved client is still served meanwhile: per-IP connection and
-//! request caps, the request timeout, slowloris, HTTP/2 rapid reset
-//! (CVE-2023-44487) and the HTTP/2 idle timeout.
+//! request caps, the request timeout, slowloris (on headers and on bodies),
+//! HTTP/2 rapid reset (CVE-2023-44487) and the HTTP/2 idle timeout.
 
 mod common;
 
@@ -144,6 +144,61 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_a_normal_client_is_
         let cut = attacker.join().unwrap().expect("a slowloris connection stayed open for 8 s");
         assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
     }
+}
+
+#[test]
+fn a_request_body_that_stops_coming_gets_408_at_the_body_timeout_on_http1_and_h2_while_a_slow_steady_one_passes() {
+    use http_body_util::BodyExt;
+    let backend = Backend::start(|req| async move {
+        let len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        Response::new(full(len.to_string()))
+    });
+    let tollgate = gateway(&backend, "body_timeout = \"500ms\"");
+    let addr = tollgate.addr;
+
+    // HTTP/1.1: 3 of 10 declared bytes, then nothing. The answer comes at the
+    // timeout, and the connection closes (the rest of the body never will).
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the gateway closes the connection after its 408");
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"body_timeout\""), "{answer}");
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(4), "answered after {took:?}");
+
+    // HTTP/2: a HEADERS and one DATA frame, the stream left open.
+    runtime().block_on(async {
+        let (client, _connection) = h2_client(addr).await;
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/upload")).body(()).unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(b"abc"), false).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response).await.expect("an answer").unwrap();
+        assert_eq!(response.status(), 408);
+        // The connection serves the next request.
+        assert_eq!(h2_get(&mut client, addr, "/after").await.unwrap(), 200);
+    });
+
+    // A slow but steady upload: a chunk every 300 ms, 1.8 s in all, each gap under the timeout.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .write_all(b"POST /steady HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(300));
+        stream.write_all(b"1\r\na\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n6"), "the backend got all 6 bytes: {answer}");
 }
 
 #[test]
@@ -324,6 +379,7 @@ fn bad_limit_values_name_the_line_and_key() {
         ("max_connections_per_ip = 0", ":4: listener.l.max_connections_per_ip", "between 1"),
         ("request_timeout = \"soon\"", ":4: listener.l.request_timeout", "not a duration"),
         ("idle_timeout = \"0s\"", ":4: listener.l.idle_timeout", "longer than 0"),
+        ("body_timeout = \"0ms\"", ":4: listener.l.body_timeout", "longer than 0"),
         ("h2_max_pending_accept_reset_streams = 0", ":4: listener.l.h2_max_pending_accept_reset_streams", "between 1"),
         ("h2_max_local_error_reset_streams = -5", ":4: listener.l.h2_max_local_error_reset_streams", "between 1"),
     ];
@@ -336,7 +392,7 @@ fn bad_limit_values_name_the_line_and_key() {
         assert!(stderr.contains(words), "{line}: expected `{words}` in: {stderr}");
     }
     let good = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\nmax_connections_per_ip = 50\n\
-                max_requests_per_ip = \"100/s\"\nrequest_timeout = \"30s\"\nidle_timeout = \"2m\"\n\
+                max_requests_per_ip = \"100/s\"\nrequest_timeout = \"30s\"\nidle_timeout = \"2m\"\nbody_timeout = \"20s\"\n\
                 h2_max_pending_accept_reset_streams = 50\nh2_max_local_error_reset_streams = 200\n";
     let (out, _) = run_check(good, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

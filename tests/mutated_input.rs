@@ -7,7 +7,9 @@
 //! HTTP/1.1 request head and chunked bodies, the HTTP/2 frame layer and HPACK
 //! decoder (h2c with prior knowledge), the HTTP/1.1 upstream client's
 //! response parser, our HTTP/2 client's frame layer and HPACK decoder (the
-//! answers of a gRPC backend), and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
+//! answers of a gRPC backend), the gRPC-Web body decoder (binary and
+//! base64 text), the PROXY protocol header reader, and the WebSocket
+//! tunnel's frame checks. Every case must end with a well-formed answer or a clean
 //! close within the configured timeouts: never a panic, never a hang, never
 //! a 500, and never garbage handed on to the backend (which is hyper: it
 //! answers what it cannot parse with a bare 400 that has no JSON body of ours).
@@ -17,6 +19,7 @@
 //! the defaults: a few hundred cases per test, about ten seconds in all).
 
 mod common;
+mod grpc_support;
 mod ws_support;
 
 use std::collections::BTreeMap;
@@ -272,11 +275,12 @@ fn dechunk(wire: &[u8]) -> Result<(Vec<u8>, usize, bool), String> {
 /// Tollgate with short timeouts, so every case ends by the gateway's own
 /// decision within seconds: an idle or half-sent connection is closed after
 /// `header_read_timeout`, a request waiting for a body the client never
-/// sends gets its 504 at `request_timeout`, an idle h2c connection its GOAWAY.
+/// sends gets its 408 at `body_timeout` (or 504 at `request_timeout`), an
+/// idle h2c connection its GOAWAY.
 fn gateway_for(backend: SocketAddr, upstream_keys: &str) -> Tollgate {
     start_proxy(
         backend,
-        "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nidle_timeout = \"1s\"\n\
+        "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nbody_timeout = \"1s\"\nidle_timeout = \"1s\"\n\
          max_header_bytes = 16384\nmax_body_bytes = 100000",
         &format!("first_byte_timeout = \"2s\"\n{upstream_keys}"),
         "",
@@ -753,9 +757,7 @@ async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and
     // and frames refused with a protocol error (1002) or bad UTF-8 (1007).
     assert!(echoed >= 50, "{echoed} echoed; {by_code:?}");
     assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
-    assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited");
-    let log = tollgate.log();
-    assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+    assert_unharmed_status(&mut tollgate);
 }
 
 /// HPACK for the mutated gRPC answers: `:status: 200` (static 8) and
@@ -915,9 +917,138 @@ async fn mutated_http2_answers_of_a_grpc_backend_become_a_grpc_status_for_the_cl
     assert_unharmed_status(&mut tollgate);
 }
 
-/// Alive and never panicked (the gRPC route takes every path, so no plain request to make).
+/// Alive and never panicked, where no plain request applies (a route that
+/// takes every path to a gRPC or WebSocket backend, a PROXY-protocol listener).
 fn assert_unharmed_status(tollgate: &mut Tollgate) {
     assert!(tollgate.child.try_wait().unwrap().is_none(), "tollgate exited; log:\n{}", tollgate.log());
     let log = tollgate.log();
     assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+}
+
+fn proxy_protocol_seeds() -> Vec<Vec<u8>> {
+    let request = b"GET /m/proxied HTTP/1.1\r\nHost: t\r\n\r\n";
+    let v2 = |command: u8, family: u8, addresses: &[u8]| {
+        let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        out.extend_from_slice(&[0x20 | command, family]);
+        out.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+        out.extend_from_slice(addresses);
+        out.extend_from_slice(request);
+        out
+    };
+    let v1 = |line: &str| {
+        let mut out = line.as_bytes().to_vec();
+        out.extend_from_slice(request);
+        out
+    };
+    // TCP over IPv4: source, destination, ports; then a TLV (type 0x04, NOOP) of two bytes.
+    let tcp4 = [192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0, 80, 0x04, 0, 2, 0, 0];
+    let mut tcp6 = vec![0x20, 0x01, 0x0d, 0xb8];
+    tcp6.extend_from_slice(&[0; 12]);
+    tcp6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    tcp6.extend_from_slice(&[0; 11]);
+    tcp6.extend_from_slice(&[1, 0x13, 0x88, 0, 80]);
+    vec![
+        v1("PROXY TCP4 192.0.2.1 192.0.2.2 5000 80\r\n"),
+        v1("PROXY TCP6 2001:db8::1 2001:db8::2 5000 80\r\n"),
+        v1("PROXY UNKNOWN\r\n"),
+        v2(0x1, 0x11, &tcp4),
+        v2(0x1, 0x21, &tcp6),
+        v2(0x0, 0x00, &[]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_proxy_protocol_headers_are_served_or_closed_within_the_header_timeout() {
+    let backend = echo_backend();
+    let mut tollgate =
+        start_proxy(backend.addr, "proxy_protocol = true\nheader_read_timeout = \"1s\"\nbody_timeout = \"1s\"", "", "");
+    let (count, mut rng) = cases_and_rng(400, 6);
+    let seeds = proxy_protocol_seeds();
+    let cases: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+    let (mut served, mut closed_silently) = (0, 0);
+    for (input, received) in &results {
+        let case = String::from_utf8_lossy(input);
+        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
+        let responses = h1_responses(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        served += usize::from(responses.iter().any(|r| r.status == 200));
+        closed_silently += usize::from(responses.is_empty());
+    }
+    eprintln!("served {served}, closed without a response {closed_silently}");
+    // A broken header closes the connection (nothing to answer: the client may not speak HTTP).
+    assert!(served >= 10 && closed_silently >= 100, "served {served}, closed {closed_silently}");
+    // Only connections whose header named a source reached the backend.
+    assert!(backend.requests().len() >= served, "{} requests seen", backend.requests().len());
+    assert_unharmed_status(&mut tollgate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_grpc_web_bodies_get_a_grpc_status_from_the_gateway_or_the_grpcio_backend() {
+    use base64::Engine as _;
+    let backend = grpc_support::GrpcBackend::start("mutations");
+    let mut tollgate = Tollgate::start_with(&format!(
+        "header_read_timeout = \"1s\"\nrequest_timeout = \"3s\"\n\n{}",
+        grpc_support::grpc_config(&[backend.addr], "", "")
+    ));
+    let message = grpc_support::frame(b"\x0a\x05hello");
+    let text = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes();
+    let mut split_text = text(&message[..4]);
+    split_text.extend(text(&message[4..]));
+    let mut two = message.clone();
+    two.extend(grpc_support::frame(b""));
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("application/grpc-web+proto", message.clone()),
+        ("application/grpc-web", two),
+        ("application/grpc-web-text", text(&message)),
+        ("application/grpc-web-text+proto", split_text),
+    ];
+    let (count, mut rng) = cases_and_rng(300, 7);
+    let mut kinds = Vec::new();
+    let cases: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let (content_type, body) = &seeds[i % seeds.len()];
+            let body = mutate(&mut rng, body, 0);
+            kinds.push(content_type.contains("text"));
+            let mut request = format!(
+                "POST /test.Echo/Unary HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\nX-Grpc-Web: 1\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            request.extend(body);
+            request
+        })
+        .collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for ((input, received), is_text) in results.iter().zip(kinds) {
+        let case = String::from_utf8_lossy(input);
+        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
+        let responses = h1_responses(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        assert_eq!(responses.len(), 1, "for {case:?}");
+        let answer = &responses[0];
+        assert_eq!(answer.status, 200, "for {case:?}: {:?}", String::from_utf8_lossy(&received.bytes));
+        assert!(answer.complete, "an answer cut short for {case:?}");
+        // The status: in a trailer frame at the end of the body, else in the head (trailers-only).
+        let body = if is_text { grpc_support::decode_text(&answer.body) } else { answer.body.clone() };
+        let frames = grpc_support::frames(&body);
+        let head = String::from_utf8_lossy(
+            &received.bytes[..received.bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap()],
+        )
+        .into_owned();
+        let status = match frames.iter().find(|(flag, _)| flag & 0x80 != 0) {
+            Some((_, block)) => grpc_support::trailer_lines(block)
+                .iter()
+                .find_map(|l| l.strip_prefix("grpc-status: ").map(str::to_string)),
+            None => header_value(&head, "grpc-status"),
+        };
+        let status = status.unwrap_or_else(|| panic!("no grpc-status for {case:?}: {head}"));
+        *codes.entry(status).or_default() += 1;
+    }
+    eprintln!("grpc-status counts {codes:?}");
+    assert!(codes.get("0").copied().unwrap_or(0) >= 10, "{codes:?}");
+    assert!(codes.iter().filter(|(c, _)| *c != "0").map(|(_, n)| n).sum::<usize>() >= 50, "{codes:?}");
+    assert_unharmed_status(&mut tollgate);
 }

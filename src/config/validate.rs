@@ -332,6 +332,8 @@ impl Validator<'_> {
                 None => None,
                 Some(_) => Some(self.duration(&raw.request_timeout, &key("request_timeout"), Duration::ZERO)?),
             },
+            // nginx's client_body_timeout default.
+            body_timeout: self.duration(&raw.body_timeout, &key("body_timeout"), Duration::from_secs(60))?,
             idle_timeout: self.duration(&raw.idle_timeout, &key("idle_timeout"), Duration::from_secs(300))?,
             // h2's own defaults, stated so they show in the docs and can be tuned.
             h2_max_pending_accept_reset_streams: self.positive(
@@ -350,6 +352,7 @@ impl Validator<'_> {
         let zero = [
             (&raw.request_timeout, "request_timeout", limits.request_timeout.is_some_and(|d| d.is_zero())),
             (&raw.idle_timeout, "idle_timeout", limits.idle_timeout.is_zero()),
+            (&raw.body_timeout, "body_timeout", limits.body_timeout.is_zero()),
         ];
         for (value, name, is_zero) in zero {
             if let (Some(v), true) = (value, is_zero) {

@@ -48,6 +48,8 @@ pub struct ClientLimits {
     request_rate: Option<Arc<LocalLimiter<IpAddr>>>,
     /// `request_timeout`, applied by the pipeline around each request.
     pub request_timeout: Option<Duration>,
+    /// `body_timeout`, applied by the pipeline to request bodies it proxies.
+    pub body_timeout: Duration,
     /// `idle_timeout`, applied by [`Drive`] to each connection.
     pub idle_timeout: Duration,
 }
@@ -58,6 +60,7 @@ impl std::fmt::Debug for ClientLimits {
             .field("max_connections_per_ip", &self.per_ip_connections.as_ref().map(|p| p.max))
             .field("max_requests_per_ip", &self.request_rate.is_some())
             .field("request_timeout", &self.request_timeout)
+            .field("body_timeout", &self.body_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
@@ -70,6 +73,7 @@ impl Default for ClientLimits {
             per_ip_connections: None,
             request_rate: None,
             request_timeout: None,
+            body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -86,6 +90,7 @@ impl ClientLimits {
                 .max_requests_per_ip
                 .map(|rate| LocalLimiter::new(&format!("listener {name}"), rate, rate.count, MAX_TRACKED_IPS)),
             request_timeout: limits.request_timeout,
+            body_timeout: limits.body_timeout,
             idle_timeout: limits.idle_timeout,
         }
     }

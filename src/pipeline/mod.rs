@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use http::{Request, Response, header};
 
-use crate::body::{self, Body, ClientBody, Limited};
+use crate::body::{self, Body, ClientBody, Limited, StallGuard};
 use crate::config::{Config, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::listen::limits::RequestGuard;
@@ -356,15 +356,25 @@ impl Gateway {
             }
 
             let limit = route.config.max_body_bytes.or(ctx.connection.listener.max_body_bytes);
-            let body = match limit {
-                Some(limit) => {
-                    if content_length(&parts.headers).is_some_and(|len| len > limit) {
-                        // Refuse before reading: with `Expect: 100-continue` the client never sends the body.
-                        return Err(ProxyError::BodyTooLarge { limit });
-                    }
-                    body::boxed(Limited::new(incoming, limit))
+            if let Some(limit) = limit
+                && content_length(&parts.headers).is_some_and(|len| len > limit)
+            {
+                // Refuse before reading: with `Expect: 100-continue` the client never sends the body.
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            // A body still to come, for a plain HTTP backend, must keep coming. A gRPC
+            // stream may rightly go quiet for minutes: its deadline is `grpc-timeout`.
+            let stall = match &route.action {
+                Action::Proxy(upstream) if !upstream.is_grpc() && !http_body::Body::is_end_stream(&incoming) => {
+                    Some(ctx.connection.listener.limits.body_timeout)
                 }
-                None => body::boxed(incoming),
+                _ => None,
+            };
+            let body = match (limit, stall) {
+                (None, None) => body::boxed(incoming),
+                (Some(limit), None) => body::boxed(Limited::new(incoming, limit)),
+                (None, Some(after)) => body::boxed(StallGuard::new(incoming, after)),
+                (Some(limit), Some(after)) => body::boxed(Limited::new(StallGuard::new(incoming, after), limit)),
             };
 
             match &route.action {

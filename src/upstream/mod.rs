@@ -187,10 +187,15 @@ impl Upstream {
     /// The client's fault (its body broke or went over the limit) or the backend's.
     fn exchange_error(&self, e: h1::H1Error) -> ProxyError {
         match e {
-            h1::H1Error::ClientBody(body) => match crate::body::body_too_large_limit(&*body) {
-                Some(limit) => ProxyError::BodyTooLarge { limit },
-                None => ProxyError::BadRequest("the request body is malformed or incomplete"),
-            },
+            h1::H1Error::ClientBody(body) => {
+                if let Some(limit) = crate::body::body_too_large_limit(&*body) {
+                    ProxyError::BodyTooLarge { limit }
+                } else if let Some(after) = crate::body::body_stalled_after(&*body) {
+                    ProxyError::BodyStalled { after }
+                } else {
+                    ProxyError::BadRequest("the request body is malformed or incomplete")
+                }
+            }
             h1::H1Error::RequestLength(_) => ProxyError::BadRequest("the request body does not match its length"),
             h1::H1Error::RequestLengthInvalid(what) => ProxyError::BadRequest(what),
             e => ProxyError::UpstreamProtocol { upstream: self.config.name.clone(), source: e.into() },
