@@ -8,8 +8,8 @@
 //! decoder (h2c with prior knowledge), the HTTP/1.1 upstream client's
 //! response parser, our HTTP/2 client's frame layer and HPACK decoder (the
 //! answers of a gRPC backend), the gRPC-Web body decoder (binary and
-//! base64 text), the PROXY protocol header reader, and the WebSocket
-//! tunnel's frame checks. Every case must end with a well-formed answer or a clean
+//! base64 text), the JSON ⇄ protobuf transcoder (`grpc_json`), the PROXY
+//! protocol header reader, and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
 //! close within the configured timeouts: never a panic, never a hang, never
 //! a 500, and never garbage handed on to the backend (which is hyper: it
 //! answers what it cannot parse with a bare 400 that has no JSON body of ours).
@@ -1050,5 +1050,62 @@ async fn mutated_grpc_web_bodies_get_a_grpc_status_from_the_gateway_or_the_grpci
     eprintln!("grpc-status counts {codes:?}");
     assert!(codes.get("0").copied().unwrap_or(0) >= 10, "{codes:?}");
     assert!(codes.iter().filter(|(c, _)| *c != "0").map(|(_, n)| n).sum::<usize>() >= 50, "{codes:?}");
+    assert_unharmed_status(&mut tollgate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_json_requests_to_a_transcoding_route_get_a_json_answer_from_the_gateway_or_the_grpcio_backend() {
+    let backend = grpc_support::GrpcBackend::start_catalog();
+    let mut tollgate = Tollgate::start_with(&format!(
+        "header_read_timeout = \"1s\"\nrequest_timeout = \"3s\"\nbody_timeout = \"1s\"\n\n\
+         [[upstream]]\nname = \"catalog\"\nprotocol = \"grpc\"\ntargets = [\"{}\"]\nconnect_timeout = \"1s\"\n\n\
+         [[route]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"catalog\"\n\
+         grpc_json = {{ descriptors = \"{}\", services = [\"shop.v1.Catalog\"] }}\n",
+        backend.addr,
+        grpc_support::catalog_descriptors().display()
+    ));
+    let post = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let seeds = [
+        post("/v1/shelves/tools/items", r#"{"name": "hammer", "kind": "TOOL"}"#),
+        post(
+            "/v1/shelves/tools/items",
+            r#"{"name": "caf\u00e9 \"set\"", "price": {"currency": "EUR", "cents": "1250"}, "tags": ["a", "b"], "kind": 2}"#,
+        ),
+        b"PUT /v1/shelves/s1/items/i2 HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\nConnection: close\r\n\r\n{\"tags\": [\"x\", \"y\"]}"
+            .to_vec(),
+        b"GET /v1/shelves/garden/items?limit=2&tags=green&tags=wet HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+        b"GET /v1/items/7?with_tags=true HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+    ];
+    let (count, mut rng) = cases_and_rng(300, 8);
+    let cases: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+    let mut statuses = BTreeMap::new();
+    for (input, received) in &results {
+        let case = String::from_utf8_lossy(input);
+        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
+        let responses = h1_responses(&received.bytes)
+            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        for response in responses.iter().filter(|r| r.status >= 200) {
+            tally(&mut statuses, response.status);
+            assert!(response.complete, "an answer cut short for {case:?}");
+            // Every answer, success or failure, is JSON a client can parse.
+            if !response.body.is_empty() {
+                let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&response.body);
+                assert!(parsed.is_ok(), "not JSON for {case:?}: {:?}", String::from_utf8_lossy(&response.body));
+            }
+            assert_ne!(response.status, 500, "for {case:?}: {:?}", String::from_utf8_lossy(&response.body));
+        }
+    }
+    eprintln!("statuses {statuses:?}");
+    assert!(statuses.get(&200).copied().unwrap_or(0) >= 10, "{statuses:?}");
+    assert!(statuses.get(&400).copied().unwrap_or(0) >= 50, "{statuses:?}");
     assert_unharmed_status(&mut tollgate);
 }

@@ -144,8 +144,8 @@ pub struct ListenerLimits {
     pub max_requests_per_ip: Option<Rate>,
     /// From the request head to the response head, upstream included; then 504.
     pub request_timeout: Option<Duration>,
-    /// Longest wait for the next piece of a request body proxied to an
-    /// HTTP/1.1 upstream; then 408 (a stalled upload must not hold a backend).
+    /// Longest wait for the next piece of a plain HTTP client's request body
+    /// (not gRPC's); then 408 (a stalled upload must not hold a backend).
     pub body_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,

@@ -182,9 +182,12 @@ async fn read_whole(mut body: Body) -> Result<Bytes, ProxyError> {
                 whole.extend_from_slice(&data);
             }
             Err(e) => {
-                return Err(match crate::body::body_too_large_limit(&*e) {
-                    Some(limit) => ProxyError::BodyTooLarge { limit },
-                    None => ProxyError::BadRequest("the request body broke off"),
+                return Err(if let Some(limit) = crate::body::body_too_large_limit(&*e) {
+                    ProxyError::BodyTooLarge { limit }
+                } else if let Some(after) = crate::body::body_stalled_after(&*e) {
+                    ProxyError::BodyStalled { after }
+                } else {
+                    ProxyError::BadRequest("the request body broke off")
                 });
             }
         }

@@ -362,11 +362,15 @@ impl Gateway {
                 // Refuse before reading: with `Expect: 100-continue` the client never sends the body.
                 return Err(ProxyError::BodyTooLarge { limit });
             }
-            // A body still to come, for a plain HTTP backend, must keep coming. A gRPC
+            // A body still to come from a plain HTTP client (to an HTTP backend, or
+            // JSON to a transcoding route) must keep coming. A gRPC or gRPC-Web
             // stream may rightly go quiet for minutes: its deadline is `grpc-timeout`.
             let stall = match &route.action {
-                Action::Proxy(upstream) if !upstream.is_grpc() && !http_body::Body::is_end_stream(&incoming) => {
-                    Some(ctx.connection.listener.limits.body_timeout)
+                Action::Proxy(upstream) if !http_body::Body::is_end_stream(&incoming) => {
+                    let plain = !upstream.is_grpc()
+                        || (route.config.grpc_json.is_some()
+                            && tollgate_grpc_web::GrpcKind::of(&parts.headers).is_none());
+                    plain.then_some(ctx.connection.listener.limits.body_timeout)
                 }
                 _ => None,
             };

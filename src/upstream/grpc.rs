@@ -84,6 +84,7 @@ impl Upstream {
         async move {
             // `preserve_host` left the client's Host; HTTP/2 carries it as :authority.
             let authority = head.headers.remove(header::HOST);
+            drop_unfit_metadata(&mut head.headers);
             let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
             let mut last_connect_error = None;
             // Taken by the first send that streams it (`Start::Streaming`).
@@ -213,8 +214,40 @@ fn absolute_uri(current: &Uri, host: Option<&HeaderValue>, target: &Authority) -
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid :authority"))
 }
 
+/// Removes fields whose names gRPC metadata cannot carry: keys are
+/// `[0-9a-z_.-]` only (PROTOCOL-HTTP2.md, "Custom-Metadata"), while an HTTP
+/// field name may also hold `!#$%&'*+^`|~`. An HTTP/JSON or gRPC-Web client
+/// may send such a field; passed on, a gRPC backend fails the whole call
+/// (grpcio: INTERNAL, "Illegal header key"). They cannot reach it as
+/// metadata, so they do not go.
+fn drop_unfit_metadata(headers: &mut http::HeaderMap) {
+    let fits = |name: &http::HeaderName| {
+        name.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if headers.keys().all(fits) {
+        return;
+    }
+    let unfit: Vec<http::HeaderName> = headers.keys().filter(|name| !fits(name)).cloned().collect();
+    for name in unfit {
+        tracing::debug!(field = %name, "field not passed to the gRPC backend: not a metadata key");
+        headers.remove(&name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fields_grpc_metadata_cannot_carry_are_dropped_and_the_rest_kept() {
+        let mut headers = http::HeaderMap::new();
+        for name in ["x-user.id_2", "co*tent-type", "x%y", "authorization", "x~tilde"] {
+            headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), "v".parse().unwrap());
+        }
+        super::drop_unfit_metadata(&mut headers);
+        let mut kept: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["authorization", "x-user.id_2"]);
+    }
+
     /// Every HTTP/2 call's future is boxed whole (cache-cold memory when
     /// many are in flight), so its size is a cost per call: the request is
     /// taken apart before the future exists, the deadline's timer boxed
