@@ -272,6 +272,14 @@ fn dechunk(wire: &[u8]) -> Result<(Vec<u8>, usize, bool), String> {
     }
 }
 
+/// The HTTP/1.1 responses a case got, which must have ended by the
+/// gateway's close within [`CASE_DEADLINE`] and parse as HTTP/1.1.
+fn answered_in_time(case: &str, received: &Received) -> Vec<H1Response> {
+    assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
+    h1_responses(&received.bytes)
+        .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)))
+}
+
 /// Tollgate with short timeouts, so every case ends by the gateway's own
 /// decision within seconds: an idle or half-sent connection is closed after
 /// `header_read_timeout`, a request waiting for a body the client never
@@ -333,9 +341,7 @@ async fn mutated_http1_requests_get_a_well_formed_answer_or_a_clean_close_and_no
     let mut statuses = BTreeMap::new();
     for (input, received) in &results {
         let case = String::from_utf8_lossy(input);
-        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
-        let responses = h1_responses(&received.bytes)
-            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        let responses = answered_in_time(&case, received);
         for response in responses {
             tally(&mut statuses, response.status);
             let body = String::from_utf8_lossy(&response.body);
@@ -969,9 +975,7 @@ async fn mutated_proxy_protocol_headers_are_served_or_closed_within_the_header_t
     let (mut served, mut closed_silently) = (0, 0);
     for (input, received) in &results {
         let case = String::from_utf8_lossy(input);
-        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
-        let responses = h1_responses(&received.bytes)
-            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        let responses = answered_in_time(&case, received);
         served += usize::from(responses.iter().any(|r| r.status == 200));
         closed_silently += usize::from(responses.is_empty());
     }
@@ -1024,9 +1028,7 @@ async fn mutated_grpc_web_bodies_get_a_grpc_status_from_the_gateway_or_the_grpci
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     for ((input, received), is_text) in results.iter().zip(kinds) {
         let case = String::from_utf8_lossy(input);
-        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
-        let responses = h1_responses(&received.bytes)
-            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        let responses = answered_in_time(&case, received);
         assert_eq!(responses.len(), 1, "for {case:?}");
         let answer = &responses[0];
         assert_eq!(answer.status, 200, "for {case:?}: {:?}", String::from_utf8_lossy(&received.bytes));
@@ -1090,9 +1092,7 @@ async fn mutated_json_requests_to_a_transcoding_route_get_a_json_answer_from_the
     let mut statuses = BTreeMap::new();
     for (input, received) in &results {
         let case = String::from_utf8_lossy(input);
-        assert!(received.closed, "no answer and no close within {CASE_DEADLINE:?} for {case:?}");
-        let responses = h1_responses(&received.bytes)
-            .unwrap_or_else(|e| panic!("{e} for {case:?}; got {:?}", String::from_utf8_lossy(&received.bytes)));
+        let responses = answered_in_time(&case, received);
         for response in responses.iter().filter(|r| r.status >= 200) {
             tally(&mut statuses, response.status);
             assert!(response.complete, "an answer cut short for {case:?}");
