@@ -711,19 +711,16 @@ fn server_frames(mut wire: &[u8]) -> Result<(usize, Option<u16>), String> {
     Ok((data, close))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and_a_close_the_gateway_sends() {
-    let backend = ws_support::EchoBackend::start().await;
-    let mut tollgate = start_proxy(
-        backend.addr,
-        "",
-        "",
-        "websocket = \"tunnel\"\nwebsocket_max_message_bytes = 4096\nwebsocket_max_frame_bytes = 4096\n\
-         websocket_idle_timeout = \"1s\"",
-    );
-    let (count, mut rng) = cases_and_rng(400, 4);
+/// Upgrades `count` connections on `addr` (HTTP/1.1), writes a mutated
+/// frame sequence on each, and reads what comes back until the gateway
+/// closes. The close codes it sent (None: no close frame) and how many
+/// cases got data back.
+async fn mutated_websocket_sessions(
+    addr: SocketAddr,
+    count: usize,
+    mut rng: Rng,
+) -> (BTreeMap<Option<u16>, usize>, usize) {
     let seeds = websocket_seeds();
-    let addr = tollgate.addr;
     let slots = Arc::new(Semaphore::new(48));
     let mut tasks = Vec::new();
     for i in 0..count {
@@ -749,20 +746,47 @@ async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and
         }));
     }
     let mut by_code: BTreeMap<Option<u16>, usize> = BTreeMap::new();
-    let mut echoed = 0;
+    let mut answered = 0;
     for task in tasks {
         let (input, received) = task.await.expect("case task");
         assert!(received.closed, "no close within {CASE_DEADLINE:?} for {input:02x?}");
         let (data, close) = server_frames(&received.bytes)
             .unwrap_or_else(|e| panic!("{e} for {input:02x?}; got {:02x?}", received.bytes));
-        echoed += usize::from(data > 0);
+        answered += usize::from(data > 0);
         *by_code.entry(close).or_default() += 1;
     }
-    eprintln!("close codes {by_code:?}, cases with data echoed {echoed}");
+    eprintln!("close codes {by_code:?}, cases with data back {answered}");
+    (by_code, answered)
+}
+
+/// The route keys both WebSocket tests share, after the mode.
+const WEBSOCKET_LIMITS: &str =
+    "websocket_max_message_bytes = 4096\nwebsocket_max_frame_bytes = 4096\nwebsocket_idle_timeout = \"1s\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and_a_close_the_gateway_sends() {
+    let backend = ws_support::EchoBackend::start().await;
+    let mut tollgate = start_proxy(backend.addr, "", "", &format!("websocket = \"tunnel\"\n{WEBSOCKET_LIMITS}"));
+    let (count, rng) = cases_and_rng(400, 4);
+    let (by_code, echoed) = mutated_websocket_sessions(tollgate.addr, count, rng).await;
     // Both sides of the decision were reached: frames relayed and echoed,
     // and frames refused with a protocol error (1002) or bad UTF-8 (1007).
     assert!(echoed >= 50, "{echoed} echoed; {by_code:?}");
     assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
+    assert_unharmed_status(&mut tollgate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_websocket_frames_in_message_mode_end_in_well_formed_frames_and_a_close_the_gateway_sends() {
+    // Each message becomes a POST to a plain backend that echoes the body.
+    let backend = echo_backend();
+    let mut tollgate = start_proxy(backend.addr, "", "", &format!("websocket = \"http\"\n{WEBSOCKET_LIMITS}"));
+    let (count, rng) = cases_and_rng(400, 9);
+    let (by_code, replied) = mutated_websocket_sessions(tollgate.addr, count, rng).await;
+    assert!(replied >= 50, "{replied} replied; {by_code:?}");
+    assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
+    // Every request the backend got is a message of a session, posted to its path.
+    assert!(backend.requests().iter().all(|r| r.uri == "/m"), "{:?}", backend.requests());
     assert_unharmed_status(&mut tollgate);
 }
 
