@@ -173,9 +173,10 @@ impl ProxyError {
             ProxyError::UpstreamSaturated { upstream } => {
                 format!("upstream `{upstream}` has no free connection")
             }
-            ProxyError::UpstreamProtocol { upstream, .. } => {
-                format!("upstream `{upstream}` failed to answer")
-            }
+            ProxyError::UpstreamProtocol { upstream, source } => match answer_fault(&**source) {
+                Some(fault) => format!("upstream `{upstream}` failed to answer: {fault}"),
+                None => format!("upstream `{upstream}` failed to answer"),
+            },
             ProxyError::Static(_) => "static file could not be read".into(),
             ProxyError::Rejected(r) => r.message.clone(),
             ProxyError::RequestTimeout { limit } => format!("no response within the request timeout of {limit:?}"),
@@ -253,6 +254,22 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, request_id:
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// What the backend did wrong, when it is the backend's answer itself (a
+/// malformed or oversized head, broken framing, a close before or within
+/// it): safe and useful to tell the client. Socket errors and anything
+/// else stay in the log only.
+fn answer_fault(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<String> {
+    use crate::upstream::h1::H1Error;
+    match source.downcast_ref::<H1Error>()? {
+        e @ (H1Error::Closed
+        | H1Error::Truncated
+        | H1Error::HeadTooLarge
+        | H1Error::Malformed(_)
+        | H1Error::Framing(_)) => Some(e.to_string()),
+        _ => None,
+    }
 }
 
 /// A backend's RST_STREAM before its answer as a gRPC status, per the gRPC

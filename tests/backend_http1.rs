@@ -201,13 +201,23 @@ fn broken_response_framing_is_a_502_not_a_guess() {
         let _ = writer.write_all(response);
     });
     let tollgate = proxy(backend);
-    let cases =
-        ["conflicting lengths", "bad length", "gzip coding", "chunked twice", "huge head", "endless 100s", "not HTTP"];
-    for case in cases {
+    // Each message says what was wrong with the answer (the log has it too).
+    let cases = [
+        ("conflicting lengths", "malformed response body: conflicting Content-Length values"),
+        ("bad length", "malformed response body: invalid Content-Length"),
+        ("gzip coding", "malformed response body: a transfer coding other than chunked"),
+        ("chunked twice", "malformed response body: a transfer coding other than chunked"),
+        ("huge head", "the response head is over 65536 bytes or 128 fields"),
+        ("endless 100s", "malformed response head: too many interim responses"),
+        ("not HTTP", "malformed response head: not HTTP/1.x"),
+    ];
+    for (case, said) in cases {
         let (status, _, body) = curl_full(&["--http1.1", &tollgate.url("/f")]);
         assert_eq!(status, 502, "{case}");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error body");
         assert_eq!(json["error"], "upstream_error", "{case}: {json}");
+        let message = json["message"].as_str().unwrap();
+        assert_eq!(message, format!("upstream `b` failed to answer: {said}"), "{case}");
     }
 }
 
