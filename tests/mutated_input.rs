@@ -711,14 +711,16 @@ fn server_frames(mut wire: &[u8]) -> Result<(usize, Option<u16>), String> {
     Ok((data, close))
 }
 
-/// Upgrades `count` connections on `addr` (HTTP/1.1), writes a mutated
+/// Opens `count` WebSocket sessions on `addr` (an HTTP/1.1 upgrade, or
+/// with `over_h2` an RFC 8441 extended CONNECT over h2c), writes a mutated
 /// frame sequence on each, and reads what comes back until the gateway
-/// closes. The close codes it sent (None: no close frame) and how many
-/// cases got data back.
+/// ends the session. The close codes it sent (None: no close frame) and
+/// how many cases got data back.
 async fn mutated_websocket_sessions(
     addr: SocketAddr,
     count: usize,
     mut rng: Rng,
+    over_h2: bool,
 ) -> (BTreeMap<Option<u16>, usize>, usize) {
     let seeds = websocket_seeds();
     let slots = Arc::new(Semaphore::new(48));
@@ -728,14 +730,20 @@ async fn mutated_websocket_sessions(
         let slots = Arc::clone(&slots);
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.unwrap();
-            let (head, mut tcp) = ws_support::upgrade_raw(addr, "/m", &[]).await;
-            assert_eq!(ws_support::status_of(&head), 101, "{head}");
-            let _ = tcp.write_all(&input).await;
+            let mut session: Box<dyn AsyncStream> = if over_h2 {
+                Box::new(ws_support::connect_h2c_raw(addr, "/m").await.expect("the extended CONNECT got its 200"))
+            } else {
+                let (head, tcp) = ws_support::upgrade_raw(addr, "/m", &[]).await;
+                assert_eq!(ws_support::status_of(&head), 101, "{head}");
+                Box::new(tcp)
+            };
+            let _ = session.write_all(&input).await;
+            let _ = session.flush().await;
             let mut bytes = Vec::new();
             let mut buf = vec![0u8; 16 * 1024];
             let read = async {
                 loop {
-                    match tcp.read(&mut buf).await {
+                    match session.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => bytes.extend_from_slice(&buf[..n]),
                     }
@@ -759,7 +767,11 @@ async fn mutated_websocket_sessions(
     (by_code, answered)
 }
 
-/// The route keys both WebSocket tests share, after the mode.
+/// A WebSocket session's byte stream: a TCP socket or an HTTP/2 stream.
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// The route keys the WebSocket tests share, after the mode.
 const WEBSOCKET_LIMITS: &str =
     "websocket_max_message_bytes = 4096\nwebsocket_max_frame_bytes = 4096\nwebsocket_idle_timeout = \"1s\"";
 
@@ -768,11 +780,23 @@ async fn mutated_websocket_frames_through_a_tunnel_end_in_well_formed_frames_and
     let backend = ws_support::EchoBackend::start().await;
     let mut tollgate = start_proxy(backend.addr, "", "", &format!("websocket = \"tunnel\"\n{WEBSOCKET_LIMITS}"));
     let (count, rng) = cases_and_rng(400, 4);
-    let (by_code, echoed) = mutated_websocket_sessions(tollgate.addr, count, rng).await;
+    let (by_code, echoed) = mutated_websocket_sessions(tollgate.addr, count, rng, false).await;
     // Both sides of the decision were reached: frames relayed and echoed,
     // and frames refused with a protocol error (1002) or bad UTF-8 (1007).
     assert!(echoed >= 50, "{echoed} echoed; {by_code:?}");
     assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
+    assert_unharmed_status(&mut tollgate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_websocket_frames_over_http2_extended_connect_end_in_well_formed_frames_and_a_close() {
+    // RFC 8441 sessions run as tokio tasks, not on the tunnel threads: the other relay.
+    let backend = ws_support::EchoBackend::start().await;
+    let mut tollgate = start_proxy(backend.addr, "", "", &format!("websocket = \"tunnel\"\n{WEBSOCKET_LIMITS}"));
+    let (count, rng) = cases_and_rng(300, 10);
+    let (by_code, echoed) = mutated_websocket_sessions(tollgate.addr, count, rng, true).await;
+    assert!(echoed >= 30, "{echoed} echoed; {by_code:?}");
+    assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 30, "{by_code:?}");
     assert_unharmed_status(&mut tollgate);
 }
 
@@ -782,7 +806,7 @@ async fn mutated_websocket_frames_in_message_mode_end_in_well_formed_frames_and_
     let backend = echo_backend();
     let mut tollgate = start_proxy(backend.addr, "", "", &format!("websocket = \"http\"\n{WEBSOCKET_LIMITS}"));
     let (count, rng) = cases_and_rng(400, 9);
-    let (by_code, replied) = mutated_websocket_sessions(tollgate.addr, count, rng).await;
+    let (by_code, replied) = mutated_websocket_sessions(tollgate.addr, count, rng, false).await;
     assert!(replied >= 50, "{replied} replied; {by_code:?}");
     assert!(by_code.get(&Some(1002)).copied().unwrap_or(0) >= 50, "{by_code:?}");
     // Every request the backend got is a message of a session, posted to its path.

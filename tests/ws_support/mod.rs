@@ -304,20 +304,7 @@ pub async fn connect_h2<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
-    // The server's SETTINGS must have arrived with ENABLE_CONNECT_PROTOCOL (RFC 8441 §3).
-    for _ in 0..100 {
-        if client.is_extended_connect_protocol_enabled() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        client = client.ready().await.unwrap();
-    }
-    assert!(client.is_extended_connect_protocol_enabled(), "server did not enable extended CONNECT");
+    let mut client = extended_connect_client(io).await;
     let mut request = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(format!("{scheme}://{authority}{path}"))
@@ -335,6 +322,44 @@ where
     }
     let io = H2Io { send, recv: response.into_body(), pending: Bytes::new() };
     (status, headers, Some(tollgate_websocket::client_stream(io, &Limits::default()).await))
+}
+
+/// The stream of an RFC 8441 extended CONNECT over h2c as raw bytes (for
+/// frames no WebSocket library would send); `None` unless it got a 200.
+pub async fn connect_h2c_raw(addr: SocketAddr, path: &str) -> Option<H2Io> {
+    let mut client = extended_connect_client(TcpStream::connect(addr).await.unwrap()).await;
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .extension(h2::ext::Protocol::from("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    let (response, send) = client.send_request(request, false).unwrap();
+    let response = response.await.ok()?;
+    (response.status() == 200).then(|| H2Io { send, recv: response.into_body(), pending: Bytes::new() })
+}
+
+/// An HTTP/2 client on `io` once the server's SETTINGS enabled extended
+/// CONNECT (RFC 8441 §3).
+async fn extended_connect_client<T>(io: T) -> h2::client::SendRequest<Bytes>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    for _ in 0..100 {
+        if client.is_extended_connect_protocol_enabled() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        client = client.ready().await.unwrap();
+    }
+    assert!(client.is_extended_connect_protocol_enabled(), "server did not enable extended CONNECT");
+    client
 }
 
 /// [`connect_h2`] over cleartext (h2c with prior knowledge).
