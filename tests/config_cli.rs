@@ -93,6 +93,19 @@ fn check_names_the_key_not_the_value_when_a_value_has_the_wrong_type() {
 }
 
 #[test]
+fn check_names_the_line_and_column_of_a_byte_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.toml");
+    // A Latin-1 "é" pasted into a value on line 3.
+    std::fs::write(&path, b"[[listener]]\nname = \"public\"\nbind = \"caf\xe9:80\"\n").unwrap();
+    let out = std::process::Command::new(Tollgate::binary()).arg("check").arg("--config").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("{}:3: config: not UTF-8 text (TOML must be): a stray byte at column 12", path.display());
+    assert!(stderr.contains(&expected), "expected `{expected}` in:\n{stderr}");
+}
+
+#[test]
 fn check_rejects_an_unknown_top_level_section() {
     let config = format!("{VALID}\n[listner]\nbind = \"x\"\n");
     let line = config.lines().position(|l| l == "[listner]").unwrap() + 1;

@@ -9,7 +9,8 @@
 //! response parser, our HTTP/2 client's frame layer and HPACK decoder (the
 //! answers of a gRPC backend), the gRPC-Web body decoder (binary and
 //! base64 text), the JSON ⇄ protobuf transcoder (`grpc_json`), the PROXY
-//! protocol header reader, and the WebSocket tunnel's frame checks. Every case must end with a well-formed answer or a clean
+//! protocol header reader, the WebSocket relays' frame checks, and the
+//! config loader (`tollgate check` on mutated shipped configs). Every case must end with a well-formed answer or a clean
 //! close within the configured timeouts: never a panic, never a hang, never
 //! a 500, and never garbage handed on to the backend (which is hyper: it
 //! answers what it cannot parse with a bare 400 that has no JSON body of ours).
@@ -1156,4 +1157,88 @@ async fn mutated_json_requests_to_a_transcoding_route_get_a_json_answer_from_the
     assert!(statuses.get(&200).copied().unwrap_or(0) >= 10, "{statuses:?}");
     assert!(statuses.get(&400).copied().unwrap_or(0) >= 50, "{statuses:?}");
     assert_unharmed_status(&mut tollgate);
+}
+
+/// Tokens that matter to TOML and to our config's values.
+const CONFIG_TOKENS: &[&str] = &[
+    "=",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    ",",
+    "\"",
+    "'",
+    "\n",
+    "#",
+    ".",
+    "-1",
+    "0",
+    "1e9",
+    "99999999999999999999",
+    "\"10x\"",
+    "\"0s\"",
+    "\"1h\"",
+    "true",
+    "\"\"",
+    "\"127.0.0.1:99999\"",
+    "\"[::1]:80\"",
+    "name = \"dup\"\n",
+    "[[route]]\n",
+    "[[listener]]\n",
+    "[[upstream]]\n",
+    "[policy.p]\n",
+    "kind = \"jwt\"\n",
+    "\u{0}",
+    "\u{e9}",
+];
+
+#[test]
+fn mutated_shipped_configs_are_accepted_or_refused_with_file_line_and_key_never_a_panic() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seeds = vec![std::fs::read_to_string(root.join("config/tollgate.toml")).unwrap()];
+    let mut examples: Vec<_> = std::fs::read_dir(root.join("config/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    examples.sort();
+    seeds.extend(examples.iter().map(|p| std::fs::read_to_string(p).unwrap()));
+    let (count, mut rng) = cases_and_rng(300, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..count {
+        let mut config = mutate(&mut rng, seeds[i % seeds.len()].as_bytes(), 0);
+        for _ in 0..rng.below(3) {
+            let at = rng.below(config.len());
+            config.splice(at..at, CONFIG_TOKENS[rng.below(CONFIG_TOKENS.len())].bytes());
+        }
+        std::fs::write(&path, &config).unwrap();
+        // Paths in the shipped configs are relative to the repository root.
+        let mut command = std::process::Command::new(Tollgate::binary());
+        command.current_dir(root).arg("check").arg("--config").arg(&path).env_remove("RUST_LOG");
+        let out = common::transport::run_with_timeout(&mut command, Duration::from_secs(10));
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let case = String::from_utf8_lossy(&config);
+        assert!(!stderr.contains("panicked"), "tollgate check panicked on:\n{case}\n{stderr}");
+        match out.status.code() {
+            Some(0) => {
+                assert!(stdout.contains(": ok ("), "{stdout}");
+                accepted += 1;
+            }
+            Some(1) => {
+                // `error: FILE:LINE: KEY: what` (or `FILE: KEY: what` when no line holds the fault).
+                let first = stderr.lines().next().unwrap_or_default();
+                let rest = first.strip_prefix(&format!("error: {}:", path.display()));
+                assert!(rest.is_some_and(|r| r.trim_start().len() > 3 && r.contains(": ")), "for:\n{case}\n{stderr}");
+                refused += 1;
+            }
+            other => panic!("tollgate check ended with {other:?} (killed after 10 s?) on:\n{case}\n{stderr}"),
+        }
+    }
+    eprintln!("accepted {accepted}, refused {refused}");
+    assert!(accepted >= 10 && refused >= 100, "accepted {accepted}, refused {refused}");
 }

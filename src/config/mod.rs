@@ -21,11 +21,14 @@ pub use units::{Rate, expand_env, parse_duration, parse_rate};
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: "config".into(),
-        message: format!("cannot read file: {e}"),
+    let error = |line, message| ConfigError { file: path.to_path_buf(), line, key: "config".into(), message };
+    let bytes = std::fs::read(path).map_err(|e| error(None, format!("cannot read file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Say where: a stray byte from a copy and paste is hard to find in a whole file.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+        error(Some(line), format!("not UTF-8 text (TOML must be): a stray byte at column {column}"))
     })?;
     parse(path, &text)
 }
