@@ -262,6 +262,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, request_id:
 /// else stay in the log only.
 fn answer_fault(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<String> {
     use crate::upstream::h1::H1Error;
+    // The WebSocket upgrade's exchange is hyper's.
+    if let Some(e) = source.downcast_ref::<hyper::Error>() {
+        return (e.is_parse() || e.is_parse_status() || e.is_incomplete_message()).then(|| e.to_string());
+    }
     match source.downcast_ref::<H1Error>()? {
         e @ (H1Error::Closed
         | H1Error::Truncated

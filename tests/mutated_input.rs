@@ -536,6 +536,11 @@ fn response_seeds() -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// Stands for the `Sec-WebSocket-Accept` value in a response case: the
+/// backend puts the right one in its place when the placeholder survived
+/// the mutation (28 bytes, as long as a real one).
+const ACCEPT_PLACEHOLDER: &[u8; 28] = b"ACCEPT-VALUE-GOES-IN-HERE-28";
+
 /// A raw TCP backend that answers request `/r/N` with response case N and
 /// closes: the mutated responses are what a broken or hostile backend sends.
 fn mutating_backend(responses: Arc<Vec<Vec<u8>>>) -> SocketAddr {
@@ -561,7 +566,16 @@ fn mutating_backend(responses: Arc<Vec<Vec<u8>>>) -> SocketAddr {
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                     return;
                 };
-                let _ = stream.write_all(response);
+                let mut response = response.clone();
+                let key = text.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_string())
+                });
+                if let (Some(key), Some(at)) = (key, response.windows(28).position(|w| w == ACCEPT_PLACEHOLDER)) {
+                    let accept = tollgate_websocket::handshake::accept_key(key.as_bytes());
+                    response.splice(at..at + 28, accept.as_bytes().iter().copied());
+                }
+                let _ = stream.write_all(&response);
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 // Let the gateway read to the close before the socket goes.
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
@@ -1241,4 +1255,85 @@ fn mutated_shipped_configs_are_accepted_or_refused_with_file_line_and_key_never_
     }
     eprintln!("accepted {accepted}, refused {refused}");
     assert!(accepted >= 10 && refused >= 100, "accepted {accepted}, refused {refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_websocket_handshake_answers_of_a_backend_become_a_502_or_a_working_tunnel() {
+    // A 101 that switches, then a text frame and a close from the backend.
+    let switch = |extra: &str| {
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            String::from_utf8_lossy(ACCEPT_PLACEHOLDER)
+        )
+        .into_bytes();
+        out.extend(ws_support::frame(true, 0x1, b"hi", false));
+        out.extend(ws_support::frame(true, 0x8, b"\x03\xe8done", false));
+        out
+    };
+    let seeds = [
+        switch(""),
+        switch("Sec-WebSocket-Protocol: chat\r\n"),
+        switch("Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope".to_vec(),
+    ];
+    let (count, mut rng) = cases_and_rng(300, 12);
+    let responses: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let backend = mutating_backend(Arc::new(responses.clone()));
+    // A refused upgrade leaves an HTTP/1.1 keep-alive connection: closed when idle for 1 s.
+    let mut tollgate = start_proxy(
+        backend,
+        "header_read_timeout = \"1s\"",
+        "",
+        &format!("websocket = \"tunnel\"\n{WEBSOCKET_LIMITS}"),
+    );
+    let addr = tollgate.addr;
+    let slots = Arc::new(Semaphore::new(48));
+    let mut tasks = Vec::new();
+    for n in 0..count {
+        let slots = Arc::clone(&slots);
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            // The client offers `chat`, so a backend choosing it is in order.
+            let (head, mut tcp) =
+                ws_support::upgrade_raw(addr, &format!("/r/{n}"), &[("Sec-WebSocket-Protocol", "chat")]).await;
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(CASE_DEADLINE, tcp.read_to_end(&mut rest)).await;
+            (head, rest, read.is_ok())
+        }));
+    }
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut named_faults = 0;
+    for (n, task) in tasks.into_iter().enumerate() {
+        let (head, rest, closed) = task.await.expect("case task");
+        let case = String::from_utf8_lossy(&responses[n]);
+        assert!(closed, "no close within {CASE_DEADLINE:?} for backend answer {case:?}; got {head:?} {rest:02x?}");
+        let status = ws_support::status_of(&head);
+        let outcome = match status {
+            101 => {
+                let (data, close) =
+                    server_frames(&rest).unwrap_or_else(|e| panic!("{e} for backend answer {case:?}; got {rest:02x?}"));
+                format!("101, {data} data frames, close {close:?}")
+            }
+            // Refused: the backend's own answer relayed, or ours with a JSON reason.
+            _ => {
+                let body = String::from_utf8_lossy(&rest);
+                if body.contains("\"error\":") {
+                    assert!(matches!(status, 502 | 504), "{status} of ours for {case:?}: {body}");
+                }
+                // A malformed head is named in the message (hyper's words for the upgrade).
+                if body.contains("failed to answer: ") {
+                    named_faults += 1;
+                }
+                format!("{status}")
+            }
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    eprintln!("outcomes {outcomes:?}");
+    let switched: usize = outcomes.iter().filter(|(o, _)| o.starts_with("101")).map(|(_, n)| n).sum();
+    assert!(switched >= 10, "{outcomes:?}");
+    assert!(named_faults >= 10, "{named_faults} 502s said what was wrong; {outcomes:?}");
+    assert!(outcomes.get("502").copied().unwrap_or(0) >= 50, "{outcomes:?}");
+    assert_unharmed_status(&mut tollgate);
 }
