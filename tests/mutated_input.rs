@@ -9,8 +9,10 @@
 //! response parser, our HTTP/2 client's frame layer and HPACK decoder (the
 //! answers of a gRPC backend), the gRPC-Web body decoder (binary and
 //! base64 text), the JSON ⇄ protobuf transcoder (`grpc_json`), the PROXY
-//! protocol header reader, the WebSocket relays' frame checks, and the
-//! config loader (`tollgate check` on mutated shipped configs). Every case must end with a well-formed answer or a clean
+//! protocol header reader, the WebSocket relays' frame checks, the TLS
+//! listener's first bytes (ClientHellos for SNI certificate choice, and
+//! plain HTTP sent to a TLS port), and the config loader (`tollgate check`
+//! on mutated shipped configs). Every case must end with a well-formed answer or a clean
 //! close within the configured timeouts: never a panic, never a hang, never
 //! a 500, and never garbage handed on to the backend (which is hyper: it
 //! answers what it cannot parse with a bare 400 that has no JSON body of ours).
@@ -1335,5 +1337,134 @@ async fn mutated_websocket_handshake_answers_of_a_backend_become_a_502_or_a_work
     assert!(switched >= 10, "{outcomes:?}");
     assert!(named_faults >= 10, "{named_faults} 502s said what was wrong; {outcomes:?}");
     assert!(outcomes.get("502").copied().unwrap_or(0) >= 50, "{outcomes:?}");
+    assert_unharmed_status(&mut tollgate);
+}
+
+/// The first flight of a real TLS client (rustls): a ClientHello with
+/// `server_name` as SNI (none for an IP address) and ALPN `alpn`.
+fn client_hello(server_name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+    #[derive(Debug)]
+    struct NoVerify;
+    impl rustls::client::danger::ServerCertVerifier for NoVerify {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// What a TLS port may answer: whole TLS records (an alert, a handshake),
+/// or the readable 400 for plain HTTP. Err says what else came.
+fn tls_answer(wire: &[u8]) -> Result<&'static str, String> {
+    if wire.starts_with(b"HTTP/1.1 400") {
+        return if String::from_utf8_lossy(wire).contains("plain_http_on_tls") {
+            Ok("400 plain HTTP on a TLS port")
+        } else {
+            Err("a 400 other than plain_http_on_tls".into())
+        };
+    }
+    let mut rest = wire;
+    let mut kind = "closed";
+    while !rest.is_empty() {
+        if rest.len() < 5 {
+            return Err("a TLS record head cut short".into());
+        }
+        let (content, version, len) =
+            (rest[0], u16::from_be_bytes([rest[1], rest[2]]), u16::from_be_bytes([rest[3], rest[4]]));
+        if !(20..=23).contains(&content) || !(0x0301..=0x0304).contains(&version) || len > 16384 + 2048 {
+            return Err(format!("not a TLS record: type {content}, version {version:#06x}, length {len}"));
+        }
+        if rest.len() < 5 + len as usize {
+            return Err("a TLS record cut short".into());
+        }
+        kind = match (kind, content) {
+            ("closed", 21) => "alert",
+            (_, 22) => "handshake",
+            (k, _) => k,
+        };
+        rest = &rest[5 + len as usize..];
+    }
+    Ok(kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_client_hellos_and_plain_http_on_a_tls_port_get_tls_records_a_readable_400_or_a_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = common::transport::write_cert(dir.path(), "main", "localhost", &["localhost"]);
+    let api = common::transport::write_cert(dir.path(), "api", "api.localhost", &["api.localhost", "*.api.localhost"]);
+    let backend = echo_backend();
+    let mut tollgate = start_proxy(
+        backend.addr,
+        &format!(
+            "header_read_timeout = \"1s\"\ntls = {{ certs = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}",
+            main.cert.display(),
+            main.key.display(),
+            api.cert.display(),
+            api.key.display()
+        ),
+        "",
+        "",
+    );
+    let seeds = [
+        client_hello("api.localhost", &[b"h2", b"http/1.1"]),
+        client_hello("x.api.localhost", &[b"http/1.1"]),
+        client_hello("localhost", &[]),
+        client_hello("127.0.0.1", &[b"h2"]),
+        client_hello("unknown.example", &[b"h2"]),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+    ];
+    let (count, mut rng) = cases_and_rng(300, 13);
+    let cases: Vec<Vec<u8>> = (0..count).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], 0)).collect();
+    let results = run_cases(tollgate.addr, cases, CASE_DEADLINE).await;
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (input, received) in &results {
+        assert!(received.closed, "no close within {CASE_DEADLINE:?} for {input:02x?}");
+        let outcome =
+            tls_answer(&received.bytes).unwrap_or_else(|e| panic!("{e} for {input:02x?}; got {:02x?}", received.bytes));
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    eprintln!("outcomes {outcomes:?}");
+    // Some hellos still led to a handshake (answered, then cut at the timeout), most were refused.
+    assert!(outcomes.get("handshake").copied().unwrap_or(0) >= 10, "{outcomes:?}");
+    assert!(outcomes.get("alert").copied().unwrap_or(0) >= 50, "{outcomes:?}");
+    assert!(outcomes.get("400 plain HTTP on a TLS port").copied().unwrap_or(0) >= 10, "{outcomes:?}");
     assert_unharmed_status(&mut tollgate);
 }
