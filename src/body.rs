@@ -190,16 +190,13 @@ pin_project_lite::pin_project! {
     pub struct StallGuard<B> {
         #[pin]
         inner: B,
-        after: std::time::Duration,
-        // Armed on the first wait; moved forward after each frame that came.
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-        progressed: bool,
+        stall: crate::stall::Stall,
     }
 }
 
 impl<B> StallGuard<B> {
     pub fn new(inner: B, after: std::time::Duration) -> Self {
-        Self { inner, after, timer: None, progressed: false }
+        Self { inner, stall: crate::stall::Stall::new(after) }
     }
 }
 
@@ -215,30 +212,15 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.progressed = true;
+                this.stall.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let after = *this.after;
-                let timer = match this.timer {
-                    Some(timer) => {
-                        if std::mem::take(this.progressed) {
-                            timer.as_mut().reset(tokio::time::Instant::now() + after);
-                        }
-                        timer
-                    }
-                    None => {
-                        *this.progressed = false;
-                        this.timer.insert(Box::pin(tokio::time::sleep(after)))
-                    }
-                };
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled { after: *this.after })))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => match this.stall.poll_waiting(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled { after: this.stall.limit() })))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

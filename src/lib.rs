@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod route;
 pub mod server;
+pub mod stall;
 pub mod static_files;
 pub mod upstream;
 pub mod websocket;

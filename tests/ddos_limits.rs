@@ -2,7 +2,8 @@
 //! real clients, each attack bounded in count and time, each showing that a
 //! well-behaved client is still served meanwhile: per-IP connection and
 //! request caps, the request timeout, slowloris (on headers and on bodies),
-//! HTTP/2 rapid reset (CVE-2023-44487) and the HTTP/2 idle timeout.
+//! slow reading (the send timeout), HTTP/2 rapid reset (CVE-2023-44487) and
+//! the HTTP/2 idle timeout.
 
 mod common;
 
@@ -202,6 +203,75 @@ fn a_request_body_that_stops_coming_gets_408_at_the_body_timeout_on_http1_and_h2
 }
 
 #[test]
+fn a_client_that_stops_reading_is_cut_at_the_send_timeout_on_http1_and_h2_and_the_backend_stops_producing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const TOTAL: u64 = 256 << 20;
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&produced);
+    let backend = Backend::start(move |req| {
+        let counter = Arc::clone(&counter);
+        let small = req.uri().path() == "/small";
+        async move {
+            if small {
+                return Response::new(full("a whole answer in one chunk"));
+            }
+            Response::new(common::transport::generated_body_counted(TOTAL, 64 << 10, true, counter))
+        }
+    });
+    let tollgate = gateway(&backend, "send_timeout = \"500ms\"");
+    let addr = tollgate.addr;
+
+    // HTTP/1.1: ask for 256 MiB and read nothing for 3 s. The gateway gives up
+    // at the send timeout: reading afterwards ends (EOF) well short of the
+    // whole, and the backend stopped producing.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let at_cut = produced.load(Ordering::Relaxed);
+    assert!(at_cut < TOTAL, "the backend produced everything");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the connection was still open 5 s after reading resumed ({received} bytes)");
+    assert!(received < TOTAL, "the whole body arrived: no cut");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(produced.load(Ordering::Relaxed) < at_cut + (64 << 20), "the backend kept producing after the cut");
+
+    // HTTP/2: a client whose window for the response is zero gets its stream reset.
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) =
+            h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        // A long answer, and a short one whose only chunk is also its last.
+        for path in ["/big-h2", "/small"] {
+            let request = http::Request::get(format!("http://{addr}{path}")).body(()).unwrap();
+            client = client.ready().await.unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let error = tokio::time::timeout(Duration::from_secs(5), body.data())
+                .await
+                .unwrap_or_else(|_| panic!("{path}: the stream did not end within 5 s"))
+                .expect("a reset, not the end of the body")
+                .expect_err("no data can come through a zero window");
+            assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{path}: {error}");
+        }
+    });
+}
+
+#[test]
 fn idle_http1_keep_alive_connections_are_closed_at_the_header_timeout() {
     let backend = Backend::fixed("ok");
     let tollgate = gateway(&backend, "header_read_timeout = \"1s\"");
@@ -380,6 +450,7 @@ fn bad_limit_values_name_the_line_and_key() {
         ("request_timeout = \"soon\"", ":4: listener.l.request_timeout", "not a duration"),
         ("idle_timeout = \"0s\"", ":4: listener.l.idle_timeout", "longer than 0"),
         ("body_timeout = \"0ms\"", ":4: listener.l.body_timeout", "longer than 0"),
+        ("send_timeout = \"0s\"", ":4: listener.l.send_timeout", "longer than 0"),
         ("h2_max_pending_accept_reset_streams = 0", ":4: listener.l.h2_max_pending_accept_reset_streams", "between 1"),
         ("h2_max_local_error_reset_streams = -5", ":4: listener.l.h2_max_local_error_reset_streams", "between 1"),
     ];
@@ -392,7 +463,7 @@ fn bad_limit_values_name_the_line_and_key() {
         assert!(stderr.contains(words), "{line}: expected `{words}` in: {stderr}");
     }
     let good = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\nmax_connections_per_ip = 50\n\
-                max_requests_per_ip = \"100/s\"\nrequest_timeout = \"30s\"\nidle_timeout = \"2m\"\nbody_timeout = \"20s\"\n\
+                max_requests_per_ip = \"100/s\"\nrequest_timeout = \"30s\"\nidle_timeout = \"2m\"\nbody_timeout = \"20s\"\nsend_timeout = \"20s\"\n\
                 h2_max_pending_accept_reset_streams = 50\nh2_max_local_error_reset_streams = 200\n";
     let (out, _) = run_check(good, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

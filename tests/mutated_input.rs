@@ -286,12 +286,13 @@ fn answered_in_time(case: &str, received: &Received) -> Vec<H1Response> {
 /// Tollgate with short timeouts, so every case ends by the gateway's own
 /// decision within seconds: an idle or half-sent connection is closed after
 /// `header_read_timeout`, a request waiting for a body the client never
-/// sends gets its 408 at `body_timeout` (or 504 at `request_timeout`), an
-/// idle h2c connection its GOAWAY.
+/// sends gets its 408 at `body_timeout` (or 504 at `request_timeout`), a
+/// response the client's zero window holds back is reset at `send_timeout`,
+/// an idle h2c connection gets its GOAWAY.
 fn gateway_for(backend: SocketAddr, upstream_keys: &str) -> Tollgate {
     start_proxy(
         backend,
-        "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nbody_timeout = \"1s\"\nidle_timeout = \"1s\"\n\
+        "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nbody_timeout = \"1s\"\nsend_timeout = \"1s\"\nidle_timeout = \"1s\"\n\
          max_header_bytes = 16384\nmax_body_bytes = 100000",
         &format!("first_byte_timeout = \"2s\"\n{upstream_keys}"),
         "",

@@ -150,6 +150,11 @@ pub struct ListenerLimits {
     /// Longest wait for the next piece of a plain HTTP client's request body
     /// (not gRPC's); then 408 (a stalled upload must not hold a backend).
     pub body_timeout: Duration,
+    /// Longest a response may wait for the client to take more of it (its
+    /// socket full, or its HTTP/2 window shut); then the connection (HTTP/1.1)
+    /// or the stream (HTTP/2) ends: a client that stops reading must not hold
+    /// a backend ("slow read").
+    pub send_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
     /// Streams a client may reset before the server answered them (less one

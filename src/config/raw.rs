@@ -70,6 +70,7 @@ pub struct RawListener {
     pub max_requests_per_ip: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub h2_max_pending_accept_reset_streams: Option<Spanned<i64>>,
     pub h2_max_local_error_reset_streams: Option<Spanned<i64>>,

@@ -334,6 +334,8 @@ impl Validator<'_> {
             },
             // nginx's client_body_timeout default.
             body_timeout: self.duration(&raw.body_timeout, &key("body_timeout"), Duration::from_secs(60))?,
+            // nginx's send_timeout default.
+            send_timeout: self.duration(&raw.send_timeout, &key("send_timeout"), Duration::from_secs(60))?,
             idle_timeout: self.duration(&raw.idle_timeout, &key("idle_timeout"), Duration::from_secs(300))?,
             // h2's own defaults, stated so they show in the docs and can be tuned.
             h2_max_pending_accept_reset_streams: self.positive(
@@ -353,6 +355,7 @@ impl Validator<'_> {
             (&raw.request_timeout, "request_timeout", limits.request_timeout.is_some_and(|d| d.is_zero())),
             (&raw.idle_timeout, "idle_timeout", limits.idle_timeout.is_zero()),
             (&raw.body_timeout, "body_timeout", limits.body_timeout.is_zero()),
+            (&raw.send_timeout, "send_timeout", limits.send_timeout.is_zero()),
         ];
         for (value, name, is_zero) in zero {
             if let (Some(v), true) = (value, is_zero) {

@@ -18,6 +18,9 @@ use crate::body::{Body, BoxError};
 pub enum SendEnd {
     /// Everything was sent, END_STREAM included.
     Done,
+    /// The peer took none of the body for the sender's stall limit (its
+    /// window shut, or its socket full); the stream is left for the caller to reset.
+    Stalled(std::time::Duration),
     /// The peer reset the stream or the connection failed: nothing more can be sent.
     Gone,
     /// The body failed; the stream is left open for the caller to reset.
@@ -30,12 +33,23 @@ pub struct BodySender {
     stream: SendHalf,
     /// A frame read before sending began (`upstream::h2_stream::Start`).
     first: Option<Result<Frame<Bytes>, BoxError>>,
+    /// How long the peer may leave a chunk waiting (`send_timeout`); none: unbounded.
+    stall: Option<crate::stall::Stall>,
+    /// The body has all been handed to the stream; waiting for its last chunk to leave.
+    ending: bool,
 }
 
 impl BodySender {
     /// Sends `first` (when given), then the rest of `body`.
     pub fn new(body: Body, stream: SendHalf, first: Option<Result<Frame<Bytes>, BoxError>>) -> Self {
-        Self { body, stream, first }
+        Self { body, stream, first, stall: None, ending: false }
+    }
+
+    /// Ends the send with [`SendEnd::Stalled`] once a chunk has waited
+    /// `limit` for the peer to take it (a server's `send_timeout`).
+    pub fn stalling_after(mut self, limit: std::time::Duration) -> Self {
+        self.stall = Some(crate::stall::Stall::new(limit));
+        self
     }
 
     /// Resets the stream (the body failed, or it was abandoned).
@@ -45,11 +59,23 @@ impl BodySender {
 
     /// Drives the body into the stream until it has all gone, or failed.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<SendEnd> {
+        if self.ending {
+            // The last chunk waits for the peer's window (only with a stall limit).
+            return match self.stream.poll_drained(cx) {
+                Poll::Ready(()) => Poll::Ready(SendEnd::Done),
+                Poll::Pending => self.poll_stalled(cx),
+            };
+        }
         loop {
             match self.stream.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => {
+                    if let Some(stall) = &mut self.stall {
+                        stall.progressed();
+                    }
+                }
                 Poll::Ready(Err(_)) => return Poll::Ready(SendEnd::Gone),
-                Poll::Pending => return Poll::Pending,
+                // The last chunk still waits for the peer's window or socket.
+                Poll::Pending => return self.poll_stalled(cx),
             }
             let frame = match self.first.take() {
                 Some(frame) => Some(frame),
@@ -59,8 +85,8 @@ impl BodySender {
                     Poll::Pending => return self.stream.poll_reset(cx).map(|_| SendEnd::Gone),
                 },
             };
-            match frame {
-                None => return Poll::Ready(sent(self.stream.send_data(Bytes::new(), true))),
+            let last = match frame {
+                None => self.stream.send_data(Bytes::new(), true),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.body.is_end_stream();
@@ -68,26 +94,39 @@ impl BodySender {
                             continue;
                         }
                         let result = self.stream.send_data(data, end);
-                        if result.is_err() || end {
-                            return Poll::Ready(sent(result));
+                        if result.is_ok() && !end {
+                            continue;
                         }
+                        result
                     }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            return Poll::Ready(sent(self.stream.send_trailers(&trailers)));
-                        }
-                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => self.stream.send_trailers(&trailers),
+                        Err(_) => continue,
+                    },
                 },
                 Some(Err(e)) => return Poll::Ready(SendEnd::BodyFailed(e)),
+            };
+            match (last, &self.stall) {
+                (Err(_), _) => return Poll::Ready(SendEnd::Gone),
+                (Ok(()), None) => return Poll::Ready(SendEnd::Done),
+                // With a stall limit the send lasts until the last chunk has left:
+                // a peer whose window stays shut must not keep it queued for ever.
+                (Ok(()), Some(_)) => {
+                    self.ending = true;
+                    return match self.stream.poll_drained(cx) {
+                        Poll::Ready(()) => Poll::Ready(SendEnd::Done),
+                        Poll::Pending => self.poll_stalled(cx),
+                    };
+                }
             }
         }
     }
-}
 
-/// How a last send ended the body.
-fn sent(result: Result<(), super::Error>) -> SendEnd {
-    match result {
-        Ok(()) => SendEnd::Done,
-        Err(_) => SendEnd::Gone,
+    /// Waiting on the peer: `Stalled` once the wait has lasted the stall limit.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<SendEnd> {
+        match &mut self.stall {
+            Some(stall) => stall.poll_waiting(cx).map(|()| SendEnd::Stalled(stall.limit())),
+            None => Poll::Pending,
+        }
     }
 }

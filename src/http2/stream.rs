@@ -49,6 +49,19 @@ impl SendHalf {
         Poll::Pending
     }
 
+    /// Ready once nothing of this stream waits for flow-control window any
+    /// more (it has all gone to the connection's output), or the stream is
+    /// gone. Unlike [`SendHalf::poll_ready`], a busy connection does not count.
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.lock();
+        let Some(stream) = state.streams.get_mut(&self.id) else { return Poll::Ready(()) };
+        if stream.error.is_some() || stream.pending.is_empty() {
+            return Poll::Ready(());
+        }
+        stream.send_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Ready with the stream's error once it has failed (reset by the peer).
     pub fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
         let mut state = self.shared.lock();

@@ -108,6 +108,7 @@ impl Listener {
             http1: http1::Settings {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_headers: config.limits.max_headers,
+                send_timeout: config.limits.send_timeout,
             },
             http2: http2_settings(config),
             info,
@@ -361,6 +362,7 @@ fn http2_settings(config: &ListenerConfig) -> http2::Settings {
     http2::Settings {
         max_header_list_bytes: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
         max_concurrent_streams: limits.h2_max_concurrent_streams,
+        send_timeout: limits.send_timeout,
         max_pending_accept_reset_streams: limits.h2_max_pending_accept_reset_streams,
         max_local_error_reset_streams: limits.h2_max_local_error_reset_streams,
     }

@@ -129,7 +129,8 @@ impl Future for Pipe {
             }
         }
         match std::task::ready!(this.sender.poll_send(cx)) {
-            SendEnd::Done | SendEnd::Gone => {}
+            // No stall limit is set on a backend's stream: a gRPC backend may rightly hold back.
+            SendEnd::Done | SendEnd::Gone | SendEnd::Stalled(_) => {}
             SendEnd::BodyFailed(e) => {
                 // The client's body failed (reset, malformed): so does the call.
                 tracing::debug!(error = %e, "gRPC request body failed; resetting the backend stream");

@@ -54,6 +54,8 @@ pub struct Settings {
     pub max_head_bytes: usize,
     /// Most header fields; over it: 431.
     pub max_headers: usize,
+    /// Longest a response may wait for the client to read (`send_timeout`).
+    pub send_timeout: std::time::Duration,
 }
 
 /// Why a connection ended other than by a clean close.
@@ -65,6 +67,8 @@ pub enum Http1Error {
     ResponseBody(BoxError),
     /// The response body did not match its `Content-Length`.
     ResponseLength(&'static str),
+    /// The client took none of the response for `send_timeout`.
+    SendTimeout(std::time::Duration),
 }
 
 impl std::fmt::Display for Http1Error {
@@ -73,6 +77,7 @@ impl std::fmt::Display for Http1Error {
             Http1Error::Io(e) => write!(f, "client connection failed: {e}"),
             Http1Error::ResponseBody(e) => write!(f, "response body failed: {e}"),
             Http1Error::ResponseLength(what) => write!(f, "response body {what} than its Content-Length"),
+            Http1Error::SendTimeout(limit) => write!(f, "the client read none of the response for {limit:?}"),
         }
     }
 }
@@ -82,7 +87,7 @@ impl std::error::Error for Http1Error {
         match self {
             Http1Error::Io(e) => Some(e),
             Http1Error::ResponseBody(e) => Some(&**e),
-            Http1Error::ResponseLength(_) => None,
+            Http1Error::ResponseLength(_) | Http1Error::SendTimeout(_) => None,
         }
     }
 }
@@ -151,6 +156,8 @@ struct Core<I, S> {
     write_closed: bool,
     /// Closing with a request body unread: read it away first.
     linger: Option<Linger>,
+    /// How long the response has waited for the client to read.
+    send_stall: crate::stall::Stall,
 }
 
 /// Most bytes read away, and for how long, when closing on a request body
@@ -247,6 +254,7 @@ where
 {
     /// Serves `io`, whose first bytes (already read) are `read_ahead`.
     pub fn new(io: I, read_ahead: BytesMut, service: S, settings: Settings) -> Self {
+        let send_stall = crate::stall::Stall::new(settings.send_timeout);
         Self {
             in_flight: None,
             core: Core {
@@ -263,6 +271,7 @@ where
                 graceful: false,
                 write_closed: false,
                 linger: None,
+                send_stall,
             },
         }
     }
@@ -453,12 +462,22 @@ where
             }
             progress |= self.pull_response_body(cx)?;
             if !self.out.is_empty() || self.unflushed {
+                let queued = self.out.len();
                 match self.poll_write(cx) {
                     Poll::Ready(result) => {
                         result.map_err(Http1Error::Io)?;
                         progress = true;
+                        self.send_stall.progressed();
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => {
+                        if self.out.len() < queued {
+                            self.send_stall.progressed();
+                        }
+                        // The client's socket is full: it has stopped reading, or reads too slowly.
+                        if self.send_stall.poll_waiting(cx).is_ready() {
+                            return Poll::Ready(Err(Http1Error::SendTimeout(self.send_stall.limit())));
+                        }
+                    }
                 }
             }
             let exchange = self.exchange.as_mut().expect("an exchange is in progress");

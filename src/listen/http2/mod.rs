@@ -47,6 +47,9 @@ pub struct Settings {
     pub max_header_list_bytes: u32,
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_concurrent_streams: u32,
+    /// `send_timeout`: a response chunk the client leaves waiting this long
+    /// (its window shut) resets the stream.
+    pub send_timeout: std::time::Duration,
     /// HTTP/2 Rapid Reset (CVE-2023-44487): a client that opens streams and
     /// cancels them at once never hits max_concurrent_streams yet makes us
     /// start a request per stream. Past this many streams reset before we
@@ -109,6 +112,7 @@ pub struct ServerConnection<I, S, F> {
     server: Server<I>,
     streams: FuturesUnordered<StreamTask<F>>,
     service: S,
+    send_timeout: std::time::Duration,
 }
 
 impl<I, S, F> ServerConnection<I, S, F>
@@ -119,7 +123,12 @@ where
 {
     /// Serves `io`; our SETTINGS go out with the first write.
     pub fn new(io: I, service: S, settings: &Settings) -> Self {
-        Self { server: Server::new(io, settings.protocol()), streams: FuturesUnordered::new(), service }
+        Self {
+            server: Server::new(io, settings.protocol()),
+            streams: FuturesUnordered::new(),
+            service,
+            send_timeout: settings.send_timeout,
+        }
     }
 
     /// Sends GOAWAY and lets the open streams finish.
@@ -136,6 +145,7 @@ fn start<S, F>(
     request: Request<()>,
     send: SendHalf,
     recv: RecvHalf,
+    send_timeout: std::time::Duration,
 ) where
     S: FnMut(Request<ClientBody>) -> F,
 {
@@ -150,7 +160,7 @@ fn start<S, F>(
         (ClientBody::Http2(RecvBody::new(recv, length)), None)
     };
     let answer = service(Request::from_parts(parts, body));
-    streams.push(StreamTask::new(answer, send, connect));
+    streams.push(StreamTask::new(answer, send, connect, send_timeout));
 }
 
 impl<I, S, F> Future for ServerConnection<I, S, F>
@@ -171,7 +181,7 @@ where
             this.server.poll_read(cx);
             let mut accepted = false;
             while let Some((request, send, recv)) = this.server.accept() {
-                start(&mut this.service, &mut this.streams, request, send, recv);
+                start(&mut this.service, &mut this.streams, request, send, recv, this.send_timeout);
                 accepted = true;
             }
             if !accepted {
@@ -204,6 +214,7 @@ mod tests {
         Settings {
             max_header_list_bytes: 16 * 1024,
             max_concurrent_streams: 100,
+            send_timeout: std::time::Duration::from_secs(60),
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
         }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use h2::Reason;
 use http::{Response, header};
@@ -29,14 +30,14 @@ pub(super) struct Connect {
 
 /// See the module doc; polled by the connection's task.
 pub(super) enum StreamTask<F> {
-    Answering { answer: F, send: Option<SendHalf>, connect: Option<Connect> },
+    Answering { answer: F, send: Option<SendHalf>, connect: Option<Connect>, send_timeout: Duration },
     Sending(BodySender),
     Done,
 }
 
 impl<F> StreamTask<F> {
-    pub fn new(answer: F, send: SendHalf, connect: Option<Connect>) -> Self {
-        StreamTask::Answering { answer, send: Some(send), connect }
+    pub fn new(answer: F, send: SendHalf, connect: Option<Connect>, send_timeout: Duration) -> Self {
+        StreamTask::Answering { answer, send: Some(send), connect, send_timeout }
     }
 }
 
@@ -50,7 +51,7 @@ where
         let this = self.get_mut();
         loop {
             match this {
-                StreamTask::Answering { answer, send, connect } => {
+                StreamTask::Answering { answer, send, connect, send_timeout } => {
                     let Some(stream) = send.as_mut() else { return Poll::Ready(()) };
                     let (polled, interim) = crate::interim::collect(|| Pin::new(&mut *answer).poll(cx));
                     for head in &interim {
@@ -70,12 +71,20 @@ where
                         }
                     };
                     let stream = send.take().expect("checked above");
-                    let next = respond_with(response, stream, connect.take());
+                    let next = respond_with(response, stream, connect.take(), *send_timeout);
                     *this = next;
                 }
                 StreamTask::Sending(sender) => {
                     match ready!(sender.poll_send(cx)) {
                         SendEnd::Done | SendEnd::Gone => {}
+                        SendEnd::Stalled(limit) => {
+                            // A client that takes nothing must not hold the answer and its backend.
+                            tracing::debug!(
+                                ?limit,
+                                "client took none of the response for send_timeout; resetting the stream"
+                            );
+                            sender.reset(Reason::CANCEL);
+                        }
                         SendEnd::BodyFailed(e) => {
                             // The client sees the stream reset, never a body cut short as if complete.
                             tracing::debug!(error = %e, "response body failed; resetting the stream");
@@ -92,7 +101,12 @@ where
 }
 
 /// Sends the answer's head and says what is left to do.
-fn respond_with<F>(response: Response<Body>, mut send: SendHalf, connect: Option<Connect>) -> StreamTask<F> {
+fn respond_with<F>(
+    response: Response<Body>,
+    mut send: SendHalf,
+    connect: Option<Connect>,
+    send_timeout: Duration,
+) -> StreamTask<F> {
     let (mut head, body) = response.into_parts();
     remove_connection_specific(&mut head.headers);
     if let header::Entry::Vacant(date) = head.headers.entry(header::DATE) {
@@ -117,7 +131,7 @@ fn respond_with<F>(response: Response<Body>, mut send: SendHalf, connect: Option
     }
     match send.send_headers(encode_response(&head), end) {
         Ok(()) if end => StreamTask::Done,
-        Ok(()) => StreamTask::Sending(BodySender::new(body, send, None)),
+        Ok(()) => StreamTask::Sending(BodySender::new(body, send, None).stalling_after(send_timeout)),
         Err(e) => {
             tracing::debug!(error = %e, "could not send the response head");
             StreamTask::Done
