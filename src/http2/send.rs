@@ -86,39 +86,35 @@ impl BodySender {
                 },
             };
             let last = match frame {
-                None => self.stream.send_data(Bytes::new(), true),
+                None => self.stream.end_with_data(Bytes::new()),
                 Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if self.body.is_end_stream() => self.stream.end_with_data(data),
                     Ok(data) => {
-                        let end = self.body.is_end_stream();
-                        if data.is_empty() && !end {
-                            continue;
+                        if !data.is_empty() && self.stream.send_data(data, false).is_err() {
+                            return Poll::Ready(SendEnd::Gone);
                         }
-                        let result = self.stream.send_data(data, end);
-                        if result.is_ok() && !end {
-                            continue;
-                        }
-                        result
+                        continue;
                     }
                     Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => self.stream.send_trailers(&trailers),
+                        Ok(trailers) => self.stream.end_with_trailers(&trailers),
                         Err(_) => continue,
                     },
                 },
                 Some(Err(e)) => return Poll::Ready(SendEnd::BodyFailed(e)),
             };
-            match (last, &self.stall) {
-                (Err(_), _) => return Poll::Ready(SendEnd::Gone),
-                (Ok(()), None) => return Poll::Ready(SendEnd::Done),
+            return match last {
+                Err(_) => Poll::Ready(SendEnd::Gone),
+                Ok(drained) if drained || self.stall.is_none() => Poll::Ready(SendEnd::Done),
                 // With a stall limit the send lasts until the last chunk has left:
                 // a peer whose window stays shut must not keep it queued for ever.
-                (Ok(()), Some(_)) => {
+                Ok(_) => {
                     self.ending = true;
-                    return match self.stream.poll_drained(cx) {
+                    match self.stream.poll_drained(cx) {
                         Poll::Ready(()) => Poll::Ready(SendEnd::Done),
                         Poll::Pending => self.poll_stalled(cx),
-                    };
+                    }
                 }
-            }
+            };
         }
     }
 

@@ -75,27 +75,40 @@ impl SendHalf {
 
     /// Sends an encoded header block (a response head), ending the stream when `end`.
     pub fn send_headers(&mut self, block: BytesMut, end: bool) -> Result<(), Error> {
-        self.send(Outgoing::Headers(block, end))
+        self.send(Outgoing::Headers(block, end)).map(drop)
     }
 
     /// Sends `data`, ending the stream when `end`.
     pub fn send_data(&mut self, data: Bytes, end: bool) -> Result<(), Error> {
-        self.send(Outgoing::Data(data, end))
+        self.send(Outgoing::Data(data, end)).map(drop)
     }
 
     /// Sends trailers, ending the stream.
     pub fn send_trailers(&mut self, trailers: &HeaderMap) -> Result<(), Error> {
+        self.send(Outgoing::Headers(super::encode_trailers(trailers), true)).map(drop)
+    }
+
+    /// Sends the last `data`, ending the stream; true if none of the stream
+    /// is left waiting for flow-control window (it has all gone to the
+    /// connection's output), learnt under the same lock.
+    pub fn end_with_data(&mut self, data: Bytes) -> Result<bool, Error> {
+        self.send(Outgoing::Data(data, true))
+    }
+
+    /// [`SendHalf::end_with_data`] with trailers.
+    pub fn end_with_trailers(&mut self, trailers: &HeaderMap) -> Result<bool, Error> {
         self.send(Outgoing::Headers(super::encode_trailers(trailers), true))
     }
 
-    fn send(&mut self, item: Outgoing) -> Result<(), Error> {
+    /// Queues `item`; true if nothing of the stream waits for window after it.
+    fn send(&mut self, item: Outgoing) -> Result<bool, Error> {
         let mut state = self.shared.lock();
         let Some(stream) = state.streams.get_mut(&self.id) else { return Err(Error::Closed) };
         if let Some(e) = &stream.error {
             return Err(e.clone());
         }
         if stream.send_end {
-            return Ok(());
+            return Ok(stream.pending.is_empty());
         }
         stream.send_end = matches!(item, Outgoing::Data(_, true) | Outgoing::Headers(_, true));
         if let Outgoing::Headers(..) = item
@@ -108,7 +121,8 @@ impl SendHalf {
             }
         }
         state.enqueue(self.id, item);
-        Ok(())
+        // A stream that has finished both ways is gone from the map: drained too.
+        Ok(state.streams.get(&self.id).is_none_or(|stream| stream.pending.is_empty()))
     }
 
     /// Resets the stream (its body failed, or it was abandoned).
