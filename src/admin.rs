@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, Body};
+use crate::gauge;
 use crate::pipeline::Gateway;
 
 /// Shared state the admin pages read.
@@ -69,13 +70,19 @@ impl Admin {
                 "3xx": stats.responses_3xx.load(Ordering::Relaxed),
                 "4xx": stats.responses_4xx.load(Ordering::Relaxed),
                 "5xx": stats.responses_5xx.load(Ordering::Relaxed),
+                "in_flight": stats.active.load(Ordering::Relaxed),
+            },
+            "open": {
+                "http_connections": gauge::HTTP_CONNECTIONS.get(),
+                "websocket_sessions": gauge::WEBSOCKET_SESSIONS.get(),
+                "quic_connections": gauge::QUIC_CONNECTIONS.get(),
             },
             "listeners": config.listeners.iter().map(|l| json!({
                 "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some(), "http3": l.http3.is_some(),
             })).collect::<Vec<_>>(),
             "http3": {
-                "connections": crate::listen::quic::live_connections(),
-                "streams": crate::listen::quic::live_streams(),
+                "connections": gauge::QUIC_CONNECTIONS.get(),
+                "streams": gauge::HTTP3_STREAMS.get(),
             },
             "routes": config.routes.iter().map(|r| json!({
                 "name": r.name,
@@ -88,6 +95,7 @@ impl Admin {
                 "name": &*u.name,
                 "targets": u.targets.iter().map(|t| json!({
                     "address": &*t.label, "weight": t.weight, "healthy": t.is_healthy(), "in_flight": t.in_flight(),
+                    "idle_connections": t.pool.idle_count(),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })

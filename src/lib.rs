@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gather;
+pub mod gauge;
 pub mod http1;
 pub mod http2;
 pub mod interim;

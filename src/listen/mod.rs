@@ -164,7 +164,7 @@ impl Listener {
             };
             let watcher = drain.watcher();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _held = (permit, crate::gauge::HTTP_CONNECTIONS.enter());
                 connection.serve(stream, peer, watcher).await;
             });
         }

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,41 +26,16 @@ use tokio::task::JoinSet;
 use crate::body::{Body, ClientBody};
 use crate::config::{Http3Config, ListenerConfig};
 use crate::error::ProxyError;
+use crate::gauge;
 use crate::model::{ConnectionInfo, ListenerInfo, TlsInfo};
 use crate::pipeline::Gateway;
 use crate::policy::Rejection;
 use crate::websocket::client::{MaxMessageBytes, WebTransportUpgrade};
 use tollgate_h3::Resolved;
 
-/// QUIC connections open now, across listeners (admin status, shutdown wait, leak tests).
-static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
-/// HTTP/3 request streams being served now.
-static LIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
-
-/// QUIC connections currently open.
+/// QUIC connections currently open (shutdown waits for none).
 pub fn live_connections() -> usize {
-    LIVE_CONNECTIONS.load(Ordering::Relaxed)
-}
-
-/// HTTP/3 requests currently being served.
-pub fn live_streams() -> usize {
-    LIVE_STREAMS.load(Ordering::Relaxed)
-}
-
-/// Counts one live thing in a static counter until dropped.
-struct Live(&'static AtomicUsize);
-
-impl Live {
-    fn new(counter: &'static AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    gauge::QUIC_CONNECTIONS.get()
 }
 
 /// Bytes a connection may have in flight towards us, unread, across streams:
@@ -172,7 +147,7 @@ impl QuicListener {
             let gateway = Arc::clone(&gateway);
             let stop = stop.clone();
             tokio::spawn(async move {
-                let _held = (permit, per_ip, Live::new(&LIVE_CONNECTIONS));
+                let _held = (permit, per_ip, gauge::QUIC_CONNECTIONS.enter());
                 serve_connection(incoming, shared, gateway, stop).await;
             });
         }
@@ -461,7 +436,7 @@ struct StreamTask {
 
 impl StreamTask {
     async fn serve(self, stream: tollgate_h3::Incoming) {
-        let _live = Live::new(&LIVE_STREAMS);
+        let _live = gauge::HTTP3_STREAMS.enter();
         let peer = self.info.peer;
         let limits = &self.shared.config.limits;
         let (req, mut responder) = match tokio::time::timeout(limits.header_read_timeout, stream.resolve()).await {

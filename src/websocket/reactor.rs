@@ -67,6 +67,11 @@ struct Readiness(AtomicU8);
 
 const READABLE: u8 = 1;
 const WRITABLE: u8 = 2;
+/// The peer closed or reset: set with the event and never cleared. The
+/// bytes before a FIN and the FIN itself may come in one edge-triggered
+/// event; the read of those bytes comes back short, and no later event
+/// would tell of the end, so reads keep trying until they see it.
+const CLOSED: u8 = 4;
 
 impl Readiness {
     /// Ready both ways until shown otherwise: registering with epoll does
@@ -75,8 +80,9 @@ impl Readiness {
         Self(AtomicU8::new(READABLE | WRITABLE))
     }
 
-    fn is(&self, bit: u8) -> bool {
-        self.0.load(Ordering::Relaxed) & bit != 0
+    /// Whether any of `bits` is set.
+    fn is(&self, bits: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bits != 0
     }
 
     fn set(&self, bits: u8) {
@@ -138,7 +144,7 @@ impl AsyncRead for ReactorSocket {
             return Poll::Ready(Ok(()));
         }
         // No waker to register: the socket's next event polls the tunnel.
-        if !this.ready.is(READABLE) {
+        if !this.ready.is(READABLE | CLOSED) {
             return Poll::Pending;
         }
         // Out of budget: the thread polls this tunnel again after the others.
@@ -370,6 +376,9 @@ impl Reactor {
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
                     bits |= WRITABLE;
                 }
+                if event.is_read_closed() || event.is_error() {
+                    bits |= CLOSED;
+                }
                 tunnel.ready[side].set(bits);
                 if !mem::replace(&mut tunnel.queued, true) {
                     due.push(slot);
@@ -496,6 +505,25 @@ mod tests {
         });
         let read = tokio::time::timeout(Duration::from_secs(5), got).await.expect("polled again").unwrap();
         assert_eq!(read, SENT);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_end_of_stream_that_arrives_with_the_last_bytes_is_seen() {
+        // Bytes and the FIN in one edge-triggered event: the read of the
+        // bytes comes back short, and no later event tells of the FIN.
+        for _ in 0..20 {
+            let (mut client_far, client) = pair().await;
+            let (_backend_far, backend) = pair().await;
+            let (done, got) = oneshot::channel();
+            Reactors::get().unwrap().spawn(client, backend, move |mut client, _backend| async move {
+                let _ = done.send(read_all(&mut client, usize::MAX, 4096).await);
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            client_far.write_all(b"last words").await.unwrap();
+            client_far.shutdown().await.unwrap();
+            let read = tokio::time::timeout(Duration::from_secs(5), got).await.expect("the end was seen").unwrap();
+            assert_eq!(read, 10);
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

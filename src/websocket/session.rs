@@ -27,7 +27,7 @@ pub struct Session {
     /// Counts the upgraded connection against `max_connections_per_ip` while the session lives.
     pub(super) held: Option<IpConnectionGuard>,
     /// Counts the session for shutdown, which waits for the last one.
-    _live: super::shutdown::Live,
+    _live: crate::gauge::Live,
 }
 
 impl Session {
@@ -47,7 +47,7 @@ impl Session {
             start: Instant::now(),
             enabled,
             held: None,
-            _live: super::shutdown::Live::new(),
+            _live: crate::gauge::WEBSOCKET_SESSIONS.enter(),
         }
     }
 

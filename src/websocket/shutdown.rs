@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
@@ -21,8 +21,6 @@ use tokio::sync::futures::Notified;
 static STOPPING: AtomicBool = AtomicBool::new(false);
 /// Wakes every session waiting on [`Stopping`] when `STOPPING` is set.
 static STOP: Notify = Notify::const_new();
-/// Sessions still running.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Asks every WebSocket session to close (called by the server on SIGTERM/SIGINT).
 pub fn begin() {
@@ -34,7 +32,7 @@ pub fn begin() {
 
 /// WebSocket sessions still open.
 pub fn live_sessions() -> usize {
-    LIVE.load(Ordering::Relaxed)
+    crate::gauge::WEBSOCKET_SESSIONS.get()
 }
 
 /// Resolves when shutdown begins (at once if it already has).
@@ -72,22 +70,6 @@ impl Future for Stopping {
         }
         *this.waker = Some(cx.waker().clone());
         Poll::Pending
-    }
-}
-
-/// Counts a running session until dropped.
-pub(super) struct Live(());
-
-impl Live {
-    pub(super) fn new() -> Self {
-        LIVE.fetch_add(1, Ordering::Relaxed);
-        Live(())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -328,16 +328,34 @@ where
 /// frames no WebSocket library would send); `None` unless it got a 200.
 pub async fn connect_h2c_raw(addr: SocketAddr, path: &str) -> Option<H2Io> {
     let mut client = extended_connect_client(TcpStream::connect(addr).await.unwrap()).await;
-    let request = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("http://{addr}{path}"))
-        .extension(h2::ext::Protocol::from("websocket"))
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
+    let request = websocket_connect(format!("http://{addr}{path}"));
     let (response, send) = client.send_request(request, false).unwrap();
     let response = response.await.ok()?;
     (response.status() == 200).then(|| H2Io { send, recv: response.into_body(), pending: Bytes::new() })
+}
+
+/// An RFC 8441 extended CONNECT for a WebSocket at `uri`, no extra fields.
+pub fn websocket_connect(uri: String) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(uri)
+        .extension(h2::ext::Protocol::from("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap()
+}
+
+/// `client` once the server's SETTINGS enabled extended CONNECT (RFC 8441 §3).
+pub async fn extended_connect_enabled(mut client: h2::client::SendRequest<Bytes>) -> h2::client::SendRequest<Bytes> {
+    for _ in 0..100 {
+        if client.is_extended_connect_protocol_enabled() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        client = client.ready().await.unwrap();
+    }
+    assert!(client.is_extended_connect_protocol_enabled(), "server did not enable extended CONNECT");
+    client
 }
 
 /// An HTTP/2 client on `io` once the server's SETTINGS enabled extended
@@ -350,16 +368,7 @@ where
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut client = client.ready().await.unwrap();
-    for _ in 0..100 {
-        if client.is_extended_connect_protocol_enabled() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        client = client.ready().await.unwrap();
-    }
-    assert!(client.is_extended_connect_protocol_enabled(), "server did not enable extended CONNECT");
-    client
+    extended_connect_enabled(client.ready().await.unwrap()).await
 }
 
 /// [`connect_h2`] over cleartext (h2c with prior knowledge).

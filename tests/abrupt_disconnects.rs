@@ -1,0 +1,525 @@
+//! Clients that vanish at any point leave nothing behind.
+//!
+//! Hundreds of seeded clients each start something and then drop their
+//! connection at a random moment, some with a FIN and some with a reset:
+//! halfway through a request head, a request body, a response, a TLS
+//! handshake, an HTTP/2 connection with several streams open, a WebSocket
+//! tunnel (HTTP/1.1 upgrade and RFC 8441 over HTTP/2) or a message-mode
+//! session with its server push. Other cases have the backend die instead,
+//! in the middle of a response or of a WebSocket session. Afterwards the
+//! real binary must be back where it started:
+//!
+//! - the admin status shows no open connection, request or WebSocket session;
+//! - its file descriptors and threads are what they were before, apart from
+//!   idle pooled backend connections the status lists;
+//! - every backend response the clients abandoned has stopped being produced
+//!   (the backend requests were cancelled, not left to run out);
+//! - it never panicked, and still serves.
+//!
+//! `DISCONNECT_CASES=N DISCONNECT_SEED=S` explore beyond the CI defaults.
+
+mod common;
+mod ws_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::Response;
+use hyper::body::Frame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tollgate_websocket::Message;
+
+use common::transport::{admin_status, channel_body, count_body_bytes, trusting_client_config, write_cert};
+use common::*;
+use ws_support::{EchoBackend, connect_h1, extended_connect_enabled, frame, websocket_connect};
+
+/// Counts a backend response body still being produced.
+struct Producing(Arc<AtomicUsize>);
+
+impl Producing {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Producing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An HTTP/1.1 backend: `/slow…` streams server-sent events for several
+/// seconds (a 512-byte event every 2 ms, stopping as soon as nobody reads),
+/// `/die` sends three events and drops the connection, `/upload` reads the
+/// whole body and answers its length, anything else `ok`.
+fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
+    let producing = Arc::clone(producing);
+    Backend::start(move |req| {
+        let producing = Arc::clone(&producing);
+        async move {
+            let path = req.uri().path().to_string();
+            if path.starts_with("/slow") {
+                let (tx, body) = channel_body(1);
+                tokio::spawn(async move {
+                    let _producing = Producing::new(&producing);
+                    for i in 0..4_000u32 {
+                        let event = format!("data: {i:0504}\n\n");
+                        if tx.send(Bytes::from(event)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+                return Response::builder().header("content-type", "text/event-stream").body(body).unwrap();
+            }
+            if path == "/die" {
+                // Three events, then the connection dies without ending the body.
+                let events = (0..4).map(|i| match i {
+                    3 => Err::<_, Box<dyn std::error::Error + Send + Sync>>("backend died".into()),
+                    _ => Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))),
+                });
+                let body = StreamBody::new(StreamExt::then(futures_util::stream::iter(events), |event| async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    event
+                }));
+                return Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(BodyExt::boxed(body))
+                    .unwrap();
+            }
+            if path == "/upload" {
+                let length = count_body_bytes(req.into_body()).await.unwrap_or(0);
+                return Response::new(full(length.to_string()));
+            }
+            Response::new(full("ok"))
+        }
+    })
+}
+
+/// The gateway under test: a cleartext listener (HTTP/1.1 and h2c), a TLS
+/// listener, an admin port; routes `/ws`, `/reset` and `/silent` (tunnels;
+/// the echo backend drops `/reset` after one message and never answers on
+/// `/silent`), `/msg` (message mode,
+/// replies streamed from `/slow`), `/push` (message mode with an SSE push)
+/// and everything else proxied.
+struct Rig {
+    tollgate: Tollgate,
+    tls: SocketAddr,
+    admin: SocketAddr,
+    _certs: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start(http: SocketAddr, ws: SocketAddr) -> Rig {
+        let certs = tempfile::tempdir().unwrap();
+        let cert = write_cert(certs.path(), "gw", "localhost", &["localhost"]);
+        let plain: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "[admin]\nbind = \"{admin}\"\n\n\
+             [[listener]]\nname = \"plain\"\nbind = \"{plain}\"\n\n\
+             [[listener]]\nname = \"tls\"\nbind = \"{tls}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+             [[upstream]]\nname = \"http\"\ntargets = [\"{http}\"]\n\n\
+             [[upstream]]\nname = \"ws\"\ntargets = [\"{ws}\"]\n\n\
+             [[route]]\nname = \"tunnel\"\nmatch = {{ path = \"/ws\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
+             [[route]]\nname = \"reset\"\nmatch = {{ path = \"/reset\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
+             [[route]]\nname = \"silent\"\nmatch = {{ path = \"/silent\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
+             [[route]]\nname = \"messages\"\nmatch = {{ path = \"/msg\" }}\nupstream = \"http\"\n\
+             websocket = \"http\"\nwebsocket_path = \"/slow\"\nwebsocket_in_flight = 2\n\n\
+             [[route]]\nname = \"push\"\nmatch = {{ path = \"/push\" }}\nupstream = \"http\"\n\
+             websocket = \"http\"\nwebsocket_path = \"/echo\"\nwebsocket_push_path = \"/slow-push\"\n\n\
+             [[route]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"http\"\n",
+            cert.cert.display(),
+            cert.key.display(),
+        );
+        Rig { tollgate: Tollgate::start(&config, plain), tls, admin, _certs: certs }
+    }
+
+    fn plain(&self) -> SocketAddr {
+        self.tollgate.addr
+    }
+
+    /// Open file descriptors and threads of the gateway process.
+    fn fds_and_threads(&self) -> (usize, usize) {
+        let pid = self.tollgate.pid();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let threads =
+            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        (fds, threads)
+    }
+}
+
+/// What the status page says is still open, and the idle pooled backend
+/// connections (which rightly hold descriptors).
+fn open_things(status: &serde_json::Value) -> (u64, u64, u64, usize) {
+    let open = &status["open"];
+    let idle: u64 = status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["targets"].as_array().into_iter().flatten())
+        .map(|t| t["idle_connections"].as_u64().unwrap_or(0))
+        .sum();
+    (
+        open["http_connections"].as_u64().unwrap_or(u64::MAX),
+        open["websocket_sessions"].as_u64().unwrap_or(u64::MAX),
+        status["requests"]["in_flight"].as_u64().unwrap_or(u64::MAX),
+        idle as usize,
+    )
+}
+
+/// How a client leaves: a FIN (a plain close) or a reset (zero linger).
+fn leave(tcp: &TcpStream, reset: bool) {
+    if reset {
+        let _ = tcp.set_zero_linger();
+    }
+}
+
+async fn connect(addr: SocketAddr, reset: bool) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    leave(&tcp, reset);
+    tcp
+}
+
+/// Reads up to `limit` bytes (or until the gateway stops sending for 300 ms).
+async fn read_some<S: AsyncRead + Unpin>(io: &mut S, limit: usize) {
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while got < limit {
+        match tokio::time::timeout(Duration::from_millis(300), io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got += n,
+            _ => return,
+        }
+    }
+}
+
+async fn tls_connect(addr: SocketAddr, alpn: &[u8], reset: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let config = trusting_client_config(&[alpn]);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, connect(addr, reset).await).await.unwrap()
+}
+
+/// An HTTP/2 client whose connection task the case can kill (dropping the socket).
+async fn h2_client<T>(io: T) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client.ready().await.unwrap(), task)
+}
+
+/// Several `/slow` streams on one HTTP/2 connection, some data read from
+/// each, then the connection dropped.
+async fn h2_streams<T>(io: T, authority: &str, scheme: &str, rng: &mut fastrand::Rng)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, task) = h2_client(io).await;
+    let mut bodies = Vec::new();
+    for i in 0..rng.usize(1..6) {
+        let request = http::Request::get(format!("{scheme}://{authority}/slow/{i}")).body(()).unwrap();
+        let Ok((response, _)) = client.send_request(request, true) else { break };
+        bodies.push(response);
+    }
+    let want = rng.usize(0..8192);
+    for response in bodies {
+        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), response).await else { continue };
+        let mut body = response.into_body();
+        let mut got = 0;
+        while got < want {
+            match tokio::time::timeout(Duration::from_millis(300), body.data()).await {
+                Ok(Some(Ok(data))) => {
+                    got += data.len();
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                _ => break,
+            }
+        }
+    }
+    task.abort();
+}
+
+/// An upload on HTTP/2 cut off part way: the stream's body never ends.
+async fn h2_upload(addr: SocketAddr, reset: bool, rng: &mut fastrand::Rng) {
+    let (mut client, task) = h2_client(connect(addr, reset).await).await;
+    let request =
+        http::Request::post(format!("http://{addr}/upload")).header("content-length", "1000000").body(()).unwrap();
+    if let Ok((_, mut send)) = client.send_request(request, false) {
+        let _ = send.send_data(Bytes::from(vec![b'u'; rng.usize(0..16_000)]), false);
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
+    }
+    task.abort();
+}
+
+/// An RFC 8441 WebSocket over h2c: one masked frame sent, a little read back, then gone.
+async fn h2_websocket(addr: SocketAddr, path: &str, reset: bool, rng: &mut fastrand::Rng) {
+    let (client, task) = h2_client(connect(addr, reset).await).await;
+    let mut client = extended_connect_enabled(client).await;
+    let request = websocket_connect(format!("http://{addr}{path}"));
+    if let Ok((response, mut send)) = client.send_request(request, false)
+        && let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), response).await
+    {
+        let _ = send.send_data(Bytes::from(frame(true, 1, b"hello over h2", true)), false);
+        let mut body = response.into_body();
+        if rng.bool() {
+            let _ = tokio::time::timeout(Duration::from_millis(300), body.data()).await;
+        }
+    }
+    task.abort();
+}
+
+/// One client that starts something and vanishes; which, and when, comes from `rng`.
+async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
+    let reset = rng.bool();
+    let plain = rig.plain;
+    match rng.usize(0..14) {
+        // Part of a request head.
+        0 => {
+            let mut tcp = connect(plain, reset).await;
+            let head = b"GET /slow HTTP/1.1\r\nHost: gw\r\nX-Long: aaaaaaaaaaaaaaaa\r\n\r\n";
+            let _ = tcp.write_all(&head[..rng.usize(1..head.len() - 1)]).await;
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..50))).await;
+        }
+        // Part of a request body.
+        1 => {
+            let mut tcp = connect(plain, reset).await;
+            let head = "POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000000\r\n\r\n";
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.write_all(&vec![b'b'; rng.usize(0..200_000)]).await;
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
+        }
+        // Part of a response (HTTP/1.1).
+        2 => {
+            let mut tcp = connect(plain, reset).await;
+            let _ = tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+            read_some(&mut tcp, rng.usize(0..16_384)).await;
+        }
+        // HTTP/2 (h2c), several streams.
+        3 => h2_streams(connect(plain, reset).await, &plain.to_string(), "http", rng).await,
+        4 => h2_upload(plain, reset, rng).await,
+        // TLS: HTTP/1.1 and HTTP/2 responses cut off.
+        5 => {
+            let mut tls = tls_connect(rig.tls, b"http/1.1", reset).await;
+            let _ = tls.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+            read_some(&mut tls, rng.usize(0..16_384)).await;
+        }
+        6 => h2_streams(tls_connect(rig.tls, b"h2", reset).await, "localhost", "https", rng).await,
+        // A TLS handshake abandoned: only part of the ClientHello's bytes, or none.
+        7 => {
+            let mut tcp = connect(rig.tls, reset).await;
+            let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+            let _ = tcp.write_all(&hello[..rng.usize(0..hello.len())]).await;
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..50))).await;
+        }
+        // WebSocket tunnel over an HTTP/1.1 upgrade: a message, then gone,
+        // sometimes in the middle of a frame.
+        8 => {
+            let (_, mut ws) = connect_h1(plain, "/ws", &[]).await;
+            leave(ws.get_ref(), reset);
+            let _ = ws.send(Message::text("hello")).await;
+            if rng.bool() {
+                let _ = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+            } else {
+                let partial = frame(true, 2, &[7u8; 300], true);
+                let _ = ws.get_mut().write_all(&partial[..rng.usize(1..partial.len())]).await;
+            }
+        }
+        // WebSocket tunnel over HTTP/2 (RFC 8441).
+        9 => h2_websocket(plain, "/ws", reset, rng).await,
+        // Message mode: a request whose reply streams, cut off after a few messages.
+        10 => {
+            let (_, mut ws) = connect_h1(plain, "/msg", &[]).await;
+            leave(ws.get_ref(), reset);
+            let _ = ws.send(Message::text("start")).await;
+            for _ in 0..rng.usize(0..4) {
+                let _ = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+            }
+        }
+        // The backend dies in the middle of a response: the client reads what comes.
+        12 => {
+            if rng.bool() {
+                let mut tcp = connect(plain, reset).await;
+                let _ = tcp.write_all(b"GET /die HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+                read_some(&mut tcp, usize::MAX).await;
+            } else {
+                let (mut client, task) = h2_client(connect(plain, reset).await).await;
+                let request = http::Request::get(format!("http://{plain}/die")).body(()).unwrap();
+                if let Ok((response, _)) = client.send_request(request, true)
+                    && let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), response).await
+                {
+                    let mut body = response.into_body();
+                    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), body.data()).await {}
+                }
+                task.abort();
+            }
+        }
+        // The WebSocket backend drops its connection after one message.
+        13 => {
+            if rng.bool() {
+                h2_websocket(plain, "/reset", reset, rng).await;
+            } else {
+                let (_, mut ws) = connect_h1(plain, "/reset", &[]).await;
+                leave(ws.get_ref(), reset);
+                let _ = ws.send(Message::text("last")).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+            }
+        }
+        // Message mode with a server push open; sometimes over HTTP/2.
+        _ => {
+            if rng.bool() {
+                h2_websocket(plain, "/push", reset, rng).await;
+            } else {
+                let (_, mut ws) = connect_h1(plain, "/push", &[]).await;
+                leave(ws.get_ref(), reset);
+                let _ = tokio::time::timeout(Duration::from_millis(rng.u64(1..300)), ws.next()).await;
+            }
+        }
+    }
+}
+
+/// The addresses a client needs (the rig itself stays on the test thread).
+#[derive(Clone, Copy)]
+struct RigAddrs {
+    plain: SocketAddr,
+    tls: SocketAddr,
+}
+
+/// Every kind of client once, to its end: the pools, the WebSocket threads
+/// and the TLS state exist before the baseline is taken.
+async fn warm_up(rig: RigAddrs) {
+    let mut tcp = TcpStream::connect(rig.plain).await.unwrap();
+    tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let mut tls = tls_connect(rig.tls, b"http/1.1", false).await;
+    tls.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let (_, mut ws) = connect_h1(rig.plain, "/ws", &[]).await;
+    ws.send(Message::text("warm")).await.unwrap();
+    assert_eq!(ws_support::next_data(&mut ws).await, Message::text("warm"));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_backend_request_behind() {
+    let producing = Arc::new(AtomicUsize::new(0));
+    let backend = start_backend(&producing);
+    let ws_backend = EchoBackend::start().await;
+    let rig = Rig::start(backend.addr, ws_backend.addr);
+    let addrs = RigAddrs { plain: rig.plain(), tls: rig.tls };
+    warm_up(addrs).await;
+    let settled = settle(&rig, &producing, None).await;
+
+    let cases: u64 = std::env::var("DISCONNECT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let seed: u64 = std::env::var("DISCONNECT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let mut batch = tokio::task::JoinSet::new();
+    for case in 0..cases {
+        batch.spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(case));
+            tokio::time::timeout(Duration::from_secs(10), vanishing_client(&addrs, &mut rng))
+                .await
+                .unwrap_or_else(|_| panic!("case {case} (seed {seed}) hung"));
+        });
+        if batch.len() >= 24 {
+            batch.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = batch.join_next().await {
+        done.unwrap();
+    }
+
+    assert!(backend.requests().len() >= cases as usize / 2, "the cases reached the backend");
+    settle(&rig, &producing, Some(settled)).await;
+    let log = rig.tollgate.log();
+    assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+    let (status, _, body) = curl_full(&[&rig.tollgate.url("/echo")]);
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "still serves");
+}
+
+/// Waits (up to 10 s) until nothing is open and no backend body is being
+/// produced; with a `baseline`, also until descriptors (less idle pooled
+/// ones) and threads are back to it. Returns the descriptors and threads.
+async fn settle(rig: &Rig, producing: &Arc<AtomicUsize>, baseline: Option<(usize, usize)>) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let admin = rig.admin;
+        let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
+        let (connections, sessions, requests, idle) = open_things(&status);
+        let (fds, threads) = rig.fds_and_threads();
+        let backend_bodies = producing.load(Ordering::SeqCst);
+        let now = (fds - idle, threads);
+        let quiet = connections == 0 && sessions == 0 && requests == 0 && backend_bodies == 0;
+        if quiet && baseline.is_none_or(|b| now == b) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still open after 10 s: {connections} connections, {sessions} WebSocket sessions, {requests} \
+             requests, {backend_bodies} backend bodies being produced; descriptors less {idle} idle pooled \
+             and threads {now:?}, before {baseline:?}\n{}",
+            rig.tollgate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_leaving() {
+    let producing = Arc::new(AtomicUsize::new(0));
+    let backend = start_backend(&producing);
+    let ws_backend = EchoBackend::start().await;
+    let rig = Rig::start(backend.addr, ws_backend.addr);
+    for round in 0..20 {
+        let (_, mut ws) = connect_h1(rig.plain(), "/silent", &[]).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count_seen(&ws_backend, "hello") <= round {
+            assert!(Instant::now() < deadline, "round {round}: the first message never reached the backend");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The tunnel is idle (its thread asleep) when the last frame and the
+        // FIN come, and nothing from the backend will wake it again.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let tcp = ws.get_mut();
+        tcp.write_all(&frame(true, 1, b"bye", true)).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let admin = rig.admin;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
+            if status["open"]["websocket_sessions"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: the session outlived its client by 5 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(ws);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count_seen(&ws_backend, "bye") < 20 {
+        assert!(Instant::now() < deadline, "every last frame reaches the backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Text messages `text` the echo backend has received.
+fn count_seen(backend: &EchoBackend, text: &str) -> usize {
+    backend.seen.lock().unwrap().messages.iter().filter(|m| **m == Message::text(text)).count()
+}
