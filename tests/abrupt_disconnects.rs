@@ -6,8 +6,10 @@
 //! handshake, an HTTP/2 connection with several streams open, a WebSocket
 //! tunnel (HTTP/1.1 upgrade and RFC 8441 over HTTP/2) or a message-mode
 //! session with its server push. Other cases have the backend die instead,
-//! in the middle of a response or of a WebSocket session. Afterwards the
-//! real binary must be back where it started:
+//! in the middle of a response or of a WebSocket session. A second set
+//! abandons gRPC and gRPC-Web calls to a grpcio backend, which must see
+//! every one of them cancelled. Afterwards the real binary must be back
+//! where it started:
 //!
 //! - the admin status shows no open connection, request or WebSocket session;
 //! - its file descriptors and threads are what they were before, apart from
@@ -19,6 +21,8 @@
 //! `DISCONNECT_CASES=N DISCONNECT_SEED=S` explore beyond the CI defaults.
 
 mod common;
+#[path = "grpc_support/mod.rs"]
+mod grpc_support;
 mod ws_support;
 
 use std::net::SocketAddr;
@@ -37,6 +41,7 @@ use tollgate_websocket::Message;
 
 use common::transport::{admin_status, channel_body, count_body_bytes, trusting_client_config, write_cert};
 use common::*;
+use grpc_support::GrpcBackend;
 use ws_support::{EchoBackend, connect_h1, extended_connect_enabled, frame, websocket_connect};
 
 /// Counts a backend response body still being produced.
@@ -146,16 +151,16 @@ impl Rig {
     fn plain(&self) -> SocketAddr {
         self.tollgate.addr
     }
+}
 
-    /// Open file descriptors and threads of the gateway process.
-    fn fds_and_threads(&self) -> (usize, usize) {
-        let pid = self.tollgate.pid();
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let threads =
-            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        (fds, threads)
-    }
+/// Open file descriptors and threads of the gateway process.
+fn fds_and_threads(tollgate: &Tollgate) -> (usize, usize) {
+    let pid = tollgate.pid();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads =
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (fds, threads)
 }
 
 /// What the status page says is still open, and the idle pooled backend
@@ -425,56 +430,77 @@ async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_b
     let rig = Rig::start(backend.addr, ws_backend.addr);
     let addrs = RigAddrs { plain: rig.plain(), tls: rig.tls };
     warm_up(addrs).await;
-    let settled = settle(&rig, &producing, None).await;
+    let busy = || producing.load(Ordering::SeqCst);
+    let settled = settle(&rig.tollgate, rig.admin, busy, None).await;
 
-    let cases: u64 = std::env::var("DISCONNECT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    let seed: u64 = std::env::var("DISCONNECT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let mut batch = tokio::task::JoinSet::new();
-    for case in 0..cases {
-        batch.spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(case));
-            tokio::time::timeout(Duration::from_secs(10), vanishing_client(&addrs, &mut rng))
-                .await
-                .unwrap_or_else(|_| panic!("case {case} (seed {seed}) hung"));
-        });
-        if batch.len() >= 24 {
-            batch.join_next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(done) = batch.join_next().await {
-        done.unwrap();
-    }
+    let cases = case_count(600);
+    run_cases(cases, 24, move |mut rng| async move { vanishing_client(&addrs, &mut rng).await }).await;
 
     assert!(backend.requests().len() >= cases as usize / 2, "the cases reached the backend");
-    settle(&rig, &producing, Some(settled)).await;
+    settle(&rig.tollgate, rig.admin, busy, Some(settled)).await;
     let log = rig.tollgate.log();
     assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
     let (status, _, body) = curl_full(&[&rig.tollgate.url("/echo")]);
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "still serves");
 }
 
-/// Waits (up to 10 s) until nothing is open and no backend body is being
-/// produced; with a `baseline`, also until descriptors (less idle pooled
-/// ones) and threads are back to it. Returns the descriptors and threads.
-async fn settle(rig: &Rig, producing: &Arc<AtomicUsize>, baseline: Option<(usize, usize)>) -> (usize, usize) {
+/// `DISCONNECT_CASES`, or `default`.
+fn case_count(default: u64) -> u64 {
+    std::env::var("DISCONNECT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs `cases` clients, `at_once` at a time, each with its own generator
+/// seeded from `DISCONNECT_SEED` and its number; a client that takes over
+/// 10 s fails the test as a hang.
+async fn run_cases<F, Fut>(cases: u64, at_once: usize, client: F)
+where
+    F: Fn(fastrand::Rng) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let seed: u64 = std::env::var("DISCONNECT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let mut batch = tokio::task::JoinSet::new();
+    for case in 0..cases {
+        let running = client(fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(case)));
+        batch.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .unwrap_or_else(|_| panic!("case {case} (seed {seed}) hung"));
+        });
+        if batch.len() >= at_once {
+            batch.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = batch.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Waits (up to 10 s) until nothing is open and `busy()` (backend work the
+/// clients left) is zero; with a `baseline`, also until descriptors (less
+/// idle pooled ones) and threads are back to it. Returns the descriptors and threads.
+async fn settle(
+    tollgate: &Tollgate,
+    admin: SocketAddr,
+    busy: impl Fn() -> usize,
+    baseline: Option<(usize, usize)>,
+) -> (usize, usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let admin = rig.admin;
         let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
         let (connections, sessions, requests, idle) = open_things(&status);
-        let (fds, threads) = rig.fds_and_threads();
-        let backend_bodies = producing.load(Ordering::SeqCst);
+        let (fds, threads) = fds_and_threads(tollgate);
+        let backend_busy = busy();
         let now = (fds - idle, threads);
-        let quiet = connections == 0 && sessions == 0 && requests == 0 && backend_bodies == 0;
+        let quiet = connections == 0 && sessions == 0 && requests == 0 && backend_busy == 0;
         if quiet && baseline.is_none_or(|b| now == b) {
             return now;
         }
         assert!(
             Instant::now() < deadline,
             "still open after 10 s: {connections} connections, {sessions} WebSocket sessions, {requests} \
-             requests, {backend_bodies} backend bodies being produced; descriptors less {idle} idle pooled \
+             requests, {backend_busy} backend requests at work; descriptors less {idle} idle pooled \
              and threads {now:?}, before {baseline:?}\n{}",
-            rig.tollgate.log()
+            tollgate.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -522,4 +548,92 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
 /// Text messages `text` the echo backend has received.
 fn count_seen(backend: &EchoBackend, text: &str) -> usize {
     backend.seen.lock().unwrap().messages.iter().filter(|m| **m == Message::text(text)).count()
+}
+
+/// A `test.Echo/Slow` call (the grpcio backend works on it for 10 s unless
+/// cancelled), abandoned after a while: over h2c as gRPC (the connection
+/// dropped, or the stream reset with CANCEL), or as gRPC-Web over HTTP/1.1
+/// or HTTP/2.
+async fn vanishing_grpc_client(addr: SocketAddr, rng: &mut fastrand::Rng) {
+    let reset = rng.bool();
+    let wait = Duration::from_millis(rng.u64(50..400));
+    let message = grpc_support::frame(b"slow");
+    if rng.usize(0..3) == 0 {
+        let mut tcp = connect(addr, reset).await;
+        let head = format!(
+            "POST /test.Echo/Slow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/grpc-web+proto\r\n\
+             Content-Length: {}\r\n\r\n",
+            message.len()
+        );
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let _ = tcp.write_all(&message).await;
+        tokio::time::sleep(wait).await;
+        return;
+    }
+    let web = rng.bool();
+    let (mut client, task) = h2_client(connect(addr, reset).await).await;
+    let request = http::Request::post(format!("http://{addr}/test.Echo/Slow"))
+        .header("content-type", if web { "application/grpc-web+proto" } else { "application/grpc" })
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let Ok((_response, mut send)) = client.send_request(request, false) else { return };
+    let _ = send.send_data(Bytes::from(message), true);
+    tokio::time::sleep(wait).await;
+    if rng.bool() {
+        // Only the stream goes; the connection stays a moment, then closes cleanly.
+        send.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    } else {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_grpc_web_clients_vanishing_mid_call_cancel_every_backend_call_and_leave_nothing_behind() {
+    let backend = tokio::task::spawn_blocking(|| GrpcBackend::start("b1")).await.unwrap();
+    let plain: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{plain}\"\n\n\
+         [[upstream]]\nname = \"g\"\nprotocol = \"grpc\"\ntargets = [\"{}\"]\ngrpc_connections_per_target = 1\n\n\
+         [[route]]\nname = \"grpc\"\nmatch = {{ path_prefix = \"/test.Echo/\" }}\nupstream = \"g\"\n",
+        backend.addr
+    );
+    let tollgate = Tollgate::start(&config, plain);
+    // One whole call first: the backend connection is up before the baseline.
+    let (status, body) = {
+        let (mut client, task) = h2_client(TcpStream::connect(plain).await.unwrap()).await;
+        let request = http::Request::post(format!("http://{plain}/test.Echo/Unary"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from(grpc_support::frame(b"hi")), true).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status();
+        let mut stream = response.into_body();
+        let mut body = Vec::new();
+        while let Some(data) = stream.data().await {
+            body.extend_from_slice(&data.unwrap());
+        }
+        task.abort();
+        (status, body)
+    };
+    assert_eq!((status, &body[5..]), (http::StatusCode::OK, &b"echo:hi"[..]));
+    let calls_at_work = || {
+        let [started, cancelled] = backend.counts(["START Slow", "CANCELLED Slow"]);
+        started - cancelled
+    };
+    let settled = settle(&tollgate, admin, calls_at_work, None).await;
+
+    // Fewer at once than the backend's 16 worker threads, so every call starts.
+    let cases = case_count(480) / 10;
+    run_cases(cases, 8, move |mut rng| async move { vanishing_grpc_client(plain, &mut rng).await }).await;
+    settle(&tollgate, admin, calls_at_work, Some(settled)).await;
+    assert!(backend.counts(["START Slow"])[0] as u64 >= cases / 2, "the calls reached the backend");
+    assert!(!tollgate.log().contains("panicked"), "tollgate panicked:\n{}", tollgate.log());
 }

@@ -109,6 +109,13 @@ impl GrpcBackend {
         GrpcBackend { child, addr: format!("127.0.0.1:{port}").parse().unwrap(), output }
     }
 
+    /// How many times the backend has printed each of `needles`, all counted
+    /// at one moment (not by lines: its threads' prints may share one).
+    pub fn counts<const N: usize>(&self, needles: [&str; N]) -> [usize; N] {
+        let output = self.output.lock().unwrap();
+        needles.map(|needle| output.matches(needle).count())
+    }
+
     /// Waits until the backend has printed `needle`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -1,6 +1,7 @@
 """A gRPC backend for Tollgate's tests: grpcio with raw-bytes handlers (no
 generated code), service `test.Echo`. Prints `PORT <n>` once serving; prints
-`CANCELLED <method>` when a call it was serving is cancelled.
+`START Slow` when a `Slow` call begins and `CANCELLED <method>` when a call it
+was serving is cancelled.
 
 usage: grpc_backend.py NAME [CERT KEY]
   NAME is echoed so tests can tell backends apart; CERT and KEY (PEM) serve TLS.
@@ -57,6 +58,7 @@ def fail(request, context):
 
 
 def slow(request, context):
+    say("START Slow")
     context.add_callback(lambda: say("DONE Slow active=%s" % context.is_active()))
     deadline = time.time() + 10
     while time.time() < deadline:
