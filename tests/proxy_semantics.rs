@@ -271,6 +271,21 @@ fn max_forwards_counts_down_on_options_and_trace_and_the_gateway_answers_at_zero
         assert_eq!((code, body.as_slice()), (200, &b""[..]), "{proto:?}");
         assert!(backend.requests().is_empty(), "{proto:?}");
     }
+    // Its absolute form, with no path (RFC 9112 §3.2.4), is the same question;
+    // with a path it is about that resource and goes on.
+    let host = tollgate.addr;
+    let answer = raw_exchange(
+        host,
+        format!("OPTIONS http://{host} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(backend.requests().is_empty(), "{answer}");
+    let answer = raw_exchange(
+        host,
+        format!("OPTIONS http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.contains("from the backend"), "{answer}");
+    assert_eq!(only_request(&backend).uri, "/");
 }
 
 #[test]

@@ -198,6 +198,11 @@ impl HeadParser {
             }
             _ => {}
         }
+        // `OPTIONS http://host` (no path, no query) asks about the server as a
+        // whole: it is `OPTIONS *` in absolute form (RFC 9112 §3.2.4). The
+        // `http` crate would give it the path `/`, a question about one resource.
+        let target =
+            if method == Method::OPTIONS && is_authority_only(&target) { Bytes::from_static(b"*") } else { target };
         let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Malformed("invalid request target"))?;
         let version = if scan.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
         // An absolute-form target's authority routes the request (RFC 9112 §3.2.2): no user info.
@@ -297,6 +302,13 @@ struct Scan {
     minor: u8,
 }
 
+/// Whether an absolute-form target (`scheme://authority…`) has neither a
+/// path nor a query.
+fn is_authority_only(target: &[u8]) -> bool {
+    let Some(at) = target.windows(3).position(|w| w == b"://") else { return false };
+    !target[at + 3..].iter().any(|&b| b == b'/' || b == b'?')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +405,13 @@ mod tests {
         assert!(parse("OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n").is_ok());
         assert!(parse("CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n").is_ok());
         assert!(parse("GET http://t/a HTTP/1.1\r\nHost: t\r\n\r\n").is_ok());
+        // OPTIONS for a whole server, in absolute form, is `OPTIONS *`.
+        let (head, _) = parse("OPTIONS http://t:8080 HTTP/1.1\r\nHost: t:8080\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.request.uri(), "*");
+        for wire in ["OPTIONS http://t/ HTTP/1.1", "OPTIONS http://t?q HTTP/1.1", "GET http://t HTTP/1.1"] {
+            let (head, _) = parse(&format!("{wire}\r\nHost: t\r\n\r\n")).unwrap().unwrap();
+            assert_eq!(head.request.uri().host(), Some("t"), "{wire}: about a resource");
+        }
         for wire in ["GET * HTTP/1.1\r\nHost: t\r\n\r\n", "GET t:443 HTTP/1.1\r\nHost: t\r\n\r\n"] {
             assert!(matches!(parse(wire), Err(HeadError::Malformed(_))), "{wire:?}");
         }
