@@ -2,10 +2,11 @@
 //!
 //! Hundreds of seeded clients each start something and then drop their
 //! connection at a random moment, some with a FIN and some with a reset:
-//! halfway through a request head, a request body, a response, a TLS
-//! handshake, an HTTP/2 connection with several streams open, a WebSocket
-//! tunnel (HTTP/1.1 upgrade and RFC 8441 over HTTP/2) or a message-mode
-//! session with its server push. Other cases have the backend die instead,
+//! halfway through a request head, a request body (with or without
+//! `Expect: 100-continue`), the wait for a response head, a response (alone
+//! or pipelined), a TLS handshake, an HTTP/2 connection with several streams
+//! open, a WebSocket tunnel (HTTP/1.1 upgrade in clear and over TLS, RFC 8441
+//! over HTTP/2) or a message-mode session with its server push. Other cases have the backend die instead,
 //! in the middle of a response or of a WebSocket session. A second set
 //! abandons gRPC and gRPC-Web calls to a grpcio backend, which must see
 //! every one of them cancelled. Afterwards the real binary must be back
@@ -62,8 +63,8 @@ impl Drop for Producing {
 
 /// An HTTP/1.1 backend: `/slow…` streams server-sent events for several
 /// seconds (a 512-byte event every 2 ms, stopping as soon as nobody reads),
-/// `/die` sends three events and drops the connection, `/upload` reads the
-/// whole body and answers its length, anything else `ok`.
+/// `/die` sends three events and drops the connection, `/hold` answers after
+/// 2 s, `/upload` reads the whole body and answers its length, anything else `ok`.
 fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
     let producing = Arc::clone(producing);
     Backend::start(move |req| {
@@ -98,6 +99,10 @@ fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
                     .header("content-type", "text/event-stream")
                     .body(BodyExt::boxed(body))
                     .unwrap();
+            }
+            if path == "/hold" {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return Response::new(full("held"));
             }
             if path == "/upload" {
                 let length = count_body_bytes(req.into_body()).await.unwrap_or(0);
@@ -290,7 +295,7 @@ async fn h2_websocket(addr: SocketAddr, path: &str, reset: bool, rng: &mut fastr
 async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
     let reset = rng.bool();
     let plain = rig.plain;
-    match rng.usize(0..14) {
+    match rng.usize(0..18) {
         // Part of a request head.
         0 => {
             let mut tcp = connect(plain, reset).await;
@@ -380,6 +385,51 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
                 leave(ws.get_ref(), reset);
                 let _ = ws.send(Message::text("last")).await;
                 let _ = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+            }
+        }
+        // Waiting for a response head that is slow to come.
+        14 => {
+            let mut tcp = connect(plain, reset).await;
+            let _ = tcp.write_all(b"GET /hold HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+        }
+        // A chunked upload behind `Expect: 100-continue`, cut off.
+        15 => {
+            let mut tcp = connect(plain, reset).await;
+            let head =
+                "POST /upload HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let _ = tcp.write_all(head.as_bytes()).await;
+            if rng.bool() {
+                read_some(&mut tcp, 25).await;
+                for _ in 0..rng.usize(0..20) {
+                    let _ = tcp.write_all(b"400\r\n").await;
+                    let _ = tcp.write_all(&[b'c'; 1024]).await;
+                    let _ = tcp.write_all(b"\r\n").await;
+                }
+                let _ = tcp.write_all(b"40").await;
+            }
+        }
+        // Pipelined requests, the client gone in the middle of the first answer.
+        16 => {
+            let mut tcp = connect(plain, reset).await;
+            let _ = tcp
+                .write_all(b"GET /slow/1 HTTP/1.1\r\nHost: gw\r\n\r\nGET /slow/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .await;
+            read_some(&mut tcp, rng.usize(0..8192)).await;
+        }
+        // A WebSocket tunnel over TLS (an HTTP/1.1 upgrade), gone after a frame.
+        17 => {
+            let mut tls = tls_connect(rig.tls, b"http/1.1", reset).await;
+            let upgrade = format!(
+                "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                ws_support::KEY
+            );
+            let _ = tls.write_all(upgrade.as_bytes()).await;
+            read_some(&mut tls, 100).await;
+            let _ = tls.write_all(&frame(true, 1, b"over tls", true)).await;
+            if rng.bool() {
+                read_some(&mut tls, 10).await;
             }
         }
         // Message mode with a server push open; sometimes over HTTP/2.
