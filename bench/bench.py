@@ -822,6 +822,11 @@ def report_from(path, out):
     log(f"wrote {target} from {path}")
 
 
+def load_side_us(run):
+    """CPU µs per request of the origin and the load generator (core 1, which they share)."""
+    return (run["origin_ticks"] + run["loadgen_ticks"]) * 1e6 / CLK_TCK / max(run["completed"], 1)
+
+
 def report(facts, runs, raw_dir):
     cmd = ("QUICK=1 " if QUICK else "") + ("" if ROUNDS == DEFAULT_ROUNDS else f"ROUNDS={ROUNDS} ") + "bench/run.sh"
     by = {}
@@ -897,7 +902,11 @@ def report(facts, runs, raw_dir):
              "summed over the proxy's processes (nginx master + worker), read right before and after the "
              "measured run, divided by completed requests; *of which user* is the utime part, the rest is kernel time "
              "(TCP/IP over loopback, including delivery to the receiving socket and waking its reader, and the "
-             "system calls). Peak RSS: `VmHWM` from `/proc/PID/status`, summed "
+             "system calls). *Load side*: the same for the origin and the load generator together, the two "
+             "processes on core 1; that core runs at or near 100 % in the small-body scenarios, so there "
+             "req/s follows the load side's CPU per request as much as the proxy's (behind Tollgate and HAProxy it "
+             "does the same work for HTTP/1.1, see `bench/PROFILE.md`, stop 25). Peak RSS: `VmHWM` from "
+             "`/proc/PID/status`, summed "
              "over the proxy's processes (nginx master + worker, so shared pages count twice for nginx), after "
              "the measured run.")
     L.append("- **Ratios** are tollgate ÷ peer, computed per round (same round, adjacent in time) and then "
@@ -921,9 +930,11 @@ def report(facts, runs, raw_dir):
     for sc in SCENARIOS:
         L.append(f"### {sc['id']}: {sc['title']}\n")
         has_user = all("user_us_per_req" in r for r in runs)
+        has_load = all("origin_ticks" in r and "loadgen_ticks" in r for r in runs)
         L.append("| proxy | req/s | p50 ms | p99 ms | CPU µs/req |" + (" of which user |" if has_user else "")
-                 + " peak RSS MiB | upstream conns |")
-        L.append("|---|---:|---:|---:|---:|" + ("---:|" if has_user else "") + "---:|---:|")
+                 + (" load side µs/req |" if has_load else "") + " peak RSS MiB | upstream conns |")
+        L.append("|---|---:|---:|---:|---:|" + ("---:|" if has_user else "") + ("---:|" if has_load else "")
+                 + "---:|---:|")
         med = {}
         for name in SYSTEMS:
             rs = by[(sc["id"], name)]
@@ -935,6 +946,7 @@ def report(facts, runs, raw_dir):
                      f"| {med_spread([r['p99_ms'] for r in rs], f_ms)} "
                      f"| {med_spread([r['cpu_us_per_req'] for r in rs], f_cpu)} "
                      + (f"| {med_spread([r['user_us_per_req'] for r in rs], f_cpu)} " if has_user else "")
+                     + (f"| {med_spread([load_side_us(r) for r in rs], f_cpu)} " if has_load else "")
                      + f"| {med_spread([r['rss_kb'] for r in rs], f_mib)} "
                      f"| {med_spread([r['upstream_conns'] for r in rs], lambda v: f'{v:.0f}')} |")
         L.append("")
