@@ -118,7 +118,7 @@ fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
 /// The gateway under test: a cleartext listener (HTTP/1.1 and h2c), a TLS
 /// listener, an admin port; routes `/ws`, `/reset` and `/silent` (tunnels;
 /// the echo backend drops `/reset` after one message and never answers on
-/// `/silent`), `/msg` (message mode,
+/// `/silent`), `/msgdie` (message mode, replies from `/die`), `/msg` (message mode,
 /// replies streamed from `/slow`), `/push` (message mode with an SSE push)
 /// and everything else proxied.
 struct Rig {
@@ -146,6 +146,8 @@ impl Rig {
              [[route]]\nname = \"silent\"\nmatch = {{ path = \"/silent\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"messages\"\nmatch = {{ path = \"/msg\" }}\nupstream = \"http\"\n\
              websocket = \"http\"\nwebsocket_path = \"/slow\"\nwebsocket_in_flight = 2\n\n\
+             [[route]]\nname = \"messages-die\"\nmatch = {{ path = \"/msgdie\" }}\nupstream = \"http\"\n\
+             websocket = \"http\"\nwebsocket_path = \"/die\"\n\n\
              [[route]]\nname = \"push\"\nmatch = {{ path = \"/push\" }}\nupstream = \"http\"\n\
              websocket = \"http\"\nwebsocket_path = \"/echo\"\nwebsocket_push_path = \"/slow-push\"\n\n\
              [[route]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"http\"\n",
@@ -297,7 +299,7 @@ async fn h2_websocket(addr: SocketAddr, path: &str, reset: bool, rng: &mut fastr
 async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
     let reset = rng.bool();
     let plain = rig.plain;
-    match rng.usize(0..18) {
+    match rng.usize(0..19) {
         // Part of a request head.
         0 => {
             let mut tcp = connect(plain, reset).await;
@@ -432,6 +434,17 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
             let _ = tls.write_all(&frame(true, 1, b"over tls", true)).await;
             if rng.bool() {
                 read_some(&mut tls, 10).await;
+            }
+        }
+        // Message mode whose backend dies in the middle of a streamed reply.
+        18 => {
+            let (_, mut ws) = connect_h1(plain, "/msgdie", &[]).await;
+            leave(ws.get_ref(), reset);
+            let _ = ws.send(Message::text("go")).await;
+            while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                if message.is_close() {
+                    break;
+                }
             }
         }
         // Message mode with a server push open; sometimes over HTTP/2.

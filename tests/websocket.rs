@@ -512,6 +512,16 @@ fn http_backend() -> (Backend, std::sync::Arc<std::sync::Mutex<Option<TestBody>>
                     r
                 }
                 "/chunks" => Response::new(ChunkedBody::boxed_from(vec![Bytes::from("c1"), Bytes::from("c2")])),
+                // Two chunks, then the connection dies without the last chunk.
+                "/broken" => {
+                    let chunks = [Ok(Bytes::from("b1")), Ok(Bytes::from("b2")), Err("backend died".into())];
+                    let body = futures_util::stream::iter(chunks).then(|chunk| async move {
+                        // Each chunk leaves before the next (or the failure) comes.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        chunk.map(hyper::body::Frame::data)
+                    });
+                    Response::new(BodyExt::boxed(http_body_util::StreamBody::new(body)))
+                }
                 "/push" => match slot.lock().unwrap().take() {
                     Some(body) => {
                         let mut r = Response::new(body);
@@ -626,6 +636,18 @@ async fn message_mode_pushes_server_sent_events_from_a_long_lived_request() {
     let push = backend.requests().into_iter().find(|r| r.uri == "/push").expect("push request");
     assert_eq!(push.method, "GET");
     assert_eq!(push.headers["accept"], "text/event-stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_mode_reply_cut_off_by_the_backend_closes_with_1011_after_what_arrived() {
+    let (backend, _) = http_backend();
+    let rig = Rig::start(backend.addr, "websocket = \"http\"\nwebsocket_path = \"/broken\"\n", "");
+    // Raw frames on the client side, as tungstenite takes some close codes for protocol errors.
+    let (_, mut tcp) = upgrade_raw(rig.addr(), "/", &[]).await;
+    tcp.write_all(&frame(true, 0x1, b"go", true)).await.unwrap();
+    assert_eq!(read_frame(&mut tcp).await, Some((true, 0x1, b"b1".to_vec())));
+    assert_eq!(read_frame(&mut tcp).await, Some((true, 0x1, b"b2".to_vec())));
+    assert_eq!(read_close_code(&mut tcp).await, Some(1011), "the reply broke: an internal error, not a clean end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
