@@ -528,6 +528,7 @@ async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_b
     assert!(rss[1] <= rss[0] + 2048, "memory grew by {} KiB with {cases} more clients", rss[1] - rss[0]);
     let log = rig.tollgate.log();
     assert!(!log.contains("panicked"), "tollgate panicked:\n{log}");
+    assert_eq!(log.matches("config reloaded").count(), 10, "every SIGHUP reloaded");
     let (status, _, body) = curl_full(&[&rig.tollgate.url("/echo")]);
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "still serves");
 }
