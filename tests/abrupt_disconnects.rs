@@ -3,7 +3,8 @@
 //! Hundreds of seeded clients each start something and then drop their
 //! connection at a random moment, some with a FIN and some with a reset:
 //! halfway through a request head, a request body (with or without
-//! `Expect: 100-continue`), the wait for a response head, a response (alone
+//! `Expect: 100-continue`), the wait for a backend connection or a response
+//! head, a response (alone
 //! or pipelined), a TLS handshake, an HTTP/2 connection with several streams
 //! open, a WebSocket tunnel (HTTP/1.1 upgrade in clear and over TLS, RFC 8441
 //! over HTTP/2) or a message-mode session with its server push. Other cases have the backend die instead,
@@ -69,7 +70,7 @@ impl Drop for Producing {
 /// An HTTP/1.1 backend: `/slow…` streams server-sent events for several
 /// seconds (a 512-byte event every 2 ms, stopping as soon as nobody reads),
 /// `/die` sends three events and drops the connection, `/hold` answers after
-/// 2 s, `/upload` reads the whole body and answers its length, anything else `ok`.
+/// 30 s, `/upload` reads the whole body and answers its length, anything else `ok`.
 fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
     let producing = Arc::clone(producing);
     Backend::start(move |req| {
@@ -106,7 +107,9 @@ fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
                     .unwrap();
             }
             if path == "/hold" {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Longer than the test waits for things to settle: the
+                // gateway must give up on it when its client goes.
+                tokio::time::sleep(Duration::from_secs(30)).await;
                 return Response::new(full("held"));
             }
             if path == "/upload" {
@@ -122,8 +125,9 @@ fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
 /// listener, an admin port; routes `/ws`, `/reset` and `/silent` (tunnels;
 /// the echo backend drops `/reset` after one message and never answers on
 /// `/silent`), `/msgdie` (message mode, replies from `/die`), `/msg` (message mode,
-/// replies streamed from `/slow`), `/push` (message mode with an SSE push)
-/// and everything else proxied.
+/// replies streamed from `/slow`), `/push` (message mode with an SSE push),
+/// `/stuck` (to a backend whose connects hang for 30 s) and everything else
+/// proxied.
 struct Rig {
     tollgate: Tollgate,
     tls: SocketAddr,
@@ -132,7 +136,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn start(http: SocketAddr, ws: SocketAddr) -> Rig {
+    fn start(http: SocketAddr, ws: SocketAddr, stuck: SocketAddr) -> Rig {
         let certs = tempfile::tempdir().unwrap();
         let cert = write_cert(certs.path(), "gw", "localhost", &["localhost"]);
         let plain: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -144,6 +148,8 @@ impl Rig {
              [[listener]]\nname = \"tls\"\nbind = \"{tls}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
              [[upstream]]\nname = \"http\"\ntargets = [\"{http}\"]\n\n\
              [[upstream]]\nname = \"ws\"\ntargets = [\"{ws}\"]\n\n\
+             [[upstream]]\nname = \"stuck\"\ntargets = [\"{stuck}\"]\nconnect_timeout = \"30s\"\n\n\
+             [[route]]\nname = \"stuck\"\nmatch = {{ path = \"/stuck\" }}\nupstream = \"stuck\"\n\n\
              [[route]]\nname = \"tunnel\"\nmatch = {{ path = \"/ws\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"reset\"\nmatch = {{ path = \"/reset\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"silent\"\nmatch = {{ path = \"/silent\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
@@ -163,6 +169,19 @@ impl Rig {
     fn plain(&self) -> SocketAddr {
         self.tollgate.addr
     }
+}
+
+/// A backend address whose connects hang: its listen queue (backlog 0) is
+/// full and it never accepts, so the kernel drops further SYNs. Keep both
+/// values alive for as long as it should stay so.
+async fn stuck_backend() -> (tokio::net::TcpListener, TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let queued = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(listener.local_addr().unwrap()));
+    assert!(next.await.is_err(), "a connect to the full queue hangs");
+    (listener, queued)
 }
 
 /// Open file descriptors and threads of the gateway process.
@@ -302,7 +321,7 @@ async fn h2_websocket(addr: SocketAddr, path: &str, reset: bool, rng: &mut fastr
 async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
     let reset = rng.bool();
     let plain = rig.plain;
-    match rng.usize(0..19) {
+    match rng.usize(0..20) {
         // Part of a request head.
         0 => {
             let mut tcp = connect(plain, reset).await;
@@ -450,6 +469,12 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
                 }
             }
         }
+        // Waiting while the gateway connects to a backend that does not answer.
+        19 => {
+            let mut tcp = connect(plain, reset).await;
+            let _ = tcp.write_all(b"GET /stuck HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+        }
         // Message mode with a server push open; sometimes over HTTP/2.
         _ => {
             if rng.bool() {
@@ -495,7 +520,8 @@ async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_b
     let producing = Arc::new(AtomicUsize::new(0));
     let backend = start_backend(&producing);
     let ws_backend = EchoBackend::start().await;
-    let rig = Rig::start(backend.addr, ws_backend.addr);
+    let (stuck, _queued) = stuck_backend().await;
+    let rig = Rig::start(backend.addr, ws_backend.addr, stuck.local_addr().unwrap());
     let addrs = RigAddrs { plain: rig.plain(), tls: rig.tls };
     warm_up(addrs).await;
     let busy = || producing.load(Ordering::SeqCst);
@@ -600,7 +626,8 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
     let producing = Arc::new(AtomicUsize::new(0));
     let backend = start_backend(&producing);
     let ws_backend = EchoBackend::start().await;
-    let rig = Rig::start(backend.addr, ws_backend.addr);
+    let (stuck, _queued) = stuck_backend().await;
+    let rig = Rig::start(backend.addr, ws_backend.addr, stuck.local_addr().unwrap());
     for round in 0..20 {
         let (_, mut ws) = connect_h1(rig.plain(), "/silent", &[]).await;
         ws.send(Message::text("hello")).await.unwrap();
