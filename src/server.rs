@@ -63,8 +63,8 @@ pub async fn serve(config: Config) -> Result<(), ListenError> {
         // HTTP/2 streams run in their own tasks and may still be finishing a
         // response (and its access-log line) after their connection closed.
         while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0
-            || crate::websocket::shutdown::live_sessions() > 0
-            || crate::listen::quic::live_connections() > 0
+            || crate::gauge::WEBSOCKET_SESSIONS.get() > 0
+            || crate::gauge::QUIC_CONNECTIONS.get() > 0
         {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -33,11 +33,6 @@ use crate::policy::Rejection;
 use crate::websocket::client::{MaxMessageBytes, WebTransportUpgrade};
 use tollgate_h3::Resolved;
 
-/// QUIC connections currently open (shutdown waits for none).
-pub fn live_connections() -> usize {
-    gauge::QUIC_CONNECTIONS.get()
-}
-
 /// Bytes a connection may have in flight towards us, unread, across streams:
 /// bounds the memory one client can make us buffer (flow control does the rest).
 const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
@@ -573,7 +568,7 @@ fn is_safe(method: &Method) -> bool {
 
 /// Waits (bounded by the caller) until the QUIC connections have closed.
 pub async fn connections_closed() {
-    while live_connections() > 0 {
+    while gauge::QUIC_CONNECTIONS.get() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -2,7 +2,8 @@
 //! not reach a connection once it has been upgraded, so on SIGTERM the
 //! server flips this switch: every session sends close 1001 "going away"
 //! (RFC 6455 §7.4.1) to both peers, and the server waits (within the grace
-//! period) until the last session has finished its close handshake.
+//! period) until the last session has finished its close handshake (until
+//! [`crate::gauge::WEBSOCKET_SESSIONS`] is back to zero).
 //!
 //! A session polls its [`Stopping`] every time its task wakes (once per
 //! frame), so that poll is made to cost one atomic load: the waiter is
@@ -28,11 +29,6 @@ pub fn begin() {
     // notification (so never woken by it) sees the flag.
     STOPPING.store(true, Ordering::SeqCst);
     STOP.notify_waiters();
-}
-
-/// WebSocket sessions still open.
-pub fn live_sessions() -> usize {
-    crate::gauge::WEBSOCKET_SESSIONS.get()
 }
 
 /// Resolves when shutdown begins (at once if it already has).
