@@ -6,8 +6,8 @@
 //! `Expect: 100-continue`), the wait for a backend connection or a response
 //! head, a response (alone
 //! or pipelined), a TLS handshake, an HTTP/2 connection with several streams
-//! open, a WebSocket tunnel (HTTP/1.1 upgrade in clear and over TLS, RFC 8441
-//! over HTTP/2) or a message-mode session with its server push. Other cases have the backend die instead,
+//! open, a WebSocket tunnel (HTTP/1.1 upgrade and RFC 8441 over HTTP/2, each
+//! in clear and over TLS) or a message-mode session with its server push. Other cases have the backend die instead,
 //! in the middle of a response or of a WebSocket session. A second set
 //! abandons gRPC and gRPC-Web calls to a grpcio backend, which must see
 //! every one of them cancelled. Afterwards the real binary must be back
@@ -300,11 +300,15 @@ async fn h2_upload(addr: SocketAddr, reset: bool, rng: &mut fastrand::Rng) {
     task.abort();
 }
 
-/// An RFC 8441 WebSocket over h2c: one masked frame sent, a little read back, then gone.
-async fn h2_websocket(addr: SocketAddr, path: &str, reset: bool, rng: &mut fastrand::Rng) {
-    let (client, task) = h2_client(connect(addr, reset).await).await;
+/// An RFC 8441 WebSocket over HTTP/2 on `io` (h2c, or TLS with ALPN h2):
+/// one masked frame sent, a little read back, then gone.
+async fn h2_websocket<T>(io: T, uri: String, rng: &mut fastrand::Rng)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, task) = h2_client(io).await;
     let mut client = extended_connect_enabled(client).await;
-    let request = websocket_connect(format!("http://{addr}{path}"));
+    let request = websocket_connect(uri);
     if let Ok((response, mut send)) = client.send_request(request, false)
         && let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), response).await
     {
@@ -373,8 +377,15 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
                 let _ = ws.get_mut().write_all(&partial[..rng.usize(1..partial.len())]).await;
             }
         }
-        // WebSocket tunnel over HTTP/2 (RFC 8441).
-        9 => h2_websocket(plain, "/ws", reset, rng).await,
+        // WebSocket tunnel over HTTP/2 (RFC 8441), in clear or over TLS.
+        9 => {
+            if rng.bool() {
+                h2_websocket(connect(plain, reset).await, format!("http://{plain}/ws"), rng).await;
+            } else {
+                let tls = tls_connect(rig.tls, b"h2", reset).await;
+                h2_websocket(tls, "https://localhost/ws".to_string(), rng).await;
+            }
+        }
         // Message mode: a request whose reply streams, cut off after a few messages.
         10 => {
             let (_, mut ws) = connect_h1(plain, "/msg", &[]).await;
@@ -405,7 +416,7 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
         // The WebSocket backend drops its connection after one message.
         13 => {
             if rng.bool() {
-                h2_websocket(plain, "/reset", reset, rng).await;
+                h2_websocket(connect(plain, reset).await, format!("http://{plain}/reset"), rng).await;
             } else {
                 let (_, mut ws) = connect_h1(plain, "/reset", &[]).await;
                 leave(ws.get_ref(), reset);
@@ -478,7 +489,7 @@ async fn vanishing_client(rig: &RigAddrs, rng: &mut fastrand::Rng) {
         // Message mode with a server push open; sometimes over HTTP/2.
         _ => {
             if rng.bool() {
-                h2_websocket(plain, "/push", reset, rng).await;
+                h2_websocket(connect(plain, reset).await, format!("http://{plain}/push"), rng).await;
             } else {
                 let (_, mut ws) = connect_h1(plain, "/push", &[]).await;
                 leave(ws.get_ref(), reset);
