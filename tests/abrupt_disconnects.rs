@@ -184,6 +184,27 @@ async fn stuck_backend() -> (tokio::net::TcpListener, TcpStream) {
     (listener, queued)
 }
 
+/// The gateway and every backend it is configured with, kept alive together.
+struct Peers {
+    rig: Rig,
+    backend: Backend,
+    /// Response bodies `backend` is still producing.
+    producing: Arc<AtomicUsize>,
+    ws_backend: EchoBackend,
+    _stuck: (tokio::net::TcpListener, TcpStream),
+}
+
+impl Peers {
+    async fn start() -> Peers {
+        let producing = Arc::new(AtomicUsize::new(0));
+        let backend = start_backend(&producing);
+        let ws_backend = EchoBackend::start().await;
+        let stuck = stuck_backend().await;
+        let rig = Rig::start(backend.addr, ws_backend.addr, stuck.0.local_addr().unwrap());
+        Peers { rig, backend, producing, ws_backend, _stuck: stuck }
+    }
+}
+
 /// Open file descriptors and threads of the gateway process.
 fn fds_and_threads(tollgate: &Tollgate) -> (usize, usize) {
     let pid = tollgate.pid();
@@ -528,11 +549,8 @@ async fn warm_up(rig: RigAddrs) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_backend_request_behind() {
-    let producing = Arc::new(AtomicUsize::new(0));
-    let backend = start_backend(&producing);
-    let ws_backend = EchoBackend::start().await;
-    let (stuck, _queued) = stuck_backend().await;
-    let rig = Rig::start(backend.addr, ws_backend.addr, stuck.local_addr().unwrap());
+    let peers = Peers::start().await;
+    let (rig, backend, producing) = (&peers.rig, &peers.backend, &peers.producing);
     let addrs = RigAddrs { plain: rig.plain(), tls: rig.tls };
     warm_up(addrs).await;
     let busy = || producing.load(Ordering::SeqCst);
@@ -634,16 +652,13 @@ async fn settle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_leaving() {
-    let producing = Arc::new(AtomicUsize::new(0));
-    let backend = start_backend(&producing);
-    let ws_backend = EchoBackend::start().await;
-    let (stuck, _queued) = stuck_backend().await;
-    let rig = Rig::start(backend.addr, ws_backend.addr, stuck.local_addr().unwrap());
+    let peers = Peers::start().await;
+    let (rig, ws_backend) = (&peers.rig, &peers.ws_backend);
     for round in 0..20 {
         let (_, mut ws) = connect_h1(rig.plain(), "/silent", &[]).await;
         ws.send(Message::text("hello")).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while count_seen(&ws_backend, "hello") <= round {
+        while count_seen(ws_backend, "hello") <= round {
             assert!(Instant::now() < deadline, "round {round}: the first message never reached the backend");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -666,7 +681,7 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
         drop(ws);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while count_seen(&ws_backend, "bye") < 20 {
+    while count_seen(ws_backend, "bye") < 20 {
         assert!(Instant::now() < deadline, "every last frame reaches the backend");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
