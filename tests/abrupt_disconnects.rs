@@ -553,6 +553,22 @@ async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_b
     let (rig, backend, producing) = (&peers.rig, &peers.backend, &peers.producing);
     let addrs = RigAddrs { plain: rig.plain(), tls: rig.tls };
     warm_up(addrs).await;
+    // The counts count: a request held at the backend shows as one
+    // connection and one request in flight.
+    let mut held = TcpStream::connect(addrs.plain).await.unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+    let admin = rig.admin;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
+        let (connections, _, requests, _) = open_things(&status);
+        if (connections, requests) == (1, 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a held request is not counted: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
     let busy = || producing.load(Ordering::SeqCst);
     let settled = settle(&rig.tollgate, rig.admin, busy, None).await;
 
@@ -661,6 +677,11 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
         while count_seen(ws_backend, "hello") <= round {
             assert!(Instant::now() < deadline, "round {round}: the first message never reached the backend");
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if round == 0 {
+            let admin = rig.admin;
+            let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
+            assert_eq!(status["open"]["websocket_sessions"], 1, "the session is counted: {status}");
         }
         // The tunnel is idle (its thread asleep) when the last frame and the
         // FIN come, and nothing from the backend will wake it again.
