@@ -122,9 +122,9 @@ fn start_backend(producing: &Arc<AtomicUsize>) -> Backend {
 }
 
 /// The gateway under test: a cleartext listener (HTTP/1.1 and h2c), a TLS
-/// listener, an admin port; routes `/ws`, `/reset` and `/silent` (tunnels;
-/// the echo backend drops `/reset` after one message and never answers on
-/// `/silent`), `/msgdie` (message mode, replies from `/die`), `/msg` (message mode,
+/// listener, an admin port; routes `/ws`, `/reset`, `/lastwords` and
+/// `/silent` (tunnels; the echo backend drops `/reset` after one message,
+/// `/lastwords` after one reply, and never answers on `/silent`), `/msgdie` (message mode, replies from `/die`), `/msg` (message mode,
 /// replies streamed from `/slow`), `/push` (message mode with an SSE push),
 /// `/stuck` (to a backend whose connects hang for 30 s) and everything else
 /// proxied.
@@ -152,6 +152,7 @@ impl Rig {
              [[route]]\nname = \"stuck\"\nmatch = {{ path = \"/stuck\" }}\nupstream = \"stuck\"\n\n\
              [[route]]\nname = \"tunnel\"\nmatch = {{ path = \"/ws\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"reset\"\nmatch = {{ path = \"/reset\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
+             [[route]]\nname = \"lastwords\"\nmatch = {{ path = \"/lastwords\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"silent\"\nmatch = {{ path = \"/silent\" }}\nupstream = \"ws\"\nwebsocket = \"tunnel\"\n\n\
              [[route]]\nname = \"messages\"\nmatch = {{ path = \"/msg\" }}\nupstream = \"http\"\n\
              websocket = \"http\"\nwebsocket_path = \"/slow\"\nwebsocket_in_flight = 2\n\n\
@@ -705,6 +706,23 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
     while count_seen(ws_backend, "bye") < 20 {
         assert!(Instant::now() < deadline, "every last frame reaches the backend");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_backend_whose_last_frame_and_fin_arrive_together_is_seen_leaving() {
+    let peers = Peers::start().await;
+    for round in 0..20 {
+        let (_, mut ws) = connect_h1(peers.rig.plain(), "/lastwords", &[]).await;
+        ws.send(Message::text("hi")).await.unwrap();
+        // The backend's reply and its FIN reach an idle tunnel together; the
+        // client must get the reply, then a close saying the backend went.
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws_support::next_data(&mut ws)).await;
+        let reply = reply.unwrap_or_else(|_| panic!("round {round}: no reply"));
+        assert_eq!(reply, Message::text("last words"), "round {round}");
+        let close = tokio::time::timeout(Duration::from_secs(5), ws_support::next_close(&mut ws)).await;
+        let close = close.unwrap_or_else(|_| panic!("round {round}: no close 5 s after the backend went"));
+        assert_eq!(close.map(|c| u16::from(c.code)), Some(1011), "round {round}");
     }
 }
 

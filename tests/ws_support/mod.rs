@@ -172,8 +172,10 @@ pub struct Seen {
 
 /// A WebSocket backend: echoes data messages; picks `chat` when offered;
 /// on path `/close4002` closes with 4002 after the first message; on
-/// `/reset` drops the TCP connection after the first message; on `/silent`
-/// never answers anything but keeps reading.
+/// `/reset` drops the TCP connection after the first message; on
+/// `/lastwords` answers the first message with "last words" and drops the
+/// connection at once, with no close frame; on `/silent` never answers
+/// anything but keeps reading.
 pub struct EchoBackend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
@@ -229,6 +231,11 @@ async fn serve_echo(mut tcp: TcpStream, seen: Arc<Mutex<Seen>>) {
                         let _ = ws.send(Message::Close(Some(close::frame(4002u16, "backend done")))).await;
                     }
                     "/reset" => return,
+                    // Bytes and the FIN together: a last frame, then the socket closed.
+                    "/lastwords" => {
+                        let _ = ws.send(Message::text("last words")).await;
+                        return;
+                    }
                     "/silent" => {}
                     _ => {
                         if ws.send(message).await.is_err() {
