@@ -217,22 +217,55 @@ fn fds_and_threads(tollgate: &Tollgate) -> (usize, usize) {
 }
 
 /// What the status page says is still open, and the idle pooled backend
-/// connections (which rightly hold descriptors).
-fn open_things(status: &serde_json::Value) -> (u64, u64, u64, usize) {
-    let open = &status["open"];
-    let idle: u64 = status["upstreams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|u| u["targets"].as_array().into_iter().flatten())
-        .map(|t| t["idle_connections"].as_u64().unwrap_or(0))
-        .sum();
-    (
-        open["http_connections"].as_u64().unwrap_or(u64::MAX),
-        open["websocket_sessions"].as_u64().unwrap_or(u64::MAX),
-        status["requests"]["in_flight"].as_u64().unwrap_or(u64::MAX),
-        idle as usize,
-    )
+/// connections (which rightly hold descriptors). A count the page lacks
+/// reads as `u64::MAX`, never as zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Open {
+    connections: u64,
+    sessions: u64,
+    requests: u64,
+    idle_pooled: usize,
+}
+
+impl Open {
+    fn of(status: &serde_json::Value) -> Open {
+        let count = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+        let idle: u64 = status["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|u| u["targets"].as_array().into_iter().flatten())
+            .map(|t| t["idle_connections"].as_u64().unwrap_or(0))
+            .sum();
+        Open {
+            connections: count(&status["open"]["http_connections"]),
+            sessions: count(&status["open"]["websocket_sessions"]),
+            requests: count(&status["requests"]["in_flight"]),
+            idle_pooled: idle as usize,
+        }
+    }
+
+    fn nothing(&self) -> bool {
+        self.connections == 0 && self.sessions == 0 && self.requests == 0
+    }
+}
+
+/// The admin status (fetched with curl, so off the runtime's threads).
+async fn status_of(admin: SocketAddr) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap()
+}
+
+/// Polls `done` until it holds; fails with `what` after `within`.
+async fn eventually<F, Fut>(within: Duration, what: impl std::fmt::Display, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// How a client leaves: a FIN (a plain close) or a reset (zero linger).
@@ -558,17 +591,12 @@ async fn clients_vanishing_at_any_point_leave_no_connection_task_descriptor_or_b
     // connection and one request in flight.
     let mut held = TcpStream::connect(addrs.plain).await.unwrap();
     held.write_all(b"GET /hold HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
-    let admin = rig.admin;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
-        let (connections, _, requests, _) = open_things(&status);
-        if (connections, requests) == (1, 1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a held request is not counted: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = || async {
+        let open = Open::of(&status_of(rig.admin).await);
+        (open.connections, open.requests) == (1, 1)
+    };
+    eventually(Duration::from_secs(5), "a held request is not counted as one connection and one request", counted)
+        .await;
     drop(held);
     let busy = || producing.load(Ordering::SeqCst);
     let settled = settle(&rig.tollgate, rig.admin, busy, None).await;
@@ -647,20 +675,17 @@ async fn settle(
 ) -> (usize, usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
-        let (connections, sessions, requests, idle) = open_things(&status);
+        let open = Open::of(&status_of(admin).await);
         let (fds, threads) = fds_and_threads(tollgate);
         let backend_busy = busy();
-        let now = (fds - idle, threads);
-        let quiet = connections == 0 && sessions == 0 && requests == 0 && backend_busy == 0;
-        if quiet && baseline.is_none_or(|b| now == b) {
+        let now = (fds - open.idle_pooled, threads);
+        if open.nothing() && backend_busy == 0 && baseline.is_none_or(|b| now == b) {
             return now;
         }
         assert!(
             Instant::now() < deadline,
-            "still open after 10 s: {connections} connections, {sessions} WebSocket sessions, {requests} \
-             requests, {backend_busy} backend requests at work; descriptors less {idle} idle pooled \
-             and threads {now:?}, before {baseline:?}\n{}",
+            "still open after 10 s: {open:?}, {backend_busy} backend requests at work; descriptors less \
+             idle pooled ones and threads {now:?}, before {baseline:?}\n{}",
             tollgate.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -674,15 +699,15 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
     for round in 0..20 {
         let (_, mut ws) = connect_h1(rig.plain(), "/silent", &[]).await;
         ws.send(Message::text("hello")).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while count_seen(ws_backend, "hello") <= round {
-            assert!(Instant::now() < deadline, "round {round}: the first message never reached the backend");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let arrived = || async { count_seen(ws_backend, "hello") > round };
+        eventually(
+            Duration::from_secs(5),
+            format!("round {round}: the first message never reached the backend"),
+            arrived,
+        )
+        .await;
         if round == 0 {
-            let admin = rig.admin;
-            let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
-            assert_eq!(status["open"]["websocket_sessions"], 1, "the session is counted: {status}");
+            assert_eq!(Open::of(&status_of(rig.admin).await).sessions, 1, "the session is counted");
         }
         // The tunnel is idle (its thread asleep) when the last frame and the
         // FIN come, and nothing from the backend will wake it again.
@@ -690,23 +715,12 @@ async fn a_websocket_client_whose_last_frame_and_fin_arrive_together_is_seen_lea
         let tcp = ws.get_mut();
         tcp.write_all(&frame(true, 1, b"bye", true)).await.unwrap();
         tcp.shutdown().await.unwrap();
-        let admin = rig.admin;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let status = tokio::task::spawn_blocking(move || admin_status(admin)).await.unwrap();
-            if status["open"]["websocket_sessions"] == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "round {round}: the session outlived its client by 5 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let gone = || async { Open::of(&status_of(rig.admin).await).sessions == 0 };
+        eventually(Duration::from_secs(5), format!("round {round}: the session outlived its client"), gone).await;
         drop(ws);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count_seen(ws_backend, "bye") < 20 {
-        assert!(Instant::now() < deadline, "every last frame reaches the backend");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let all = || async { count_seen(ws_backend, "bye") == 20 };
+    eventually(Duration::from_secs(5), "not every last frame reached the backend", all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,15 +312,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut client = extended_connect_client(io).await;
-    let mut request = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("{scheme}://{authority}{path}"))
-        .extension(h2::ext::Protocol::from("websocket"))
-        .header("sec-websocket-version", "13");
+    let mut request = websocket_connect(format!("{scheme}://{authority}{path}"));
     for (n, v) in extra {
-        request = request.header(*n, *v);
+        let name = http::HeaderName::from_bytes(n.as_bytes()).unwrap();
+        request.headers_mut().append(name, http::HeaderValue::from_str(v).unwrap());
     }
-    let (response, send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    let (response, send) = client.send_request(request, false).unwrap();
     let response = response.await.unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
